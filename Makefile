@@ -1,0 +1,33 @@
+# memr1: `make demo` runs the notebook pipeline headless; `make test` runs the tests.
+# Both create .venv and install everything on first use (CPU torch; no GPU, no network beyond PyPI).
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= smoke
+NAME ?= demo
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: setup demo test bench gpu-setup clean-runs
+
+setup: $(VENV)/.memr1-installed
+
+$(VENV)/.memr1-installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/memr1 run --profile $(PROFILE) --name $(NAME)
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/bench_metrics.py
+
+# CUDA machines only: Unsloth breaks `import peft`/`trl` on a CPU machine.
+gpu-setup: setup
+	$(PIP) -e '.[gpu]'
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,101 @@
+"""``memr1`` command line: run the notebook pipeline, list a notebook's parameters, check the data.
+
+    memr1 run --profile smoke --name demo -p conversation=conv-30
+    memr1 params notebooks/01_locomo_data.ipynb
+    memr1 data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from memr1.config import PROFILES
+from memr1.errors import Memr1Error
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (so ``3`` is an int, ``true`` a bool).
+
+    >>> parse_assignment("limit=3"), parse_assignment("name=conv-26")
+    (('limit', 3), ('name', 'conv-26'))
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from memr1.pipeline import run_pipeline
+
+    run_dir = run_pipeline(args.profile, name=args.name, overrides=dict(args.param), force=args.force,
+                           stages=args.stages.split(",") if args.stages else None, runs_root=args.runs_root)
+    print(f"[memr1] run finished: {run_dir}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from memr1.pipeline import notebook_params
+
+    for name, p in notebook_params(args.notebook).items():
+        print(f"{name:<16} {p['type']:<8} default {p['default']:<28} {p['help']}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from memr1.data.fetch import sha256_of
+    from memr1.data.locomo import LOCOMO, load_locomo
+
+    data = load_locomo(args.path or None, allow_download=not args.offline)
+    digest = sha256_of(data.path)
+    print(f"LoCoMo: {data.path}")
+    print(f"  sha256 {digest} ({'matches the pinned checksum' if digest == LOCOMO.sha256 else 'DIFFERS from the pin'})")
+    print(f"  {len(data.conversations)} conversations, {len(data.questions())} questions without category 5, "
+          f"{len(data.questions(include_adversarial=True))} in all")
+    print(f"  evidence ids needing attention: {data.evidence_report() or 'none'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memr1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the notebook pipeline headless into runs/<name>/")
+    run.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    run.add_argument("--name", default="", help="run folder name (default: the profile)")
+    run.add_argument("-p", "--param", action="append", default=[], type=parse_assignment,
+                     metavar="KEY=VALUE", help="override a notebook parameter (repeatable)")
+    run.add_argument("--stages", default="", help="comma-separated stage names to run (default: all)")
+    run.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    run.add_argument("--runs-root", default="runs", help="parent folder of run folders")
+    run.set_defaults(func=_cmd_run)
+    params = sub.add_parser("params", help="list a notebook's parameters with types and help")
+    params.add_argument("notebook", type=Path)
+    params.set_defaults(func=_cmd_params)
+    data = sub.add_parser("data", help="find (or download) LoCoMo and print its checksum and counts")
+    data.add_argument("--path", default="", help="explicit file or folder")
+    data.add_argument("--offline", action="store_true", help="never download")
+    data.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Memr1Error as exc:
+        print(f"memr1: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Run profiles and one config dataclass per stage.
+
+Every field carries a one-line docstring right under it (CleanRL style); ``field_docs`` reads them
+back, so ``memr1 params`` and the notebook parameter cells can show them. A notebook's parameters
+cell holds exactly the fields of its stage config as literals, and the next cell calls
+``Config.from_namespace(globals())``, which checks every type and names the offending field.
+
+>>> cfg = DataConfig.from_params({"profile": "smoke", "seed": 3})
+>>> cfg.seed, cfg.profile
+(3, 'smoke')
+>>> DataConfig.from_params({"seed": "three"})
+Traceback (most recent call last):
+...
+memr1.errors.ConfigError: DataConfig.seed must be int, got str 'three'
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from memr1.errors import ConfigError
+
+# --------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of defaults that decides model size and how much of the data a run uses."""
+
+    name: str
+    """Profile name."""
+    policy_model: str
+    """Hub id or local path of the policy LLM; "tiny" means the locally built test model."""
+    fallback_model: str
+    """Model used when policy_model cannot be downloaded; "" means fail instead."""
+    backend: str
+    """Model backend: auto, transformers or unsloth."""
+    max_questions: int
+    """Cap on questions per evaluation split (0 = all)."""
+    description: str
+    """One line shown at the top of reports."""
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("smoke", "tiny", "", "transformers", 20,
+                "tiny local model, no download, a few steps: tests and CI (numbers are not meaningful)"),
+        Profile("cpu", "Qwen/Qwen2.5-0.5B-Instruct", "tiny", "transformers", 200,
+                "Qwen2.5-0.5B-Instruct on CPU; falls back to the tiny model when the hub is unreachable"),
+        Profile("paper", "Qwen/Qwen2.5-7B-Instruct", "", "auto", 0,
+                "Qwen2.5-7B-Instruct (or Llama-3.1-8B-Instruct), Unsloth 4-bit LoRA on one GPU, full split"),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called ``name``; a ConfigError lists the known ones otherwise."""
+    try:
+        return PROFILES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+class StageConfig:
+    """Shared behaviour of the stage configs: strict construction and field documentation."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]):
+        """Build from a mapping, rejecting unknown keys and values of the wrong type."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in params.items():
+            _check_type(cls.__name__, key, value, hints[key])
+        cfg = cls(**params)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]):
+        """Build from a notebook's globals: takes exactly the names that are fields."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls.from_params({n: namespace[n] for n in names if n in namespace})
+
+    def validate(self) -> None:
+        """Value checks beyond types; stages override and call super()."""
+        if hasattr(self, "profile"):
+            get_profile(self.profile)
+        if getattr(self, "seed", 0) < 0:
+            raise ConfigError(f"{type(self).__name__}.seed must be >= 0, got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Map each field name to the docstring written under it in the class body."""
+        return field_docs(cls)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Read attribute docstrings (a string literal right after ``name: type = value``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _check_type(owner: str, key: str, value: Any, hint: Any) -> None:
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = typing.get_args(hint) if is_union else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if t in (str, bool) and isinstance(value, t):
+            return
+    want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{owner}.{key} must be {want}, got {type(value).__name__} {value!r}")
+
+
+@dataclass
+class DataConfig(StageConfig):
+    """Stage 01: load LoCoMo, check the paper split and category counts, plot statistics."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper."""
+    data_dir: str = ""
+    """Folder holding locomo/locomo10.json; "" searches $MEMR1_DATA_DIR, the user cache, then downloads."""
+    conversation: str = "conv-26"
+    """Sample id of the conversation shown in the per-session figures."""
+    run_dir: str = "runs/dev/01_locomo_data"
+    """Folder where this stage writes metrics.json."""
+    seed: int = 0
+    """Seed for random, numpy and torch."""

@@ -1,0 +1,297 @@
+"""LLM-as-a-judge: label a generated answer CORRECT or WRONG against the gold answer (DESIGN §3).
+
+Works with any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, OpenAI). The API key is
+read from the environment at call time and never stored, logged, cached or put in an error message.
+Verdicts can be cached on disk (sqlite, one transaction per verdict, so a crash loses nothing).
+
+    judge = LLMJudge(JudgeConfig.from_env(cache_path="runs/judge_cache.sqlite"))
+    verdict = judge.judge("When did Ana move to Paris?", "May 2023", "In May 2023.")
+    verdict.label, verdict.reason, judge.describe()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import httpx
+from tqdm.auto import tqdm
+
+from memr1.config import StageConfig
+from memr1.errors import ConfigError, JudgeError
+
+PROMPT_VERSION = "memr1-judge-v1"
+"""Bump whenever JUDGE_PROMPT changes; it is part of the cache key and of every report."""
+
+JUDGE_PROMPT = """\
+You are grading answers for a long-term memory benchmark. Two people talked with each other over \
+many sessions, and one of them later asks a question about that conversation. You are given the \
+question, the gold (reference) answer, and an answer produced by a system. Decide whether the \
+produced answer agrees with the gold answer.
+
+Grade generously:
+- Judge meaning, not wording. A longer or more detailed answer is CORRECT as long as it states \
+the fact in the gold answer and does not contradict it.
+- For dates and time periods, the same day, month, year or period written in a different format \
+is CORRECT (for example "7 May 2023", "May 7th, 2023" and "2023-05-07" are the same date).
+- The answer is WRONG if it misses the gold fact, gives a different one, or claims the \
+information is unknown while the gold answer provides it.
+
+Question: {question}
+Gold answer: {gold}
+Generated answer: {prediction}
+
+First explain your decision in one sentence, then give exactly one label, CORRECT or WRONG, \
+never both. Reply with a single JSON object and nothing else:
+{{"reason": "<one sentence>", "label": "CORRECT or WRONG"}}"""
+
+LABELS = ("CORRECT", "WRONG")
+_FALLBACK_KEY_ENV = "OPENAI_API_KEY"
+_SETUP_HINT = ("set MEMR1_JUDGE_BASE_URL / JudgeConfig.base_url to a running OpenAI-compatible "
+               "server, e.g. http://127.0.0.1:8000/v1 (vLLM) or http://127.0.0.1:11434/v1 (Ollama)")
+
+
+class JudgeParseError(JudgeError, ValueError):
+    """The judge's reply holds no readable CORRECT/WRONG label."""
+
+
+@dataclass
+class JudgeConfig(StageConfig):
+    """Where and how to ask the judge model."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible API root; requests go to {base_url}/chat/completions."""
+    model: str = ""
+    """Judge model name as the server knows it (Mem0 used gpt-4o-mini)."""
+    api_key_env: str = "MEMR1_JUDGE_API_KEY"
+    """Env var with the API key; falls back to OPENAI_API_KEY; none is fine for local servers."""
+    timeout_s: float = 60.0
+    """Seconds to wait for one HTTP request."""
+    max_retries: int = 4
+    """Extra attempts after a connection error, timeout, HTTP 429/5xx or unparseable reply."""
+    backoff_s: float = 1.0
+    """Exponential backoff base: wait backoff_s * 2**k seconds before retry k+1."""
+    temperature: float = 0.0
+    """Sampling temperature of the judge."""
+    json_mode: bool = True
+    """Send response_format={"type": "json_object"}; turn off for servers that reject it."""
+    cache_path: str = ""
+    """sqlite file caching verdicts across runs; "" disables the cache."""
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> JudgeConfig:
+        """Build from MEMR1_JUDGE_BASE_URL and MEMR1_JUDGE_MODEL (unset ones keep defaults)."""
+        env = {"base_url": os.environ.get("MEMR1_JUDGE_BASE_URL"),
+               "model": os.environ.get("MEMR1_JUDGE_MODEL")}
+        return cls.from_params({**{k: v for k, v in env.items() if v}, **overrides})
+
+    def validate(self) -> None:
+        """Check URL, model and numeric ranges; raise ConfigError saying what to set."""
+        super().validate()
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"JudgeConfig.base_url must start with http:// or https://, got "
+                              f"{self.base_url!r}; {_SETUP_HINT}")
+        if not self.model:
+            raise ConfigError("JudgeConfig.model is empty; set it or MEMR1_JUDGE_MODEL to the "
+                              "judge model's name on the server (e.g. gpt-4o-mini)")
+        if min(self.max_retries, self.backoff_s, self.temperature) < 0 or self.timeout_s <= 0:
+            raise ConfigError("JudgeConfig needs timeout_s > 0 and max_retries, backoff_s, "
+                              f"temperature >= 0; got {self.timeout_s}, {self.max_retries}, "
+                              f"{self.backoff_s}, {self.temperature}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judge's decision on one answer."""
+
+    label: str
+    """CORRECT or WRONG."""
+    reason: str
+    """The judge's one-sentence explanation."""
+    correct: bool
+    """label == "CORRECT"."""
+    cached: bool
+    """True when read from the on-disk cache (no request was made)."""
+
+
+_LABEL_RE = re.compile(r"""["']?label["']?\s*[:=]\s*["']?\W*(correct|wrong)\b""", re.IGNORECASE)
+_CREATE_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, label TEXT, "
+                 "reason TEXT, model TEXT, prompt_version TEXT, created REAL)")
+_BARE_RE = re.compile(r"\b(CORRECT|WRONG)\b")  # upper case only: prose says "correct" too often
+
+
+def parse_verdict(text: str) -> tuple[str, str]:
+    r"""Read ``(label, reason)`` from a judge reply; the label is upper-cased.
+
+    Looks for, in order: a JSON object with a ``label`` key anywhere in the text (the last one
+    wins), a ``label: ...`` pair, then a bare upper-case CORRECT or WRONG when only one of the two
+    words appears. The reason is ``""`` when the JSON has none, the whole reply for a bare word.
+
+    >>> parse_verdict('{"reason": "Both name Paris.", "label": "CORRECT"}')
+    ('CORRECT', 'Both name Paris.')
+    >>> parse_verdict('Here you go:\n```json\n{"label": "wrong", "reason": "Other year."}\n```')
+    ('WRONG', 'Other year.')
+    >>> parse_verdict("The dates differ. WRONG")
+    ('WRONG', 'The dates differ. WRONG')
+    >>> parse_verdict("CORRECT or WRONG?")
+    Traceback (most recent call last):
+    ...
+    memr1.eval.judge.JudgeParseError: no CORRECT/WRONG label in judge reply 'CORRECT or WRONG?'
+    """
+    decoder, found = json.JSONDecoder(), None
+    for match in re.finditer(r"\{", text):
+        with contextlib.suppress(ValueError):
+            obj, _ = decoder.raw_decode(text, match.start())
+            if isinstance(obj, dict):
+                keys = {str(k).lower(): v for k, v in obj.items()}
+                label = re.sub(r"[^A-Z]", "", str(keys.get("label", "")).upper())
+                if label in LABELS:
+                    found = (label, " ".join(str(keys.get("reason", "")).split()))
+    if found:
+        return found
+    if m := _LABEL_RE.search(text):
+        return m.group(1).upper(), ""
+    if len(set(_BARE_RE.findall(text))) == 1:
+        return _BARE_RE.findall(text)[0], " ".join(text.split())[:300]
+    raise JudgeParseError(f"no CORRECT/WRONG label in judge reply {text[:300]!r}")
+
+
+def cache_key(model: str, question: str, gold: str, prediction: str) -> str:
+    """sha256 over (model, PROMPT_VERSION, question, gold, prediction)."""
+    payload = json.dumps([model, PROMPT_VERSION, question, gold, prediction], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class LLMJudge:
+    """Asks an OpenAI-compatible chat model to grade answers, with retries and an optional cache."""
+
+    def __init__(self, cfg: JudgeConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._client = httpx.Client(timeout=cfg.timeout_s)  # no auth headers stored on it
+        if cfg.cache_path:
+            self._db(lambda db: db.execute(_CREATE_TABLE))
+
+    def __repr__(self) -> str:
+        return f"LLMJudge(model={self.cfg.model!r}, base_url={self.cfg.base_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP connection pool (also done by ``with LLMJudge(cfg) as judge:``)."""
+        self._client.close()
+
+    def __enter__(self) -> LLMJudge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What a report must record to identify this judge."""
+        return {"model": self.cfg.model, "base_url": self.cfg.base_url,
+                "prompt_version": PROMPT_VERSION, "temperature": self.cfg.temperature,
+                "prompt_sha256": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()}
+
+    def judge(self, question: str, gold: str | int, prediction: str) -> Verdict:
+        """Grade one answer; a cache hit makes no request. Raises JudgeError when it cannot."""
+        gold = str(gold)
+        key = cache_key(self.cfg.model, question, gold, prediction)
+        if self.cfg.cache_path:
+            row = self._db(lambda db: db.execute(
+                "SELECT label, reason FROM verdicts WHERE key = ?", (key,)).fetchone())
+            if row:
+                return Verdict(row[0], row[1], row[0] == "CORRECT", cached=True)
+        prompt = JUDGE_PROMPT.format(question=question, gold=gold, prediction=prediction)
+        label, reason = self._ask(prompt)
+        if self.cfg.cache_path:
+            self._db(lambda db: db.execute("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?)",
+                                           (key, label, reason, self.cfg.model, PROMPT_VERSION,
+                                            time.time())))
+        return Verdict(label, reason, label == "CORRECT", cached=False)
+
+    def judge_many(self, items: Iterable[tuple[str, str | int, str]],
+                   progress: bool = True) -> list[Verdict]:
+        """Grade ``(question, gold, prediction)`` triples in order, with a tqdm bar."""
+        items = list(items)
+        out: list[Verdict] = []
+        with tqdm(items, desc="judge", disable=not progress) as bar:
+            for question, gold, prediction in bar:
+                out.append(self.judge(question, gold, prediction))
+                bar.set_postfix(correct=f"{sum(v.correct for v in out) / len(out):.1%}")
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _db(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn(connection) in one committed transaction on the cache file."""
+        path = Path(self.cfg.cache_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with contextlib.closing(sqlite3.connect(path)) as db, db:
+                return fn(db)
+        except sqlite3.DatabaseError as exc:
+            raise JudgeError(f"judge cache {path} is unusable ({exc}); delete it or set another "
+                             "JudgeConfig.cache_path") from None
+
+    def _ask(self, prompt: str) -> tuple[str, str]:
+        """POST the prompt, retrying transient failures; return the parsed (label, reason)."""
+        cfg = self.cfg
+        key = os.environ.get(cfg.api_key_env) or os.environ.get(_FALLBACK_KEY_ENV) or ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        body: dict[str, Any] = {"model": cfg.model, "temperature": cfg.temperature,
+                                "messages": [{"role": "user", "content": prompt}]}
+        if cfg.json_mode:
+            body["response_format"] = {"type": "json_object"}
+
+        def scrub(text: str) -> str:  # servers may echo the key back; cut only after replacing
+            return " ".join((text.replace(key, "***") if key else text).split())[:300]
+
+        last, kind = "", ""
+        for attempt in range(cfg.max_retries + 1):
+            if attempt:
+                time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+            try:
+                resp = self._client.post(self.url, json=body, headers=headers)
+            except httpx.TransportError as exc:  # refused, DNS, timeouts, broken connections
+                last, kind = scrub(f"{type(exc).__name__}: {exc}"), "unreachable"
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last, kind = f"HTTP {resp.status_code}: {scrub(resp.text)}", "http"
+                continue
+            if resp.status_code >= 400:
+                raise JudgeError(f"judge endpoint {self.url} answered HTTP {resp.status_code} "
+                                 f"({scrub(resp.text)}); {self._hint(resp.status_code)}")
+            try:
+                content = resp.json()["choices"][0]["message"]["content"] or ""
+            except (ValueError, KeyError, IndexError, TypeError):
+                last, kind = f"not a chat completion: {scrub(resp.text)!r}", "parse"
+                continue
+            try:
+                return parse_verdict(content)
+            except JudgeParseError:
+                last, kind = f"last reply {scrub(content)!r}", "parse"
+        tries = cfg.max_retries + 1
+        if kind == "unreachable":
+            raise JudgeError(f"judge endpoint {self.url} unreachable after {tries} attempts "
+                             f"({last}); {_SETUP_HINT}")
+        if kind == "parse":
+            raise JudgeParseError(f"judge model {cfg.model!r} at {self.url} gave no CORRECT/WRONG "
+                                  f"label after {tries} attempts; {last}")
+        raise JudgeError(f"judge endpoint {self.url} kept failing after {tries} attempts ({last}); "
+                         "the server is overloaded or down: retry later or raise max_retries")
+
+    def _hint(self, status: int) -> str:
+        cfg = self.cfg
+        if status in (401, 403):
+            return f"check the API key in ${cfg.api_key_env} (or ${_FALLBACK_KEY_ENV})"
+        if status == 404:
+            return f"check base_url (usually ends in /v1) and that the server has {cfg.model!r}"
+        return f"check model {cfg.model!r}; set json_mode=False if response_format is rejected"

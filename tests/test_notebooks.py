@@ -1,0 +1,67 @@
+"""Notebooks run headless with papermill, through the API and the ``memr1 run`` pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import papermill as pm
+import pytest
+
+from memr1.pipeline import STAGES, notebooks_dir, run_pipeline, StageError
+
+pytestmark = pytest.mark.slow
+
+
+def _env(data_dir):
+    return {**os.environ, "MEMR1_DATA_DIR": str(data_dir), "MEMR1_STATIC_WIDGETS": "1"}
+
+
+def test_notebook_01_papermill_cli(data_dir, tmp_path):
+    """The exact command a user would type, with -p overrides."""
+    out = tmp_path / "out.ipynb"
+    run_dir = tmp_path / "stage01"
+    cmd = [sys.executable, "-m", "papermill", str(notebooks_dir() / "01_locomo_data.ipynb"), str(out),
+           "-p", "conversation", "conv-30", "-p", "run_dir", str(run_dir), "-p", "seed", "1", "-k", "python3"]
+    subprocess.run(cmd, check=True, env=_env(data_dir), capture_output=True, timeout=300)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["metrics"]["splits"]["test"]["total"] == 1307
+    assert metrics["config"]["conversation"] == "conv-30"
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nbformat.read(out, 4).cells
+                   for o in c.get("outputs", []) if isinstance(o.get("data", {}).get("text/html", ""), str))
+    assert "conv-30: turns per session" in html and "plotly" in html  # static figures were rendered
+
+
+def test_wrong_parameter_type_fails_with_config_error(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
+    with pytest.raises(pm.PapermillExecutionError, match=r"ConfigError.*seed must be int, got str"):
+        pm.execute_notebook(str(notebooks_dir() / "01_locomo_data.ipynb"), str(tmp_path / "o.ipynb"),
+                            parameters={"seed": "abc", "run_dir": str(tmp_path)}, kernel_name="python3",
+                            progress_bar=False)
+
+
+def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
+    run_dir = run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False)
+    first = {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES}
+    assert all((run_dir / f"{s.name}.ipynb").exists() for s in STAGES)
+    run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False)  # everything skipped
+    assert {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES} == first
+    assert json.loads((run_dir / "run.json").read_text())["stages"][0]["status"] == "skipped"
+    run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, force=True,
+                 stages=[STAGES[0].name])
+    assert (run_dir / STAGES[0].name / "metrics.json").stat().st_mtime_ns != first[STAGES[0].name]
+
+
+def test_failed_stage_keeps_notebook_and_reports_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("MEMR1_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(StageError, match=r"01_locomo_data failed in cell \d+: DataNotFoundError"):
+        run_pipeline("smoke", name="bad", runs_root=tmp_path, progress=False,
+                     overrides={"data_dir": str(tmp_path / "no-data" / "x.json")})
+    assert (tmp_path / "bad" / "01_locomo_data.ipynb").exists()
+    assert not (tmp_path / "bad" / "01_locomo_data" / "metrics.json").exists()
+    assert json.loads((tmp_path / "bad" / "run.json").read_text())["stages"][0]["status"] == "failed"
