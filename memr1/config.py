@@ -154,3 +154,38 @@ class DataConfig(StageConfig):
     """Folder where this stage writes metrics.json."""
     seed: int = 0
     """Seed for random, numpy and torch."""
+
+
+@dataclass
+class BankConfig(StageConfig):
+    """Stage 02: replay LoCoMo's observations into per-speaker LanceDB banks; timeline and recall."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper."""
+    data_dir: str = ""
+    """Folder holding locomo/locomo10.json; "" searches $MEMR1_DATA_DIR, the user cache, then downloads."""
+    conversation: str = "conv-26"
+    """Sample id of the conversation whose banks are built, stored and shown."""
+    embedder: str = "minilm"
+    """Embedding model: minilm (all-MiniLM-L6-v2, offline) or hash (no model, for quick checks)."""
+    k_per_speaker: int = 30
+    """Memories retrieved from each speaker's bank per question (Memory-R1: 30, i.e. 60 in all)."""
+    recall_scope: str = "conversation"
+    """Questions for the recall table: conversation (the one above) or all (1,540 questions, ~1 min)."""
+    focus_turn: int = -1
+    """Turn the timeline opens at (-1: the last committed turn)."""
+    run_dir: str = "runs/dev/02_build_memory_bank"
+    """Folder where this stage writes metrics.json and the LanceDB store (run_dir/store)."""
+    seed: int = 0
+    """Seed for random, numpy and torch."""
+
+    def validate(self) -> None:
+        super().validate()
+        from memr1.memory.embed import EMBEDDERS
+
+        if self.embedder not in EMBEDDERS:
+            raise ConfigError(f"BankConfig.embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
+        if self.recall_scope not in ("conversation", "all"):
+            raise ConfigError(f"BankConfig.recall_scope must be conversation or all, got {self.recall_scope!r}")
+        if self.k_per_speaker < 1:
+            raise ConfigError(f"BankConfig.k_per_speaker must be >= 1, got {self.k_per_speaker}")

@@ -45,14 +45,14 @@ def test_wrong_parameter_type_fails_with_config_error(data_dir, tmp_path, monkey
 
 def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
-    run_dir = run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False)
+    run_dir = run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, overrides={"embedder": "hash"})
     first = {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES}
     assert all((run_dir / f"{s.name}.ipynb").exists() for s in STAGES)
-    run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False)  # everything skipped
+    run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, overrides={"embedder": "hash"})  # skipped
     assert {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES} == first
     assert json.loads((run_dir / "run.json").read_text())["stages"][0]["status"] == "skipped"
     run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, force=True,
-                 stages=[STAGES[0].name])
+                 stages=[STAGES[0].name], overrides={"embedder": "hash"})
     assert (run_dir / STAGES[0].name / "metrics.json").stat().st_mtime_ns != first[STAGES[0].name]
 
 
@@ -65,3 +65,19 @@ def test_failed_stage_keeps_notebook_and_reports_cell(tmp_path, monkeypatch):
     assert (tmp_path / "bad" / "01_locomo_data.ipynb").exists()
     assert not (tmp_path / "bad" / "01_locomo_data" / "metrics.json").exists()
     assert json.loads((tmp_path / "bad" / "run.json").read_text())["stages"][0]["status"] == "failed"
+
+
+def test_notebook_02_timeline_shows_a_real_turn_diff(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MEMR1_STATIC_WIDGETS", "1")
+    out, run_dir = tmp_path / "out02.ipynb", tmp_path / "stage02"
+    pm.execute_notebook(str(notebooks_dir() / "02_build_memory_bank.ipynb"), str(out),
+                        parameters={"run_dir": str(run_dir), "focus_turn": 2}, kernel_name="python3",
+                        progress_bar=False)
+    html = "".join(o["data"]["text/html"] for c in nbformat.read(out, 4).cells for o in c.get("outputs", [])
+                   if "text/html" in o.get("data", {}))
+    assert "D1:3" in html and "ADD <b>caroline-0</b>: Caroline attended an LGBTQ support group" in html
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert metrics["replay"]["entries"] == {"Caroline": 102, "Melanie": 82}
+    assert metrics["embedder"] == "all-MiniLM-L6-v2" and metrics["recall"][-1]["count"] == 150
+    assert (run_dir / "store" / "conv-26").is_dir()

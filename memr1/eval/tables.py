@@ -18,15 +18,16 @@ from memr1.data.splits import CATEGORIES
 from memr1.errors import ConfigError
 
 
-def category_table(records: Iterable[Mapping], metrics: Sequence[str], *, scale: float = 100.0) -> pd.DataFrame:
+def category_table(records: Iterable[Mapping] | pd.DataFrame, metrics: Sequence[str], *,
+                   scale: float = 100.0) -> pd.DataFrame:
     """One row per category id present (ascending) and a final ``overall`` row.
 
     Args:
-        records: one mapping per question with a ``category`` and each metric name.
+        records: one mapping (or DataFrame row) per question with a ``category`` and each metric.
         metrics: metric columns to average (e.g. ``["f1", "bleu1", "judge"]``).
         scale: multiply means by this (100 prints percentages as the papers do).
     """
-    df = pd.DataFrame(list(records))
+    df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
     missing = [m for m in ["category", *metrics] if m not in df.columns]
     if df.empty:
         raise ConfigError("category_table needs at least one record")
