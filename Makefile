@@ -24,6 +24,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_bank.py
+	$(PY) bench/bench_recall.py
 
 # CUDA machines only: Unsloth breaks `import peft`/`trl` on a CPU machine.
 gpu-setup: setup

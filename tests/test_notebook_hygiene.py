@@ -1,0 +1,49 @@
+"""Notebooks in git: outputs stripped, parameters cell mirrors the stage config field by field."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+
+import nbformat
+import pytest
+
+from memr1.pipeline import STAGES, notebooks_dir
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_outputs_are_stripped(stage):
+    nb = nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{stage.name}: commit without outputs"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_parameters_cell_mirrors_config(stage):
+    nb = nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    source = tagged[0].source
+    found = {}
+    for node in ast.parse(source).body:
+        assert isinstance(node, ast.AnnAssign), f"only annotated literals in the parameters cell: {ast.dump(node)}"
+        line = source.splitlines()[node.lineno - 1]
+        found[node.target.id] = (ast.unparse(node.annotation), ast.literal_eval(node.value),
+                                 line.split("#", 1)[1].strip() if "#" in line else "")
+    hints = typing.get_type_hints(stage.config)
+    docs = stage.config.field_docs()
+    expected = {f.name: (getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, docs[f.name])
+                for f in dataclasses.fields(stage.config)}
+    assert found == expected
+    assert list(found) == list(expected)  # same order as the dataclass
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_config_is_built_right_after_parameters(stage):
+    nb = nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert f"{stage.config.__name__}.from_namespace(globals())" in code[1].source
+    assert "write_metrics(" in code[-1].source  # the last cell marks the stage finished
