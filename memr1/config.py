@@ -44,6 +44,8 @@ class Profile:
     """Model backend: auto, transformers or unsloth."""
     max_questions: int
     """Cap on questions per evaluation split (0 = all)."""
+    max_turns: int
+    """Cap on dialogue turns fed to memory building per conversation (0 = all)."""
     description: str
     """One line shown at the top of reports."""
 
@@ -51,11 +53,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("smoke", "tiny", "", "transformers", 20,
+        Profile("smoke", "tiny", "", "transformers", 20, 60,
                 "tiny local model, no download, a few steps: tests and CI (numbers are not meaningful)"),
-        Profile("cpu", "Qwen/Qwen2.5-0.5B-Instruct", "tiny", "transformers", 200,
+        Profile("cpu", "Qwen/Qwen2.5-0.5B-Instruct", "tiny", "transformers", 200, 0,
                 "Qwen2.5-0.5B-Instruct on CPU; falls back to the tiny model when the hub is unreachable"),
-        Profile("paper", "Qwen/Qwen2.5-7B-Instruct", "", "auto", 0,
+        Profile("paper", "Qwen/Qwen2.5-7B-Instruct", "", "auto", 0, 0,
                 "Qwen2.5-7B-Instruct (or Llama-3.1-8B-Instruct), Unsloth 4-bit LoRA on one GPU, full split"),
     )
 }
@@ -189,3 +191,75 @@ class BankConfig(StageConfig):
             raise ConfigError(f"BankConfig.recall_scope must be conversation or all, got {self.recall_scope!r}")
         if self.k_per_speaker < 1:
             raise ConfigError(f"BankConfig.k_per_speaker must be >= 1, got {self.k_per_speaker}")
+
+
+SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag")
+"""Memory systems the evaluation stage can run (see memr1.eval.report)."""
+
+
+@dataclass
+class EvalConfig(StageConfig):
+    """Stage 05: run a memory system over a LoCoMo split and score it (F1, BLEU-1, EM, LLM judge)."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper (decides the default model, question cap and turn cap)."""
+    data_dir: str = ""
+    """Folder holding locomo/locomo10.json; "" searches $MEMR1_DATA_DIR, the user cache, then downloads."""
+    system: str = "heuristic"
+    """base (LLM extractor + LLM manager), heuristic (no-LLM manager), replay (oracle banks), full-context or rag."""
+    model: str = ""
+    """Policy model for every LLM role; "" uses the model of the profile (tiny for smoke)."""
+    backend: str = ""
+    """auto, transformers, unsloth or openai; "" uses the backend of the profile."""
+    base_url: str = ""
+    """OpenAI-compatible endpoint (backend openai), e.g. http://127.0.0.1:8000/v1."""
+    split: str = "test"
+    """LoCoMo split: train, validation, test or all (category 5 always excluded)."""
+    limit: int = -1
+    """Questions evaluated, in file order (0 for all, -1 for the cap of the profile)."""
+    max_turns: int = -1
+    """Dialogue turns per conversation used to build memory (0 for all, -1 for the cap of the profile)."""
+    metric_family: str = "mem0"
+    """F1/BLEU-1 family shown first: mem0 (Memory-R1's tables) or locomo (the benchmark's scorer)."""
+    judge_base_url: str = ""
+    """OpenAI-compatible endpoint of the LLM judge; "" skips the judge."""
+    judge_model: str = ""
+    """Judge model name on that endpoint (e.g. gpt-4o-mini); "" skips the judge."""
+    embedder: str = "minilm"
+    """Embedding model for memory search: minilm or hash."""
+    k_per_speaker: int = 30
+    """Memories retrieved per speaker for each question (60 in all, as in Memory-R1)."""
+    max_new_tokens: int = 128
+    """Generation cap for each LLM call."""
+    run_dir: str = "runs/dev/05_evaluate_locomo"
+    """Folder where this stage writes records.parquet, the report tables and metrics.json."""
+    seed: int = 0
+    """Seed for random, numpy and torch."""
+
+    def validate(self) -> None:
+        super().validate()
+        from memr1.data.splits import SPLITS
+        from memr1.eval.metrics import METRIC_FAMILIES
+        from memr1.memory.embed import EMBEDDERS
+
+        checks = [("system", self.system, SYSTEMS), ("split", self.split, SPLITS),
+                  ("metric_family", self.metric_family, METRIC_FAMILIES), ("embedder", self.embedder, EMBEDDERS),
+                  ("backend", self.backend, ("", "auto", "transformers", "unsloth", "openai"))]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"EvalConfig.{name} must be one of {tuple(allowed)}, got {value!r}")
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("EvalConfig.backend='openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if bool(self.judge_base_url) != bool(self.judge_model):
+            raise ConfigError("set both judge_base_url and judge_model, or neither (no judge)")
+        if self.limit < -1 or self.max_turns < -1 or self.k_per_speaker < 1 or self.max_new_tokens < 1:
+            raise ConfigError("EvalConfig: limit and max_turns must be >= -1, k_per_speaker and "
+                              "max_new_tokens >= 1")
+
+    def resolved(self) -> "EvalConfig":
+        """A copy with the profile's defaults filled in (model, backend, limit, max_turns)."""
+        p = get_profile(self.profile)
+        return dataclasses.replace(
+            self, model=self.model or p.policy_model, backend=self.backend or p.backend,
+            limit=p.max_questions if self.limit == -1 else self.limit,
+            max_turns=p.max_turns if self.max_turns == -1 else self.max_turns)

@@ -47,3 +47,13 @@ def test_config_is_built_right_after_parameters(stage):
     assert "parameters" in code[0].metadata.get("tags", [])
     assert f"{stage.config.__name__}.from_namespace(globals())" in code[1].source
     assert "write_metrics(" in code[-1].source  # the last cell marks the stage finished
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_papermill_sees_every_parameter(stage):
+    """papermill's own parser must read each line (a help text with '=' or a quote can break it)."""
+    from memr1.pipeline import notebook_params
+
+    params = notebook_params(notebooks_dir() / f"{stage.name}.ipynb")
+    assert list(params) == [f.name for f in dataclasses.fields(stage.config)]
+    assert all(p["help"] for p in params.values())

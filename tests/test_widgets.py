@@ -90,3 +90,36 @@ def test_show_rejects_unknown_objects(monkeypatch):
     assert static_mode()
     with pytest.raises(TypeError, match="plotly figure or a memr1 widget"):
         show(object())
+
+
+def _records():
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"qid": "conv-26:q0", "category": 2, "question": "When did Caroline go to the support group?",
+         "gold": "7 May 2023", "prediction": "7 May 2023", "f1": 1.0, "bleu1": 1.0, "em": 1.0,
+         "retrieved": ["Caroline · 8 May 2023: Caroline went to a support group (0.71)",
+                       "Melanie · 8 May 2023: Melanie paints (0.12)"],
+         "selected": ["8 May 2023: Caroline went to a support group"], "raw_output": "**Answer:** 7 May 2023",
+         "judge_label": "CORRECT", "judge_reason": "same date."},
+        {"qid": "conv-26:q1", "category": 1, "question": "What does Melanie paint?", "gold": "sunsets",
+         "prediction": "", "f1": 0.0, "bleu1": 0.0, "em": 0.0, "retrieved": [], "selected": [],
+         "raw_output": "", "judge_label": "WRONG", "judge_reason": "no answer."},
+    ])
+
+
+def test_qa_inspector_static_and_live():
+    from widgets.qa_inspector import QAInspector
+
+    html = QAInspector(_records()).static_html()
+    assert html.index("conv-26:q1") < html.index("conv-26:q0")  # worst F1 first
+    assert "<li class='sel'>Caroline · 8 May 2023: Caroline went to a support group (0.71)</li>" in html
+    assert "<li class=''>Melanie · 8 May 2023: Melanie paints (0.12)</li>" in html
+    assert "<b class='ok'>CORRECT</b> — same date." in html and "category 2 temporal (Temporal)" in html
+    box = QAInspector(_records()).widget()
+    pick, body = box.children
+    assert "support group" in body.value
+    pick.value = 1
+    assert "What does Melanie paint?" in body.value and "retrieved (0" in body.value
+    with pytest.raises(ValueError, match="needs record columns"):
+        QAInspector(_records().drop(columns=["gold"]))

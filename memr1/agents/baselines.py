@@ -1,0 +1,170 @@
+"""Answer-side baselines that skip the memory bank, with the Answer Agent's prompt and output.
+
+``FullContextAnswerer`` shows the whole conversation (sessions with their date-times), cut to a
+token budget by dropping the *oldest* turns; ``RagAnswerer`` (LoCoMo's RAG baseline) shows the
+top-k raw dialogue turns most similar to the question. Both build their prompts with
+``memr1.agents.answer.qa_messages`` (same rules, same ``**Memories selected as relevant:**`` /
+``**Answer:**`` format) and return the same ``AnswerRecord`` as ``AnswerAgent``, so metrics, tables
+and widgets treat all three alike. Records of both leave ``retrieved`` empty; ``RagAnswerer`` lists
+the dialogue ids of the turns it showed in ``AnswerRecord.sources`` (prompt order).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from memr1.agents.answer import (EXCERPTS, TRANSCRIPT, AnswerRecord, generate_batched, make_record,
+                                 qa_messages, render_context)
+from memr1.data.locomo import QA, Conversation, Turn
+from memr1.errors import ConfigError
+from memr1.llm.generate import GREEDY, Generator, Sampling
+from memr1.memory.embed import Embedder
+
+Blocks = list[tuple[str, list[str]]]
+
+
+def count_words(text: str) -> int:
+    """Default token counter: whitespace-separated words."""
+    return len(text.split())
+
+
+def _check_questions(questions: Sequence[QA], conv: Conversation) -> None:
+    foreign = sorted({q.sample_id for q in questions if q.sample_id != conv.sample_id})
+    if foreign:
+        raise ConfigError(f"questions of {foreign} were passed with conversation {conv.sample_id!r}; "
+                          "answer each conversation's questions with that conversation")
+
+
+def session_blocks(conv: Conversation, turns: Sequence[Turn]) -> Blocks:
+    """Group ``turns`` (in conversation order) into ``("Session i, <date-time>", lines)`` blocks."""
+    blocks: Blocks = []
+    current = None
+    for t in turns:
+        if t.session != current:
+            current = t.session
+            blocks.append((f"Session {t.session}, {conv.session_time(t.session)}", []))
+        blocks[-1][1].append(t.render())
+    return blocks
+
+
+class FullContextAnswerer:
+    """The whole conversation as context, truncated to the most recent turns that fit a budget.
+
+    Args:
+        generator: any ``Generator``.
+        count_tokens: length of a text in tokens, e.g. ``lambda s: len(tok(s).input_ids)``;
+            default: whitespace words.
+        max_context_tokens: budget for the transcript part of the prompt (session headers and
+            turns, measured with ``count_tokens`` on the rendered text); the instructions and the
+            question (about 300 tokens) come on top. None: never truncate.
+        sampling: decoding settings.
+        batch_size: prompts per ``generate`` call.
+    """
+
+    def __init__(self, generator: Generator, count_tokens: Callable[[str], int] | None = None,
+                 max_context_tokens: int | None = None, sampling: Sampling = GREEDY,
+                 batch_size: int = 8):
+        if max_context_tokens is not None and max_context_tokens < 0:
+            raise ConfigError(f"max_context_tokens must be >= 0 or None, got {max_context_tokens}")
+        self.generator, self.sampling, self.batch_size = generator, sampling, batch_size
+        self.count_tokens = count_tokens or count_words
+        self.max_context_tokens = max_context_tokens
+        self._cache: dict[str, tuple[Blocks, str, int]] = {}
+
+    def context(self, conv: Conversation) -> tuple[Blocks, str, int]:
+        """``(blocks, context_note, turns kept)`` for ``conv``; computed once per sample_id."""
+        if conv.sample_id not in self._cache:
+            self._cache[conv.sample_id] = self._truncate(conv)
+        return self._cache[conv.sample_id]
+
+    def _truncate(self, conv: Conversation) -> tuple[Blocks, str, int]:
+        turns, budget, count = list(conv.turns()), self.max_context_tokens, self.count_tokens
+        start = 0
+        if budget is not None:
+            # estimate from the end with per-piece counts, then confirm on the rendered text
+            used, seen_sessions, start = 0, set(), len(turns)
+            for i in range(len(turns) - 1, -1, -1):
+                t = turns[i]
+                cost = count(f"- {t.render()}")
+                if t.session not in seen_sessions:
+                    cost += count(f"Session {t.session}, {conv.session_time(t.session)}:")
+                if used + cost > budget:
+                    break
+                used, start = used + cost, i
+                seen_sessions.add(t.session)
+            while start < len(turns) and count(render_context(session_blocks(conv, turns[start:]))) > budget:
+                start += 1
+        blocks = session_blocks(conv, turns[start:])
+        tokens = count(render_context(blocks)) if blocks else 0
+        kept, total = len(turns) - start, len(turns)
+        dropped = f"dropped the oldest {start}" if start else "nothing dropped"
+        return blocks, f"kept {kept}/{total} turns ({dropped}; {tokens} tokens)", kept
+
+    def answer(self, questions: Sequence[QA], conv: Conversation) -> list[AnswerRecord]:
+        """One record per question of ``conv``, in the order given."""
+        _check_questions(questions, conv)
+        blocks, note, _ = self.context(conv)
+        prompts = [qa_messages(q.question, blocks, conv.speakers, TRANSCRIPT) for q in questions]
+        gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
+        return [make_record(q, m, g, context_note=note) for q, m, g in zip(questions, prompts, gens)]
+
+
+class RagAnswerer:
+    """LoCoMo-RAG: the top-k dialogue turns most similar to the question, as dated excerpts.
+
+    Turns are embedded as ``turn.render()`` (speaker, text, image caption) once per conversation and
+    cached on the instance by sample_id; each is shown as ``"{session date-time}: {Speaker}: {text}"``,
+    most similar first. ``AnswerRecord.sources`` lists their dialogue ids in that order.
+
+    Args:
+        generator: any ``Generator``.
+        embedder: any ``Embedder`` (the same kind the memory banks use, for a fair comparison).
+        k: turns shown per question.
+        sampling: decoding settings.
+        batch_size: prompts per ``generate`` call.
+    """
+
+    def __init__(self, generator: Generator, embedder: Embedder, k: int = 30,
+                 sampling: Sampling = GREEDY, batch_size: int = 8):
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.generator, self.embedder, self.k = generator, embedder, k
+        self.sampling, self.batch_size = sampling, batch_size
+        self._index: dict[str, tuple[list[Turn], np.ndarray]] = {}
+
+    def index(self, conv: Conversation) -> tuple[list[Turn], np.ndarray]:
+        """The conversation's turns and their embeddings (rows in turn order), cached."""
+        if conv.sample_id not in self._index:
+            turns = list(conv.turns())
+            self._index[conv.sample_id] = (turns, np.asarray(self.embedder.embed([t.render() for t in turns]),
+                                                             dtype=np.float32))
+        return self._index[conv.sample_id]
+
+    def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
+        """Per question, the ``k`` most similar turns, best first (ties: earlier turn first)."""
+        if not questions:
+            return []
+        turns, mat = self.index(conv)
+        qvecs = np.asarray(self.embedder.embed([q.question for q in questions]), dtype=np.float32)
+        out = []
+        for scores in qvecs @ mat.T:
+            order = np.lexsort((np.arange(len(turns)), -scores))[:self.k]
+            out.append([(turns[i], float(scores[i])) for i in order])
+        return out
+
+    def answer(self, questions: Sequence[QA], conv: Conversation) -> list[AnswerRecord]:
+        """One record per question of ``conv``, in the order given."""
+        _check_questions(questions, conv)
+        tops = self.top_turns(questions, conv)
+        prompts = []
+        for q, top in zip(questions, tops):
+            lines = [f"{conv.session_time(t.session)}: {t.render()}" for t, _ in top]
+            prompts.append(qa_messages(q.question, [("Conversation excerpts, most relevant first", lines)],
+                                       conv.speakers, EXCERPTS))
+        gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
+        n = sum(1 for _ in conv.turns())
+        return [make_record(q, m, g, sources=[t.dia_id for t, _ in top],
+                            context_note=f"top {len(top)} of {n} turns by similarity")
+                for q, m, g, top in zip(questions, prompts, gens, tops)]

@@ -1,0 +1,151 @@
+"""Evaluation report: scripted policies prove the plumbing; the tiny model runs every stage."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from memr1.config import EvalConfig
+from memr1.errors import ConfigError
+from memr1.eval.report import evaluate
+from memr1.llm.generate import ScriptedGenerator
+
+
+def _cfg(tmp_path, data_dir, **kw):
+    params = {"data_dir": str(data_dir), "run_dir": str(tmp_path / "run"), "embedder": "hash", "split": "train",
+              "limit": 30, "max_turns": 60, **kw}
+    return EvalConfig.from_params(params)
+
+
+def _gold_lookup(locomo):
+    return {q.question: q.answer for q in locomo.questions()}
+
+
+def _role(messages) -> str:
+    last = messages[-1]["content"]
+    if "New facts from" in last:
+        return "manager"
+    return "answer" if "Question:" in last else "extract"
+
+
+def test_gold_policy_scores_100_everywhere_and_empty_scores_0(locomo, data_dir, tmp_path):
+    gold = _gold_lookup(locomo)
+
+    def oracle(messages):
+        question = messages[-1]["content"].split("Question:", 1)[1].strip().splitlines()[0].strip()
+        return f"**Memories selected as relevant:**\n- none\n**Answer:** {gold[question]}"
+
+    res = evaluate(_cfg(tmp_path, data_dir, system="replay", limit=0), generator=ScriptedGenerator(oracle),
+                   progress=False)
+    table = res.table()
+    assert len(res.records) == 152 and list(table["count"]) == [32, 37, 13, 70, 152]
+    assert (table[["f1", "bleu1", "em"]] == 100.0).all().all()
+    empty = evaluate(_cfg(tmp_path, data_dir, system="replay", limit=0, run_dir=str(tmp_path / "e")),
+                     generator=ScriptedGenerator(lambda m: ""), progress=False)
+    assert (empty.table()[["f1", "bleu1", "em"]] == 0.0).all().all()
+
+
+def test_malformed_manager_output_leaves_banks_empty_and_is_counted(data_dir, tmp_path):
+    def policy(messages):
+        role = _role(messages)
+        if role == "extract":
+            return '{"facts": ["Caroline likes hiking."]}'
+        return "{not json" if role == "manager" else "**Answer:** hiking"
+
+    res = evaluate(_cfg(tmp_path, data_dir, system="base", limit=5, max_turns=20), generator=ScriptedGenerator(policy),
+                   progress=False)
+    ops = res.operations
+    assert ops["rejected_outputs"] == {"malformed_json": 20}  # one per turn: every turn had a fact
+    assert sum(ops["applied"].values()) == 0
+    assert all(len(r) == 0 for r in res.records.retrieved)  # nothing was ever stored
+
+
+def test_base_pipeline_with_scripted_llm_writes_memories(data_dir, tmp_path):
+    def policy(messages):
+        role = _role(messages)
+        if role == "extract":
+            turn = messages[-1]["content"].strip().splitlines()[-1]
+            return json.dumps({"facts": [turn[:200]]})
+        if role == "manager":
+            return '{"memory": [{"id": "new", "text": "Caroline attended a support group.", "event": "ADD"}]}'
+        return "**Answer:** support group"
+
+    res = evaluate(_cfg(tmp_path, data_dir, system="base", limit=3, max_turns=10), generator=ScriptedGenerator(policy),
+                   progress=False)
+    assert res.operations["applied"]["ADD"] == 10 and res.operations["rejected_outputs"] == {}
+    assert all(len(r) == 10 for r in res.records.retrieved)  # 5 per speaker after 10 turns
+    lat = res.latency.set_index("component")
+    assert lat.loc["extract", "calls"] == 10 and lat.loc["manager", "calls"] == 10
+
+
+def test_rerun_gives_the_same_records_and_counts(data_dir, tmp_path):
+    cfg = _cfg(tmp_path, data_dir, system="heuristic", limit=8, max_turns=30)
+    first = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+    again = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+    volatile = ["latency_s"]
+    pd.testing.assert_frame_equal(first.records.drop(columns=volatile), again.records.drop(columns=volatile))
+    assert first.operations == again.operations and first.operations["applied"]["ADD"] > 0
+    saved = pd.read_parquet(tmp_path / "run" / "records.parquet")
+    assert list(saved.qid) == list(first.records.qid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", ["base", "heuristic", "full-context", "rag"])
+def test_tiny_model_runs_every_system_end_to_end(data_dir, tmp_path, system):
+    res = evaluate(_cfg(tmp_path, data_dir, system=system, limit=4, max_turns=24, max_new_tokens=16),
+                   progress=False)
+    recs = res.records
+    assert len(recs) == 4 and recs.prediction.map(type).eq(str).all()
+    for col in ("qid", "category", "question", "gold", "raw_output", "retrieved", "prompt_tokens", "f1", "bleu1",
+                "f1_locomo", "em"):
+        assert recs[col].notna().all(), col
+    assert res.table().iloc[-1]["count"] == 4 and res.metrics()["model"] == "tiny"
+    if system == "full-context":
+        assert recs.context_note.str.startswith("kept").all()
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match="system must be one of"):
+        EvalConfig.from_params({"system": "mem0"})
+    with pytest.raises(ConfigError, match="needs base_url"):
+        EvalConfig.from_params({"backend": "openai"})
+    with pytest.raises(ConfigError, match="judge_base_url and judge_model"):
+        EvalConfig.from_params({"judge_model": "gpt-4o-mini"})
+
+
+def test_judge_column_through_a_real_local_endpoint(data_dir, tmp_path):
+    import http.server
+    import threading
+
+    class Judge(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # CORRECT when the generated answer line repeats the gold line
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            gold = prompt.split("Gold answer:", 1)[1].splitlines()[0].strip()
+            pred = prompt.split("Generated answer:", 1)[1].splitlines()[0].strip()
+            label = "CORRECT" if gold == pred else "WRONG"
+            reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": json.dumps({"reason": "compared.", "label": label})}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = _cfg(tmp_path, data_dir, system="replay", limit=6,
+                   judge_base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", judge_model="judge-x")
+        res = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+    finally:
+        server.shutdown()
+    assert list(res.records.judge_label) == ["CORRECT"] + ["WRONG"] * 5  # only q0's gold is 7 May 2023
+    assert "j" in res.metric_columns() and res.table().iloc[-1]["j"] == pytest.approx(100 / 6)
+    assert res.judge["model"] == "judge-x" and (tmp_path / "run" / "judge_cache.sqlite").exists()
