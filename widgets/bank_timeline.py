@@ -29,7 +29,7 @@ from memr1.memory.store import id_number
 OP_COLOURS = {"ADD": "#e3f4e6", "UPDATE": "#fff1d6", "DELETE": "#fde2e1"}
 _CSS = """<style>
 .m1-tl{font-family:system-ui,sans-serif;font-size:13px}.m1-tl table{border-collapse:collapse;width:100%;font-size:inherit}
-.m1-tl td,.m1-tl th{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+.m1-tl td,.m1-tl th{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left!important;vertical-align:top}
 .m1-tl .now{box-shadow:inset 4px 0 0 #333}.m1-tl .del{text-decoration:line-through;color:#a33}
 .m1-tl .old{text-decoration:line-through;color:#888}.m1-tl .turn{background:#f4f4f8;padding:6px;margin:6px 0}
 .m1-tl .legend span{padding:1px 6px;margin-right:6px}.m1-tl ul{padding-left:0;list-style:none}
