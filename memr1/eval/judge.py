@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import httpx
 from tqdm.auto import tqdm
 
 from memr1.config import StageConfig
 from memr1.errors import ConfigError, JudgeError
+from memr1.llm.backends import OpenAIGenerator
+from memr1.llm.generate import Sampling
 
 PROMPT_VERSION = "memr1-judge-v1"
 """Bump whenever JUDGE_PROMPT changes; it is part of the cache key and of every report."""
@@ -176,8 +177,9 @@ class LLMJudge:
     def __init__(self, cfg: JudgeConfig):
         cfg.validate()
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self._client = httpx.Client(timeout=cfg.timeout_s)  # no auth headers stored on it
+        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode else {}
+        self._llm = OpenAIGenerator(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
+                                    max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, extra_body=extra)
         if cfg.cache_path:
             self._db(lambda db: db.execute(_CREATE_TABLE))
 
@@ -186,7 +188,7 @@ class LLMJudge:
 
     def close(self) -> None:
         """Close the HTTP connection pool (also done by ``with LLMJudge(cfg) as judge:``)."""
-        self._client.close()
+        self._llm.close()
 
     def __enter__(self) -> LLMJudge:
         return self
@@ -242,56 +244,28 @@ class LLMJudge:
                              "JudgeConfig.cache_path") from None
 
     def _ask(self, prompt: str) -> tuple[str, str]:
-        """POST the prompt, retrying transient failures; return the parsed (label, reason)."""
-        cfg = self.cfg
-        key = os.environ.get(cfg.api_key_env) or os.environ.get(_FALLBACK_KEY_ENV) or ""
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        body: dict[str, Any] = {"model": cfg.model, "temperature": cfg.temperature,
-                                "messages": [{"role": "user", "content": prompt}]}
-        if cfg.json_mode:
-            body["response_format"] = {"type": "json_object"}
+        """Ask the model (HTTP retries happen in OpenAIGenerator); re-ask when the reply has no label."""
+        from memr1.llm.backends import BackendError
 
-        def scrub(text: str) -> str:  # servers may echo the key back; cut only after replacing
-            return " ".join((text.replace(key, "***") if key else text).split())[:300]
-
-        last, kind = "", ""
-        for attempt in range(cfg.max_retries + 1):
+        cfg, tries = self.cfg, self.cfg.max_retries + 1
+        sampling = Sampling(max_new_tokens=256, temperature=cfg.temperature)
+        last = ""
+        for attempt in range(tries):
             if attempt:
                 time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
             try:
-                resp = self._client.post(self.url, json=body, headers=headers)
-            except httpx.TransportError as exc:  # refused, DNS, timeouts, broken connections
-                last, kind = scrub(f"{type(exc).__name__}: {exc}"), "unreachable"
-                continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                last, kind = f"HTTP {resp.status_code}: {scrub(resp.text)}", "http"
-                continue
-            if resp.status_code >= 400:
-                raise JudgeError(f"judge endpoint {self.url} answered HTTP {resp.status_code} "
-                                 f"({scrub(resp.text)}); {self._hint(resp.status_code)}")
+                reply = self._llm.generate([[{"role": "user", "content": prompt}]], sampling)[0].text
+            except BackendError as exc:
+                hint = _SETUP_HINT if "unreachable" in str(exc) else self._hint(str(exc))
+                raise JudgeError(f"judge endpoint: {exc}; {hint}") from None
             try:
-                content = resp.json()["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError):
-                last, kind = f"not a chat completion: {scrub(resp.text)!r}", "parse"
-                continue
-            try:
-                return parse_verdict(content)
+                return parse_verdict(reply)
             except JudgeParseError:
-                last, kind = f"last reply {scrub(content)!r}", "parse"
-        tries = cfg.max_retries + 1
-        if kind == "unreachable":
-            raise JudgeError(f"judge endpoint {self.url} unreachable after {tries} attempts "
-                             f"({last}); {_SETUP_HINT}")
-        if kind == "parse":
-            raise JudgeParseError(f"judge model {cfg.model!r} at {self.url} gave no CORRECT/WRONG "
-                                  f"label after {tries} attempts; {last}")
-        raise JudgeError(f"judge endpoint {self.url} kept failing after {tries} attempts ({last}); "
-                         "the server is overloaded or down: retry later or raise max_retries")
+                last = f"last reply {' '.join(reply.split())[:300]!r}"
+        raise JudgeParseError(f"judge model {cfg.model!r} at {self._llm.url} gave no CORRECT/WRONG "
+                              f"label after {tries} attempts; {last}")
 
-    def _hint(self, status: int) -> str:
-        cfg = self.cfg
-        if status in (401, 403):
-            return f"check the API key in ${cfg.api_key_env} (or ${_FALLBACK_KEY_ENV})"
-        if status == 404:
-            return f"check base_url (usually ends in /v1) and that the server has {cfg.model!r}"
-        return f"check model {cfg.model!r}; set json_mode=False if response_format is rejected"
+    def _hint(self, error: str) -> str:
+        if "HTTP 400" in error or "response_format" in error:
+            return f"check model {self.cfg.model!r}; set json_mode=False if the server rejects response_format"
+        return f"check MEMR1_JUDGE_BASE_URL / JudgeConfig.base_url and model {self.cfg.model!r}"

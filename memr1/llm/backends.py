@@ -181,13 +181,14 @@ class OpenAIGenerator:
         timeout_s, max_retries: per-request timeout (s); retries after the first attempt.
         backoff_s: sleep before the first retry (doubled for each next one).
         max_concurrency: requests in flight at once.
+        extra_body: more request fields sent as they are, e.g. ``{"response_format": {"type": "json_object"}}``.
     """
 
     backend = "openai"
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "MEMR1_LLM_API_KEY",
                  timeout_s: float = 120, max_retries: int = 3, backoff_s: float = 1.0,
-                 max_concurrency: int = 4):
+                 max_concurrency: int = 4, extra_body: dict[str, Any] | None = None):
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url {base_url!r} must start with http:// or https:// "
                               "(e.g. http://127.0.0.1:8000/v1)")
@@ -198,6 +199,7 @@ class OpenAIGenerator:
         self.name, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.max_retries, self.backoff_s, self.max_concurrency = max_retries, backoff_s, max_concurrency
+        self.extra_body = dict(extra_body or {})
         self._client = httpx.Client(timeout=timeout_s)  # thread-safe; holds no auth header
 
     def __repr__(self) -> str:
@@ -225,7 +227,8 @@ class OpenAIGenerator:
         key = os.environ.get(self.api_key_env) or os.environ.get(_FALLBACK_KEY_ENV) or ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         body: dict[str, Any] = {"model": self.name, "messages": messages, "top_p": sampling.top_p,
-                                "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature}
+                                "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                                **self.extra_body}
         if sampling.seed is not None:
             body["seed"] = sampling.seed + index
 
