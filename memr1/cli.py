@@ -3,6 +3,7 @@
     memr1 run --profile smoke --name demo -p conversation=conv-30
     memr1 params notebooks/01_locomo_data.ipynb
     memr1 data
+    memr1 export-verl --out runs/verl --task answer
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_verl(args: argparse.Namespace) -> int:
+    from memr1.data.locomo import load_locomo
+    from memr1.memory.embed import make_embedder
+    from memr1.rl.export_verl import export_verl
+
+    data = load_locomo(args.data or None, allow_download=not args.offline)
+    store = Path(args.store) if args.store else Path(args.out) / "teacher_store"
+    paths = export_verl(data, args.out, make_embedder(args.embedder), store_dir=store, task=args.task,
+                        limit=args.limit, progress=True)
+    for name, path in paths.items():
+        print(f"[memr1] {name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memr1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--path", default="", help="explicit file or folder")
     data.add_argument("--offline", action="store_true", help="never download")
     data.set_defaults(func=_cmd_data)
+    verl = sub.add_parser("export-verl", help="write verl parquet datasets and a reward.py for GRPO")
+    verl.add_argument("--out", required=True, help="output folder")
+    verl.add_argument("--task", default="answer", choices=["answer", "manager"])
+    verl.add_argument("--store", default="", help="teacher store folder (default: <out>/teacher_store)")
+    verl.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
+    verl.add_argument("--data", default="", help="LoCoMo file or folder")
+    verl.add_argument("--offline", action="store_true", help="never download")
+    verl.add_argument("--limit", type=int, default=0, help="first N questions per split (answer task)")
+    verl.set_defaults(func=_cmd_export_verl)
     return parser
 
 

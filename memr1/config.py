@@ -263,3 +263,238 @@ class EvalConfig(StageConfig):
             self, model=self.model or p.policy_model, backend=self.backend or p.backend,
             limit=p.max_questions if self.limit == -1 else self.limit,
             max_turns=p.max_turns if self.max_turns == -1 else self.max_turns)
+
+
+GRPO_BACKENDS = ("", "auto", "transformers", "unsloth")
+"""Backends a GRPO training stage accepts ("" means the backend of the profile)."""
+
+
+@dataclass
+class GRPOTrainConfig(StageConfig):
+    """Shared fields of the GRPO stages (TRL GRPOTrainer with LoRA; Unsloth on CUDA)."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper (decides the default model and the question cap)."""
+    data_dir: str = ""
+    """Folder holding locomo/locomo10.json; "" searches $MEMR1_DATA_DIR, the user cache, then downloads."""
+    model: str = ""
+    """Policy base model: tiny, a hub id or a local folder; "" uses the model of the profile."""
+    backend: str = ""
+    """auto, transformers or unsloth (CUDA only); "" uses the backend of the profile."""
+    embedder: str = "minilm"
+    """Embedding model for memory search: minilm or hash (no model, quick checks)."""
+    k_per_speaker: int = 30
+    """Memories retrieved per speaker for each question (Memory-R1: 30, so 60 in all)."""
+    train_limit: int = -1
+    """Training rows used, in file order (0 for all, -1 for the question cap of the profile)."""
+    steps: int = 4
+    """Optimizer steps to run (GRPOConfig max_steps)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate of the LoRA weights, held constant (Memory-R1 uses a constant schedule)."""
+    num_generations: int = 4
+    """Completions sampled per prompt: the GRPO group size."""
+    batch_size: int = 4
+    """Completions per device per step (per_device_train_batch_size); a multiple of num_generations."""
+    max_completion_length: int = 32
+    """Token cap of each sampled completion (Memory-R1: 2048)."""
+    temperature: float = 1.0
+    """Sampling temperature of the training rollouts (Memory-R1: 1.0; validation is greedy)."""
+    beta: float = 0.0
+    """KL coefficient against the frozen base model (0 loads no reference model, as in TRL)."""
+    lora_r: int = 8
+    """LoRA rank on the q, k, v and o projections."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by lora_alpha over lora_r)."""
+    save_every: int = 2
+    """Steps between checkpoints in run_dir/checkpoints (0 for none, which rules out resume)."""
+    eval_every: int = 2
+    """Steps between validation EM runs on conv-30 under greedy decoding (0 for none)."""
+    eval_limit: int = 4
+    """Validation rows per evaluation, in file order (0 for all; 81 questions for the answer agent)."""
+    resume: bool = False
+    """Continue from the last checkpoint in run_dir/checkpoints when there is one."""
+    verify_adapter: bool = True
+    """After training, load the saved adapter with make_generator to prove it loads."""
+    run_dir: str = "runs/dev/03_train_grpo"
+    """Folder for checkpoints, tensorboard logs, the final LoRA adapter and the data stores."""
+    seed: int = 0
+    """Seed for random, numpy, torch and the GRPO sampler."""
+
+    def validate(self) -> None:
+        super().validate()
+        from memr1.memory.embed import EMBEDDERS
+
+        name = type(self).__name__
+        for field, value, allowed in (("backend", self.backend, GRPO_BACKENDS),
+                                      ("embedder", self.embedder, EMBEDDERS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}.{field} must be one of {tuple(allowed)}, got {value!r}")
+        if self.num_generations < 2:
+            raise ConfigError(f"{name}.num_generations must be >= 2 (GRPO compares completions within a "
+                              f"group), got {self.num_generations}")
+        if self.batch_size < 1 or self.batch_size % self.num_generations:
+            raise ConfigError(f"{name}.batch_size ({self.batch_size}) must be a positive multiple of "
+                              f"num_generations ({self.num_generations}): every prompt needs its whole group "
+                              f"in one step; try batch_size={self.num_generations * max(1, self.batch_size // self.num_generations)}")
+        positive = {"steps": self.steps, "max_completion_length": self.max_completion_length,
+                    "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "k_per_speaker": self.k_per_speaker}
+        non_negative = {"learning_rate": self.learning_rate, "beta": self.beta, "save_every": self.save_every,
+                        "eval_every": self.eval_every, "eval_limit": self.eval_limit}
+        for field, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name}.{field} must be >= 1, got {value}")
+        for field, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{name}.{field} must be >= 0, got {value}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{name}.temperature must be > 0 (training samples; validation is greedy), "
+                              f"got {self.temperature}")
+        if self.train_limit < -1:
+            raise ConfigError(f"{name}.train_limit must be >= -1 (-1: the cap of the profile), got {self.train_limit}")
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Field docs of this class and its GRPO base classes, in dataclass field order."""
+        docs: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            if issubclass(klass, GRPOTrainConfig):
+                docs.update(field_docs(klass))
+        return {f.name: docs[f.name] for f in dataclasses.fields(cls)}
+
+    def resolved(self):
+        """A copy with the profile's defaults filled in (model, backend, train_limit)."""
+        p = get_profile(self.profile)
+        return dataclasses.replace(self, model=self.model or p.policy_model, backend=self.backend or p.backend,
+                                   train_limit=p.max_questions if self.train_limit == -1 else self.train_limit)
+
+
+@dataclass
+class AnswerTrainConfig(GRPOTrainConfig):
+    """Stage 03: train the Answer Agent with GRPO on conv-26 (reward: exact match of the answer)."""
+
+    run_dir: str = "runs/dev/03_train_answer_agent"
+    """Folder for checkpoints, tensorboard logs, the final LoRA adapter and the data stores."""
+
+
+@dataclass
+class ManagerTrainConfig(GRPOTrainConfig):
+    """Stage 04: train the Memory Manager with GRPO; reward: EM of a frozen Answer Agent on the new bank."""
+
+    answer_model: str = ""
+    """Frozen Answer Agent: "" for the base model, or an answer-agent run dir or adapter folder (LoRA)."""
+    k_similar: int = 5
+    """Stored memories shown to the manager per new fact (Mem0 convention: 5)."""
+    run_dir: str = "runs/dev/04_train_memory_manager"
+    """Folder for checkpoints, tensorboard logs, the final LoRA adapter and the data stores."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.k_similar < 1:
+            raise ConfigError(f"ManagerTrainConfig.k_similar must be >= 1, got {self.k_similar}")
+
+
+@dataclass
+class Mem1TrainConfig(StageConfig):
+    """MEM1 training: grouped multi-turn rollouts, exact per-turn or packed rows, our own GRPO-style loss."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper (decides the default model)."""
+    model: str = ""
+    """Policy base model: tiny, a hub id or a local folder; "" uses the model of the profile."""
+    environment: str = "hotpotqa"
+    """Task source for memr1.data.tasks.make_tasks: hotpotqa or locomo."""
+    n_objectives: int = 2
+    """Questions per task; the reward counts those answered correctly (MEM1 trains on 2)."""
+    steps: int = 4
+    """Optimizer steps; each rolls out one group per task of the step."""
+    tasks_per_step: int = 2
+    """Tasks per step, each with its own group of rollouts."""
+    group_size: int = 4
+    """Rollouts per task: the group whose rewards are normalised into advantages."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate, constant, no weight decay (MEM1: 1e-6 for a 7B model)."""
+    max_turns: int = 6
+    """Turn cap per episode (MEM1: 6 for up to 4 objectives)."""
+    max_new_tokens: int = 128
+    """Token cap of each generated turn (MEM1: 1000)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts; the loss scores tokens at the same temperature."""
+    packed: bool = False
+    """Score a whole trajectory in one row with a 4-D additive mask instead of one row per turn."""
+    loss_type: str = "token"
+    """token: mean over all generated tokens of the step; trajectory: mean of per-trajectory token means."""
+    clip_eps: float = 0.2
+    """PPO ratio clip (inactive with one update per rollout, where the ratio is 1)."""
+    beta: float = 0.0
+    """Weight of the KL estimate to the frozen base model (0 loads no reference model)."""
+    micro_batch: int = 8
+    """Trajectories per forward pass; gradients are accumulated, the result does not depend on it."""
+    lora_r: int = 0
+    """LoRA rank on every linear layer (alpha is twice the rank); 0 means full fine-tuning."""
+    save_every: int = 1
+    """Steps between checkpoints in run_dir/checkpoint (the last step is always saved)."""
+    run_dir: str = "runs/dev/07_train_mem1"
+    """Folder for train_log.jsonl and the checkpoint a rerun resumes from."""
+    seed: int = 0
+    """Seed for random, numpy, torch and the rollouts of every step."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.environment not in ("hotpotqa", "locomo"):
+            raise ConfigError(f"Mem1TrainConfig.environment must be hotpotqa or locomo, got {self.environment!r}")
+        if self.loss_type not in ("token", "trajectory"):
+            raise ConfigError(f"Mem1TrainConfig.loss_type must be token or trajectory, got {self.loss_type!r}")
+        for name in ("n_objectives", "steps", "tasks_per_step", "group_size", "max_turns", "max_new_tokens",
+                     "micro_batch", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"Mem1TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate < 0 or self.beta < 0 or self.lora_r < 0 or self.clip_eps <= 0:
+            raise ConfigError("Mem1TrainConfig: learning_rate, beta and lora_r must be >= 0 and clip_eps > 0")
+        if self.temperature <= 0:
+            raise ConfigError(f"Mem1TrainConfig.temperature must be > 0 (rollouts sample), got {self.temperature}")
+
+
+@dataclass
+class Mem1Config(StageConfig):
+    """Stage 06: the MEM1 agent (pruned internal state) against full context, and beside Memory-R1."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper (decides the default model; smoke numbers are not meaningful)."""
+    data_dir: str = ""
+    """Folder holding hotpotqa/ and locomo/ data files; "" searches $MEMR1_DATA_DIR, then the user cache."""
+    environment: str = "hotpotqa"
+    """Task source: hotpotqa (sample paragraphs as corpus) or locomo (one conversation, turns as corpus)."""
+    n_objectives: int = 2
+    """Questions per task, 1 to 16 (MEM1 trains on 2 and tests up to 16)."""
+    n_tasks: int = 4
+    """Tasks built and run in every mode."""
+    model: str = ""
+    """Policy model: tiny, a hub id or a local folder; "" uses the model of the profile."""
+    backend: str = ""
+    """auto, transformers or unsloth; "" uses the backend of the profile."""
+    steps: int = 0
+    """MEM1 training steps run by memr1.rl.mem1_trainer before evaluation (0 for no training)."""
+    max_turns: int = 6
+    """Turn cap per episode (MEM1: 6 for up to 4 objectives, 20 for harder tasks)."""
+    run_dir: str = "runs/dev/06_mem1"
+    """Folder where this stage writes metrics.json and the Memory-R1 comparison store."""
+    seed: int = 0
+    """Seed for task sampling, random, numpy and torch."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.environment not in ("hotpotqa", "locomo"):
+            raise ConfigError(f"Mem1Config.environment must be hotpotqa or locomo, got {self.environment!r}")
+        if self.backend not in ("", "auto", "transformers", "unsloth"):
+            raise ConfigError(f"Mem1Config.backend must be one of auto, transformers, unsloth or empty, "
+                              f"got {self.backend!r}")
+        if not 1 <= self.n_objectives <= 16:
+            raise ConfigError(f"Mem1Config.n_objectives must be from 1 to 16, got {self.n_objectives}")
+        if self.n_tasks < 1 or self.max_turns < 1 or self.steps < 0:
+            raise ConfigError("Mem1Config: n_tasks and max_turns must be >= 1 and steps >= 0, got "
+                              f"{self.n_tasks}, {self.max_turns}, {self.steps}")
+
+    def resolved(self) -> "Mem1Config":
+        """A copy with the profile's model and backend filled in."""
+        p = get_profile(self.profile)
+        return dataclasses.replace(self, model=self.model or p.policy_model, backend=self.backend or p.backend)

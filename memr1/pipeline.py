@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from memr1.config import BankConfig, DataConfig, EvalConfig, StageConfig, get_profile
+from memr1.config import BankConfig, DataConfig, EvalConfig, Mem1Config, StageConfig, get_profile
 from memr1.errors import ConfigError, Memr1Error
 from memr1.runs import write_json_atomic
 
@@ -45,6 +45,7 @@ STAGES: list[Stage] = [
     Stage("01_locomo_data", DataConfig),
     Stage("02_build_memory_bank", BankConfig),
     Stage("05_evaluate_locomo", EvalConfig),
+    Stage("06_mem1", Mem1Config),
 ]
 
 

@@ -1,0 +1,310 @@
+"""The MEM1 agent loop: one compact internal state per turn, everything older dropped.
+
+After MEM1 (Zhou, Qu et al., arXiv 2506.15841). Each turn the model writes ``<IS>…</IS>`` (its
+internal state), then ``<query>…</query>`` (answered with ``<info>…</info>``, top-3 passages) or
+``<answer>…</answer>``. Context modes: ``"mem1"``: turn t ≥ 1 sees *exactly* the prompt (user), the
+previous state and query (assistant, re-rendered as ``<IS>s</IS>\n<query>q</query>``; anything else
+the model wrote is dropped) and the previous info (user); ``"full"``: the prompt and every previous
+turn; ``"truncate"``: the prompt and the newest turns that fit ``budget_tokens`` (the newest always
+stays). The paper's "truncate" baseline is our ``"mem1"`` mode with an untrained model.
+
+The last user message ends with a turns-left hint. All N questions are answered in one ``<answer>``,
+in question order, separated by ``" ; "`` (MEM1) or one per line (numbering like ``1.`` or ``Q2:`` is
+stripped); each is scored by position with EM (``exact_match``) and set F1 (``f1_mem0``), best over
+gold aliases (MEM1's evaluation also zeroes a task whose answer count is not N:
+``Episode.answer_count_ok``). Invalid output ends the episode, as in MEM1.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from memr1.data.retrieval import Passage, Retriever, retriever_for
+from memr1.data.tasks import Task
+from memr1.errors import ConfigError
+from memr1.eval.metrics import exact_match, f1_mem0
+from memr1.llm.generate import Generator, Messages, Sampling
+
+MODES = ("mem1", "full", "truncate")
+ANSWER_SEPARATOR = " ; "
+DEFAULT_SAMPLING = Sampling(max_new_tokens=256)
+INVALID_HINT = "Write <IS>...</IS> then <query>...</query> or <answer>...</answer>."
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """A token-counting function with the tokenizer's name (recorded in every episode)."""
+
+    fn: Callable[[str], int]
+    name: str
+
+    def __call__(self, text: str) -> int:
+        return int(self.fn(text))
+
+
+WHITESPACE = TokenCounter(lambda s: len(s.split()), "whitespace")
+
+
+
+def task_prompt(task: Task) -> str:
+    """The task prompt (constant over an episode): the questions and the rules of the loop."""
+    n = task.n_objectives
+    qs = "\n".join(f"{i}. {o.question.strip()}" for i, o in enumerate(task.objectives, 1))
+    fmt = ("<answer>your answer</answer> to finish with one short answer"
+           if n == 1 else "<answer>answer 1 ; answer 2 ; ...</answer> to finish: one short answer per "
+           "question, in question order, separated by \" ; \" (or one numbered line per question)")
+    return (f"Answer {'this question' if n == 1 else f'these {n} questions'} by searching a document "
+            f"collection, one search per turn.\n\nQuestions:\n{qs}\n\nEvery turn, reply in this order:\n"
+            "1. <IS>...</IS>: your internal state, rewritten in full each turn. Next turn you will see only "
+            "this task, your latest state, your latest query and its results; all else is erased. Keep in "
+            "the state every answer found so far (by question number), what is still missing and your "
+            "next step. Keep it short.\n"
+            "2. Then exactly one of:\n"
+            "<query>search words</query> to search for one question; the top documents come back inside "
+            "<info>...</info>.\n"
+            f"{fmt}. Write unknown where you found nothing. You answer once, and that ends the task.\n"
+            "A bracketed line at the end of each message says how many turns are left.")
+
+
+def turns_hint(turns_left: int) -> str:
+    return "[Last turn: give the <answer> now.]" if turns_left <= 1 else f"[{turns_left} turns left]"
+
+
+def format_docs(passages: Sequence[Passage]) -> str:
+    """Retrieved passages as MEM1 shows them: ``Doc k (Title: ...) text``, one per line."""
+    return "\n".join(f"Doc {i} (Title: {p.title}) {p.text}" for i, p in enumerate(passages, 1)) or "No documents."
+
+
+def render_turn(state: str, query: str | None) -> str:
+    """What a previous turn leaves in the context (the assistant message)."""
+    return f"<IS>{state}</IS>" + (f"\n<query>{query}</query>" if query else "")
+
+
+def render_info(info: str, turns_left: int) -> str:
+    """The environment's reply (a user message), with the turns-left hint."""
+    return f"<info>\n{info}\n</info>\n{turns_hint(turns_left)}"
+
+
+def build_context(task: Task, turn: int, state: str, last_query: str | None, last_info: str,
+                  turns_left: int, mode: str = "mem1", *, history: Sequence[tuple[str, str | None, str]] = (),
+                  budget_tokens: int = 0, count_tokens: Callable[[str], int] = WHITESPACE) -> Messages:
+    """The messages the model sees at ``turn`` (a pure function: same arguments, same messages).
+
+    ``turn`` is 0-based (turn 0 ignores state, last_query, last_info); state, last_query (None: no
+    query) and last_info (``format_docs`` text) come from the previous turn; ``turns_left`` counts
+    this turn. "full" and "truncate" also need ``history``: the (state, query, info) of the ``turn - 1``
+    turns before the previous one, oldest first ("mem1" ignores it); "truncate" keeps the newest
+    turns whose ``count_tokens`` fit ``budget_tokens`` (prompt included; the newest turn always stays).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
+    prompt = task_prompt(task)
+    if turn == 0:
+        return [{"role": "user", "content": f"{prompt}\n\n{turns_hint(turns_left)}"}]
+    if mode == "mem1":
+        past = [(state, last_query, last_info)]
+    elif len(history) != turn - 1:
+        raise ConfigError(f"mode {mode!r} at turn {turn} needs the {turn - 1} older turns in history, "
+                          f"got {len(history)}")
+    else:
+        past = [*history, (state, last_query, last_info)]
+    pairs = [[{"role": "assistant", "content": render_turn(s, q)}, {"role": "user", "content": f"<info>\n{i}\n</info>"}]
+             for s, q, i in past]
+    pairs[-1][1]["content"] = render_info(last_info, turns_left)
+    if mode == "truncate":
+        if budget_tokens <= 0:
+            raise ConfigError("mode 'truncate' needs budget_tokens > 0")
+        used, kept = count_tokens(prompt), []
+        for pair in reversed(pairs):
+            cost = sum(count_tokens(m["content"]) for m in pair)
+            if kept and used + cost > budget_tokens:
+                break
+            kept.insert(0, pair)
+            used += cost
+        pairs = kept
+    return [{"role": "user", "content": prompt}] + [m for pair in pairs for m in pair]
+
+
+
+@dataclass(frozen=True)
+class Action:
+    """A parsed model turn. ``ok`` is False when neither a query nor an answer could be read."""
+
+    state: str
+    query: str | None = None
+    answers: tuple[str, ...] | None = None
+    ok: bool = False
+    error: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "answer" if self.answers is not None else "query" if self.query is not None else "invalid"
+
+
+_TAG = r"<\s*/?\s*(?:IS|think|query|search|answer|info|information)\s*>"
+_STATE = re.compile(r"<\s*(IS|think)\s*>(.*?)<\s*/\s*\1\s*>", re.I | re.S)
+_OPEN_STATE = re.compile(r"<\s*(IS|think)\s*>(.*?)(?=<\s*(?:query|search|answer)\s*>|\Z)", re.I | re.S)
+_ACTION = re.compile(r"<\s*(query|search|answer)\s*>(.*?)(?:<\s*/\s*\1\s*>|\Z)", re.I | re.S)
+_STOP = re.compile(r"<\s*/\s*(?:query|search|answer)\s*>", re.I)
+_NUMBERING = re.compile(r"^\s*(?:\(\d{1,2}\)|\d{1,2}[.):](?=\s)|\d{1,2}\)|[QA]\d{1,2}\s*[:.)=-]|"
+                        r"answer\s*\d{1,2}\s*[:.)=-])\s*", re.I)
+
+
+def cut_at_stop(text: str) -> str:
+    """The text up to its first ``</query>`` or ``</answer>`` (what decoding with MEM1's stop strings returns)."""
+    m = _STOP.search(text)
+    return text[:m.end()] if m else text
+
+
+def _clean(text: str) -> str:
+    return " ".join(re.sub(_TAG, " ", text, flags=re.I).split())
+
+
+def parse_answers(body: str, n_objectives: int | None = None) -> tuple[str, ...]:
+    """Split an ``<answer>`` body: lines when there are several, else ``;``; one answer when N is 1."""
+    lines = [ln for ln in str(body).splitlines() if ln.strip()]
+    if n_objectives == 1:
+        parts = [" ".join(lines)]
+    else:
+        parts = lines if len(lines) > 1 else str(body).split(";")
+    return tuple(_clean(_NUMBERING.sub("", p)) for p in parts)
+
+
+def parse_action(text: Any, n_objectives: int | None = None) -> Action:
+    """Read ``<IS>`` and the first ``<query>`` or ``<answer>`` after it; never raises.
+
+    Tolerates a missing closing tag at the end of the text, MEM1's own tag names (``<think>``,
+    ``<search>``) and any case; text after the first action is ignored (MEM1 stops generating there).
+
+    >>> parse_action("<IS>Q1=Paris</IS><answer>Paris ; 1945</answer>").answers
+    ('Paris', '1945')
+    >>> parse_action("rambling").ok
+    False
+    """
+    if not isinstance(text, str):
+        return Action("", ok=False, error=f"output is {type(text).__name__}, not text")
+    m = _STATE.search(text) or _OPEN_STATE.search(text)  # a closed state wins over an unclosed one
+    state = _clean(m.group(2)) if m else ""
+    act = _ACTION.search(text)
+    if act and m and m.start() <= act.start() < m.end():  # a tag quoted inside the state is not an action
+        act = _ACTION.search(text, m.end())
+    if act is None:
+        return Action(state, ok=False, error="no <query> or <answer>")
+    body = _clean(act.group(2)) if act.group(1).lower() != "answer" else act.group(2)
+    if not _clean(body):
+        return Action(state, ok=False, error=f"empty <{act.group(1).lower()}>")
+    if act.group(1).lower() == "answer":
+        return Action(state, answers=parse_answers(body, n_objectives), ok=True)
+    return Action(state, query=body, ok=True)
+
+
+
+@dataclass
+class TurnRecord:
+    """One turn: ``context`` is exactly what the model saw, ``raw`` what it wrote up to its first action
+    (``cut_at_stop``), ``prompt_tokens`` the prompt's share of ``context_tokens``, ``info`` the documents."""
+
+    turn: int
+    context: Messages
+    context_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    raw: str
+    state: str
+    query: str | None
+    answers: tuple[str, ...] | None
+    retrieved_ids: list[str]
+    info: str
+    ok: bool
+    wall_s: float
+
+
+@dataclass
+class Episode:
+    """One task run: ``policy`` is the generator name, ``tokenizer`` the counter behind every count,
+    ``em`` / ``f1`` are per objective, ``stop`` is "answer", "max_turns" or "invalid"."""
+
+    task_id: str
+    mode: str
+    policy: str
+    tokenizer: str
+    n_objectives: int
+    max_turns: int
+    turns: list[TurnRecord] = field(default_factory=list)
+    answers: tuple[str, ...] = ()
+    em: list[float] = field(default_factory=list)
+    f1: list[float] = field(default_factory=list)
+    stop: str = ""
+    wall_s: float = 0.0
+
+    @property
+    def answer_count_ok(self) -> bool:
+        return len(self.answers) == self.n_objectives
+
+
+def run_episode(task: Task, generator: Generator, retriever: Retriever | None = None, mode: str = "mem1",
+                max_turns: int = 6, sampling: Sampling = DEFAULT_SAMPLING,
+                count_tokens: Callable[[str], int] = WHITESPACE, *, k: int = 3, budget_tokens: int = 1024,
+                stop_on_invalid: bool = True) -> Episode:
+    """Run one task to an answer, an invalid turn or ``max_turns``; score the answers per objective.
+
+    ``retriever`` None uses BM25 over the task's corpus (built once per corpus). ``count_tokens``
+    gives every token number in the records; pass a ``TokenCounter`` so its name is recorded.
+    """
+    return run_batch([task], generator, [retriever], mode, max_turns, sampling, count_tokens, k=k,
+                     budget_tokens=budget_tokens, stop_on_invalid=stop_on_invalid)[0]
+
+
+def run_batch(tasks: Sequence[Task], generator: Generator, retrievers: Sequence[Retriever | None] | None = None,
+              mode: str = "mem1", max_turns: int = 6, sampling: Sampling = DEFAULT_SAMPLING,
+              count_tokens: Callable[[str], int] = WHITESPACE, *, k: int = 3, budget_tokens: int = 1024,
+              stop_on_invalid: bool = True) -> list[Episode]:
+    """``run_episode`` for several tasks in lockstep: one ``generate`` call per turn for all live episodes.
+
+    A turn's wall time is its share of the batched generation plus its own retrieval.
+    """
+    if mode not in MODES or max_turns < 1:
+        raise ConfigError(f"need mode in {MODES} and max_turns >= 1, got {mode!r}, {max_turns}")
+    rets = [r or retriever_for(t.corpus) for t, r in zip(tasks, retrievers or [None] * len(tasks))]
+    eps = [Episode(t.id, mode, getattr(generator, "name", "?"), getattr(count_tokens, "name", "custom"),
+                   t.n_objectives, max_turns) for t in tasks]
+    pasts: list[list[tuple[str, str | None, str]]] = [[] for _ in tasks]
+    live = list(range(len(tasks)))
+    for turn in range(max_turns):
+        if not live:
+            break
+        start = time.perf_counter()
+        contexts = [build_context(tasks[i], turn, *(pasts[i][-1] if pasts[i] else ("", None, "")), max_turns - turn,
+                                  mode, history=pasts[i][:-1], budget_tokens=budget_tokens, count_tokens=count_tokens)
+                    for i in live]
+        outputs = generator.generate(contexts, sampling)
+        share = (time.perf_counter() - start) / len(live)
+        still = []
+        for i, msgs, out in zip(live, contexts, outputs):
+            t0, task, ep = time.perf_counter(), tasks[i], eps[i]
+            text = cut_at_stop(out.text)  # local backends have no stop strings: drop what follows the action
+            action = parse_action(text, task.n_objectives)
+            hits = rets[i].search(action.query, k) if action.query is not None else []
+            info = format_docs(hits) if action.query is not None else ""
+            if not action.ok and not stop_on_invalid:
+                info = f"Invalid turn ({action.error}). {INVALID_HINT}"
+            ep.turns.append(TurnRecord(turn, msgs, sum(count_tokens(m["content"]) for m in msgs),
+                                       count_tokens(task_prompt(task)), count_tokens(text), text, action.state,
+                                       action.query, action.answers, [p.id for p in hits], info, action.ok,
+                                       share + time.perf_counter() - t0))
+            if action.answers is not None or (not action.ok and stop_on_invalid):
+                ep.answers, ep.stop = action.answers or (), "answer" if action.answers is not None else "invalid"
+            else:
+                pasts[i].append((action.state, action.query, info))
+                still.append(i)
+        live = still
+    for task, ep in zip(tasks, eps):
+        ep.stop, ep.wall_s = ep.stop or "max_turns", sum(t.wall_s for t in ep.turns)
+        for i, obj in enumerate(task.objectives):
+            pred = ep.answers[i] if i < len(ep.answers) else ""
+            ep.em.append(max(exact_match(pred, a) for a in obj.answers) if pred else 0.0)
+            ep.f1.append(max(f1_mem0(pred, a) for a in obj.answers) if pred else 0.0)
+    return eps

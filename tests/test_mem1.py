@@ -1,0 +1,316 @@
+"""MEM1 agent: context pruning, tasks, retrieval, the gold policy, measures and the parser."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from memr1.agents.mem1 import (WHITESPACE, Action, Episode, TurnRecord, build_context, format_docs,
+                               parse_action, render_turn, run_episode, task_prompt, turns_hint)
+from memr1.data.retrieval import Corpus, Passage, make_retriever
+from memr1.data.tasks import Objective, Task, make_tasks
+from memr1.errors import ConfigError, DataFormatError, DataNotFoundError
+from memr1.eval.mem1_metrics import (GOLD, aggregate, dependency, episode_metrics, gold_max_turns, peak_ratio,
+                                     run_episodes)
+from memr1.llm.generate import ScriptedGenerator
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def hotpot(data_dir):
+    from memr1.data.hotpotqa import load_hotpotqa
+
+    if not (data_dir / "hotpotqa" / "hotpot_dev_distractor_sample100.json").is_file():
+        pytest.skip("HotpotQA sample not in the data folder")
+    return load_hotpotqa(data_dir)
+
+
+def _toy_task(n: int = 2) -> Task:
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    corpus = Corpus("toy", tuple(Passage(f"p{i}", w.title(), f"{w} fact number {i} about {w}s")
+                                 for i, w in enumerate(words)))
+    objs = tuple(Objective(f"q{k}", f"What is {words[k]}?", (f"ans{k}",), (f"p{k}",)) for k in range(n))
+    return Task("toy-task", "toy", objs, corpus)
+
+
+def _counting_policy(answer_turn: int) -> ScriptedGenerator:
+    """Writes state and query numbered by turn (read back from its own last state), junk around them."""
+    def act(messages):
+        prev = parse_action(messages[-2]["content"]) if len(messages) >= 3 else Action("")
+        t = int(prev.state.split()[-1]) + 1 if prev.state else 0
+        if t == answer_turn:
+            return f"<IS>state {t}</IS><answer>ans0 ; wrong</answer>"
+        word = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"][t % 6]
+        return f"thinking aloud {t} <IS>state {t}</IS>\n<query>{word}</query> trailing junk <info>fake</info>"
+    return ScriptedGenerator(act, name="counting")
+
+
+# --------------------------------------------------------------------------- context modes
+
+
+def test_mem1_context_holds_only_prompt_last_state_query_info():
+    task = _toy_task()
+    ep = run_episode(task, _counting_policy(5), make_retriever(task.corpus), "mem1", max_turns=6)
+    assert len(ep.turns) == 6 and ep.stop == "answer"
+    prompt = task_prompt(task)
+    assert ep.turns[0].context == [{"role": "user", "content": f"{prompt}\n\n[6 turns left]"}]
+    for t in range(1, 6):
+        prev = ep.turns[t - 1]
+        expected = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": f"<IS>state {t - 1}</IS>\n<query>{prev.query}</query>"},
+                    {"role": "user", "content": f"<info>\n{prev.info}\n</info>\n{turns_hint(6 - t)}"}]
+        assert ep.turns[t].context == expected
+        assert prev.info == format_docs(make_retriever(task.corpus).search(prev.query, 3))
+        text = "".join(m["content"] for m in ep.turns[t].context)
+        assert "thinking aloud" not in text and "trailing junk" not in text and "fake" not in text
+        assert all(f"state {s}" not in text for s in range(t - 1))  # older states are gone
+        bound = sum(WHITESPACE(x) for x in (prompt, prev.state, prev.query, prev.info, turns_hint(6 - t)))
+        assert ep.turns[t].context_tokens <= bound + 6  # + the tag words
+    assert ep.turns[5].context[-1]["content"].endswith("[Last turn: give the <answer> now.]")
+    assert all(r.raw.endswith("</query>") and "junk" not in r.raw for r in ep.turns[:5])  # cut at the stop tag
+    assert ep.answers == ("ans0", "wrong") and ep.em == [1.0, 0.0]
+
+
+def test_full_mode_keeps_every_turn():
+    task = _toy_task()
+    ep = run_episode(task, _counting_policy(5), None, "full", max_turns=6)
+    for t, rec in enumerate(ep.turns):
+        assert len(rec.context) == 1 + 2 * t
+        assert [m["content"] for m in rec.context[1::2]] == [render_turn(f"state {s}", ep.turns[s].query)
+                                                              for s in range(t)]
+        infos = [m["content"] for m in rec.context[2::2]]
+        assert all(i.startswith(f"<info>\n{ep.turns[s].info}\n</info>") for s, i in enumerate(infos))
+    mem1 = run_episode(task, _counting_policy(5), None, "mem1", max_turns=6)
+    p = ep.turns[-1].prompt_tokens  # 5 earlier turns against 1, the prompt aside
+    assert ep.turns[-1].context_tokens - p > 3 * (mem1.turns[-1].context_tokens - p)
+
+
+def test_truncate_keeps_newest_turns_within_budget():
+    task = _toy_task()
+    history = [(f"s{i}", f"q{i}", f"docs of turn {i} " * 5) for i in range(4)]
+    full = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "full", history=history)
+    pair = lambda k: full[1 + 2 * k: 3 + 2 * k]  # noqa: E731
+    cost = lambda msgs: sum(WHITESPACE(m["content"]) for m in msgs)  # noqa: E731
+    budget = cost(full[:1]) + cost(pair(3)) + cost(pair(4)) + 1
+    got = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "truncate", history=history,
+                        budget_tokens=budget)
+    assert got == full[:1] + pair(3) + pair(4) and cost(got) <= budget
+    tiny = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "truncate", history=history, budget_tokens=1)
+    assert tiny == full[:1] + pair(4)  # the newest turn always stays
+    big = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "truncate", history=history, budget_tokens=10**6)
+    assert big == full
+    with pytest.raises(ConfigError, match="history"):
+        build_context(task, 5, "s4", "q4", "x", 2, "full", history=history[:2])
+
+
+def test_build_context_is_pure():
+    task = _toy_task()
+    history = [("s0", "q0", "i0")]
+    a = build_context(task, 2, "s1", "q1", "i1", 3, "full", history=history)
+    b = build_context(task, 2, "s1", "q1", "i1", 3, "full", history=history)
+    assert a == b and history == [("s0", "q0", "i0")]
+    a[0]["content"] = "mutated"
+    assert build_context(task, 2, "s1", "q1", "i1", 3, "full", history=history)[0]["content"] == task_prompt(task)
+    assert build_context(task, 2, "s1", "q1", "i1", 3, "mem1", history=[("junk", "junk", "junk")]) == \
+        build_context(task, 2, "s1", "q1", "i1", 3, "mem1")
+
+
+# --------------------------------------------------------------------------- tasks and retrieval
+
+
+def test_hotpotqa_tasks_reproducible_and_distinct(hotpot):
+    a = make_tasks(hotpot, 4, 5, seed=1)
+    assert a == make_tasks(hotpot, 4, 5, seed=1)
+    assert a[:3] == make_tasks(hotpot, 4, 3, seed=1)  # asking for more tasks keeps the first ones
+    assert a != make_tasks(hotpot, 4, 5, seed=2)
+    for t in make_tasks(hotpot, 16, 4, seed=0) + a:
+        assert len({o.qid for o in t.objectives}) == t.n_objectives
+        assert len({o.question for o in t.objectives}) == t.n_objectives
+        assert t.corpus is hotpot.corpus and len(t.corpus) == 991
+        assert all(len(o.gold_ids) == 2 for o in t.objectives)
+    for bad in (0, 17):
+        with pytest.raises(ConfigError, match="n_objectives"):
+            make_tasks(hotpot, bad, 1)
+
+
+def test_locomo_tasks_use_evidence_turns_of_one_conversation(locomo):
+    tasks = make_tasks(locomo, 4, 6, seed=3)
+    assert tasks == make_tasks(locomo, 4, 6, seed=3)
+    for t in tasks:
+        conv = locomo.conversation(t.corpus_id.split(":", 1)[1])
+        qa = {q.qid: q for q in conv.qa}
+        assert len(t.corpus) == conv.num_turns()
+        for o in t.objectives:
+            assert o.qid in qa and qa[o.qid].category != 5 and o.gold_ids == qa[o.qid].evidence
+            for pid in o.gold_ids:
+                turn, p = conv.turn(pid), t.corpus.get(pid)
+                assert p.title == f"{turn.speaker}, {conv.session_time(turn.session)}"
+                assert p.text.startswith(turn.text)
+    fixed = make_tasks(locomo, 2, 3, seed=0, conversation="conv-30", pool=10)
+    first10 = [q.qid for q in locomo.conversation("conv-30").qa if q.category != 5 and q.evidence][:10]
+    assert all(o.qid in first10 for t in fixed for o in t.objectives)
+
+
+def test_bm25_finds_the_gold_paragraph_named_in_the_question(hotpot):
+    bm25 = make_retriever(hotpot.corpus, "bm25")
+    q0 = hotpot.questions[0]
+    assert "Ed Wood" in [p.id for p in bm25.search(q0.question, k=3)]  # "Were Scott Derrickson and Ed Wood ..."
+    assert [p.id for p in bm25.search("Scott Derrickson director", k=1)] == ["Scott Derrickson"]
+    named = [q for q in hotpot.questions if any(g.lower() in q.question.lower() for g in q.gold_ids)]
+    hits = sum(any(p.id in q.gold_ids for p in bm25.search(q.question, 3)) for q in named)
+    assert len(named) > 50 and hits / len(named) >= 0.9  # measured 66 / 69
+    dense = make_retriever(hotpot.corpus, "dense", embedder="hash")
+    assert len(dense.search(q0.question, 3)) == 3 and dense.search("", 0) == []
+    with pytest.raises(ConfigError):
+        make_retriever(hotpot.corpus, "tfidf")
+
+
+def test_hotpotqa_loader_reads_official_layout_and_rejects_bad_files(tmp_path, monkeypatch):
+    from memr1.data.hotpotqa import load_hotpotqa
+
+    official = [{"_id": "5a8b", "question": "Who?", "answer": "Ann", "type": "bridge", "level": "easy",
+                 "supporting_facts": [["B", 0], ["A", 1]],
+                 "context": [["A", ["Ann was born.", " She lives."]], ["B", ["B is a town."]]]}]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(official))
+    hp = load_hotpotqa(path)
+    assert hp.questions[0].qid == "5a8b" and hp.questions[0].gold_ids == ("B", "A")
+    assert hp.corpus.get("A").text == "Ann was born. She lives."
+    for bad, match in (({"x": 1}, "expected a list"), ([{"question": "q"}], "missing key"),
+                       ([{**official[0], "context": [["A", "not a list"]]}], "sentence strings"),
+                       ([{**official[0], "context": {"title": ["A"]}}], "expected keys")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DataFormatError, match=match):
+            load_hotpotqa(path)
+    path.write_text("[{")
+    with pytest.raises(DataFormatError, match="JSON"):
+        load_hotpotqa(path)
+    monkeypatch.delenv("MEMR1_DATA_DIR", raising=False)
+    monkeypatch.setenv("MEMR1_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(DataNotFoundError, match="MEMR1_DATA_DIR"):
+        load_hotpotqa()
+
+
+# --------------------------------------------------------------------------- gold policy and growth
+
+
+def test_gold_policy_solves_four_objective_tasks(hotpot, locomo):
+    for source in (hotpot, locomo):
+        tasks = make_tasks(source, 4, 3, seed=0)
+        for ep in run_episodes(tasks, GOLD, ("mem1",), max_turns=gold_max_turns(4, 6)):
+            assert ep.stop == "answer" and ep.em == [1.0] * 4 and ep.answer_count_ok
+            assert len(ep.turns) >= 5  # at least one query per objective, then the answer
+
+
+def test_peak_grows_far_less_under_mem1_than_full(hotpot):
+    eps = []
+    for n in (2, 8):
+        eps += run_episodes(make_tasks(hotpot, n, 4, seed=0), GOLD, ("mem1", "full"),
+                            max_turns=gold_max_turns(n, 6))
+    table = aggregate(eps)
+    assert (table.em == table.n_objectives).all()
+    # measured: mem1 1.43, full 3.74 (peak_tokens); mem1 1.37, full 4.39 (peak_paper)
+    assert peak_ratio(table, "mem1", 8, 2) <= 1.6 and peak_ratio(table, "full", 8, 2) >= 3.0
+    assert peak_ratio(table, "mem1", 8, 2, "peak_paper") <= 1.5 and peak_ratio(table, "full", 8, 2, "peak_paper") >= 3.5
+    at8 = table[table.n_objectives == 8].set_index("mode")
+    assert at8.loc["full", "peak_tokens"] >= 4 * at8.loc["mem1", "peak_tokens"]  # measured 4.35
+    assert at8.loc["full", "dependency"] >= 3 * at8.loc["mem1", "dependency"]
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def _record(turn: int, ctx: int, prompt: int, gen: int) -> TurnRecord:
+    return TurnRecord(turn, [], ctx, prompt, gen, "", "", None, None, [], "", True, 0.5)
+
+
+def test_measures_on_hand_computed_values():
+    assert dependency([]) == 0
+    assert dependency([(10, 3)]) == 10 + 11 + 12
+    assert dependency([(10, 3), (100, 1), (7, 0)]) == 33 + 100
+    ep = Episode("t", "mem1", "p", "whitespace", 3, 6, [_record(0, 20, 15, 4), _record(1, 40, 15, 2)],
+                 answers=("a", "b", "c"), em=[1.0, 0.0, 1.0], f1=[1.0, 0.5, 1.0], stop="answer", wall_s=1.0)
+    m = episode_metrics(ep)
+    assert m["peak_tokens"] == 40 and m["peak_paper"] == max(20 - 15 + 4, 40 - 15 + 2) == 27
+    assert m["dependency"] == (20 + 21 + 22 + 23) + (40 + 41) and m["em"] == 2.0 and m["f1"] == 2.5
+    assert m["em_strict"] == 2.0
+    ep.answers = ("a", "b")  # MEM1's evaluation: a wrong answer count scores 0
+    assert episode_metrics(ep)["em_strict"] == 0.0 and episode_metrics(ep)["em"] == 2.0
+
+
+def test_answers_are_scored_per_objective_by_position():
+    task = _toy_task(3)
+    for text, em in (("<IS>x</IS><answer>1. ans0\n2. nope\n3. ans2</answer>", [1.0, 0.0, 1.0]),
+                     ("<IS>x</IS><answer>ans0; ans1</answer>", [1.0, 1.0, 0.0]),
+                     ("<IS>x</IS><answer>The ans0!</answer>", [1.0, 0.0, 0.0])):
+        ep = run_episode(task, ScriptedGenerator(lambda m, t=text: t), None, "mem1", max_turns=2)
+        assert ep.em == em and ep.stop == "answer"
+    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags at all"), None, "mem1", max_turns=4)
+    assert ep.stop == "invalid" and len(ep.turns) == 1 and ep.em == [0.0] * 3
+    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags"), None, "mem1", max_turns=3, stop_on_invalid=False)
+    assert ep.stop == "max_turns" and len(ep.turns) == 3 and "Invalid turn" in ep.turns[1].context[-1]["content"]
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def test_parse_action_reads_tolerant_forms():
+    a = parse_action("  <IS> Q1=Paris </IS>\n<query>capital of Norway</query><answer>x</answer>")
+    assert (a.kind, a.state, a.query, a.ok) == ("query", "Q1=Paris", "capital of Norway", True)
+    assert parse_action("<think>s</think><search>q</search>").query == "q"          # MEM1's own tags
+    assert parse_action("<IS>s</IS><query>unclosed at the end").query == "unclosed at the end"
+    assert parse_action("<is>s<answer>a ; b").answers == ("a", "b")                  # state closed by the action
+    assert parse_action("<IS>I will write <answer>x</answer> later</IS><query>q</query>").query == "q"
+    assert parse_action("<IS>s</IS><answer>1) Paris\n(2) 1945\nQ3: yes</answer>").answers == ("Paris", "1945", "yes")
+    assert parse_action("<IS>s</IS><answer>A; B</answer>", n_objectives=1).answers == ("A; B",)
+    assert parse_action("<IS>s</IS><answer>1.5 million ; 2</answer>").answers == ("1.5 million", "2")
+
+
+MALFORMED = [None, 123, b"<IS>x</IS>", "", "   ", "<IS>", "<IS>only a state", "</IS></query>", "<query></query>",
+             "<answer>   </answer>", "<query><answer></answer></query>", "<<IS>>x<</IS>>", "<IS>a</IS><query>",
+             "\x00\xff<IS>\u202e</IS>", "<IS>" * 1000, "<answer>" + ";" * 500, "<query>" + "x" * 100_000]
+
+
+@pytest.mark.parametrize("text", MALFORMED, ids=range(len(MALFORMED)))
+def test_parse_action_never_raises_on_malformed_output(text):
+    a = parse_action(text, n_objectives=3)
+    assert isinstance(a, Action) and isinstance(a.state, str)
+    assert a.ok == (a.kind != "invalid")
+    if a.answers is not None:
+        assert all(isinstance(x, str) for x in a.answers)
+
+
+def test_parse_action_fuzz():
+    rng = random.Random(0)
+    pieces = ["<IS>", "</IS>", "<query>", "</query>", "<answer>", "</answer>", "<think>", "<search>", ";", "\n",
+              "1.", "Q2:", " ", "x", "<", ">", "/", "é", "<info>"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        a = parse_action(text, n_objectives=rng.choice([None, 1, 2]))
+        assert a.ok == (a.kind != "invalid")
+        assert not re.search(r"</?(?:IS|query|answer)>", a.state + (a.query or ""), re.I)
+
+
+# --------------------------------------------------------------------------- widget and stage
+
+
+def test_context_widget_and_stage_registration():
+    from memr1.config import Mem1Config
+    from memr1.pipeline import STAGES
+    from widgets.mem1_context import context_figure, peak_figure
+
+    task = _toy_task()
+    eps = [run_episode(task, _counting_policy(3), None, mode, max_turns=6) for mode in ("mem1", "full")]
+    fig = context_figure(eps)
+    assert len(fig.data) == 2 and list(fig.data[0].x) == [0, 1, 2, 3]
+    assert "state 2" in fig.data[0].customdata[2][0]
+    assert len(peak_figure(aggregate(eps)).data) == 2
+    assert STAGES[-1].name == "06_mem1" and STAGES[-1].config is Mem1Config
+    with pytest.raises(ConfigError, match="environment"):
+        Mem1Config.from_params({"environment": "webshop"})
+    with pytest.raises(ConfigError, match="n_objectives"):
+        Mem1Config.from_params({"n_objectives": 17})
