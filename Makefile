@@ -2,7 +2,7 @@
 # Both create .venv and install everything on first use (CPU torch; no GPU, no network beyond PyPI).
 PYTHON ?= python3
 VENV ?= .venv
-PROFILE ?= smoke
+PROFILE ?= auto
 NAME ?= demo
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt

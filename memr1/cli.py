@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebook pipeline headless into runs/<name>/")
-    run.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    run.add_argument("--profile", default="auto", choices=["auto", *sorted(PROFILES)],
+                     help="auto: paper on a CUDA GPU, cpu when the model hub answers, else smoke")
     run.add_argument("--name", default="", help="run folder name (default: the profile)")
     run.add_argument("-p", "--param", action="append", default=[], type=parse_assignment,
                      metavar="KEY=VALUE", help="override a notebook parameter (repeatable)")

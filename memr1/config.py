@@ -285,6 +285,8 @@ class GRPOTrainConfig(StageConfig):
     """Embedding model for memory search: minilm or hash (no model, quick checks)."""
     k_per_speaker: int = 30
     """Memories retrieved per speaker for each question (Memory-R1: 30, so 60 in all)."""
+    store_dir: str = ""
+    """Folder of the teacher LanceDB stores, reusable by later runs; "" uses run_dir/store."""
     train_limit: int = -1
     """Training rows used, in file order (0 for all, -1 for the question cap of the profile)."""
     steps: int = 4
@@ -498,3 +500,15 @@ class Mem1Config(StageConfig):
         """A copy with the profile's model and backend filled in."""
         p = get_profile(self.profile)
         return dataclasses.replace(self, model=self.model or p.policy_model, backend=self.backend or p.backend)
+
+
+@dataclass
+class ReportConfig(StageConfig):
+    """Stage 07: collect every finished stage of a run folder into one self-contained report.html."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper (the report says which, and why)."""
+    run_dir: str = "runs/dev/07_report"
+    """Folder of this stage; the report covers its parent (the run folder) and is written there."""
+    seed: int = 0
+    """Seed for random, numpy and torch (the report itself is deterministic)."""

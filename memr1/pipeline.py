@@ -12,14 +12,16 @@ keeps everything finished before it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from memr1.config import BankConfig, DataConfig, EvalConfig, Mem1Config, StageConfig, get_profile
+from memr1.config import BankConfig, DataConfig, EvalConfig, Mem1Config, ReportConfig, StageConfig, get_profile
 from memr1.errors import ConfigError, Memr1Error
 from memr1.runs import write_json_atomic
 
@@ -36,6 +38,8 @@ class Stage:
     """Notebook file stem in ``notebooks/``."""
     config: type[StageConfig]
     """The stage's config dataclass; its fields are the notebook's parameters."""
+    always: bool = False
+    """Run even when it finished before (the report, which summarises the other stages)."""
 
     def fields(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.config)]
@@ -46,6 +50,7 @@ STAGES: list[Stage] = [
     Stage("02_build_memory_bank", BankConfig),
     Stage("05_evaluate_locomo", EvalConfig),
     Stage("06_mem1", Mem1Config),
+    Stage("07_report", ReportConfig, always=True),
 ]
 
 
@@ -76,13 +81,38 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def detect_profile() -> tuple[str, str]:
+    """The profile a fresh machine can run, and why: paper on CUDA, cpu when the hub answers, else smoke."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", f"CUDA GPU found ({torch.cuda.get_device_name(0)})"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip() in ("1", "true", "TRUE", "yes"):
+        return "smoke", "no GPU, and HF_HUB_OFFLINE is set: the tiny local model stands in for a real one"
+    try:
+        urllib.request.urlopen("https://huggingface.co/api/models/Qwen/Qwen2.5-0.5B-Instruct", timeout=3).close()
+    except (OSError, ValueError) as exc:
+        return "smoke", (f"no GPU, and the Hugging Face hub is unreachable ({type(exc).__name__}): "
+                         "the tiny local model stands in for a real one")
+    return "cpu", "no GPU; the Hugging Face hub answers, so Qwen2.5-0.5B-Instruct runs on the CPU"
+
+
+def _record(run_dir: Path, profile: str, reason: str, stage: str, entry: dict[str, Any]) -> None:
+    """Merge one stage's outcome into run.json (earlier stages and runs are kept)."""
+    path = run_dir / "run.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    stages = old.get("stages", {}) if isinstance(old.get("stages"), dict) else {}
+    stages[stage] = {**entry, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(path, {"profile": profile, "profile_reason": reason, "stages": stages})
+
+
 def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[str, Any] | None = None,
                  stages: Sequence[str] | None = None, force: bool = False, runs_root: str | os.PathLike = "runs",
                  progress: bool = True) -> Path:
     """Execute the stage notebooks in order and return the run folder.
 
     Args:
-        profile: smoke, cpu or paper.
+        profile: smoke, cpu, paper, or auto (``detect_profile``: what this machine can run).
         name: run folder name under ``runs_root`` (default: the profile name).
         overrides: parameter values for every stage that has a field of that name.
         stages: run only these stage names (default: all, in order).
@@ -92,6 +122,10 @@ def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[s
     """
     import papermill as pm
 
+    reason = "chosen by the caller"
+    if profile == "auto":
+        profile, reason = detect_profile()
+        print(f"[memr1] profile {profile}: {reason}")
     get_profile(profile)
     overrides = dict(overrides or {})
     known = {f for s in STAGES for f in s.fields()}
@@ -102,13 +136,11 @@ def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[s
         raise ConfigError(f"unknown stage(s) {missing}; stages: {[s.name for s in STAGES]}")
     run_dir = Path(runs_root).resolve() / (name or profile)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log: list[dict[str, Any]] = []
     for stage in selected:
         stage_dir = run_dir / stage.name
         params = stage_params(stage, profile, stage_dir, overrides)
-        if (stage_dir / "metrics.json").exists() and not force:
+        if (stage_dir / "metrics.json").exists() and not (force or stage.always):
             print(f"[memr1] {stage.name}: finished before, skipped (use --force to re-run)")
-            log.append({"stage": stage.name, "status": "skipped"})
             continue
         print(f"[memr1] {stage.name}: running with {params}")
         start = time.time()
@@ -119,12 +151,10 @@ def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[s
                                     parameters=params, kernel_name="python3", cwd=str(Path.cwd()),
                                     progress_bar=progress)
         except pm.PapermillExecutionError as exc:
-            log.append({"stage": stage.name, "status": "failed", "error": f"{exc.ename}: {exc.evalue}"})
-            write_json_atomic(run_dir / "run.json", {"profile": profile, "stages": log})
+            _record(run_dir, profile, reason, stage.name, {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"})
             raise StageError(f"stage {stage.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}. "
                              f"The executed notebook is {out_nb}; finished stages are kept.") from None
-        log.append({"stage": stage.name, "status": "done", "seconds": round(time.time() - start, 1)})
-    write_json_atomic(run_dir / "run.json", {"profile": profile, "stages": log})
+        _record(run_dir, profile, reason, stage.name, {"status": "done", "seconds": round(time.time() - start, 1)})
     return run_dir
 
 

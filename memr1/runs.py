@@ -52,3 +52,20 @@ def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any], config: A
     if config is not None:
         body["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return write_json_atomic(Path(run_dir) / "metrics.json", body)
+
+
+def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run folder as data: ``run.json`` (profile, reason, stage status) and every stage's metrics.json.
+
+    Returns:
+        ``{"name", "profile", "profile_reason", "status": {stage: {...}}, "stages": {stage: metrics.json}}``,
+        stages in name order (their numeric prefix).
+    """
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    stages = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*/metrics.json"))}
+    status = run.get("stages", {})
+    if isinstance(status, list):  # run.json before stages were keyed by name
+        status = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in status}
+    return {"name": run_dir.name, "profile": run.get("profile", "?"), "profile_reason": run.get("profile_reason", ""),
+            "status": status, "stages": stages}

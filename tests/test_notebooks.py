@@ -46,11 +46,14 @@ def test_wrong_parameter_type_fails_with_config_error(data_dir, tmp_path, monkey
 def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
     run_dir = run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, overrides={"embedder": "hash"})
-    first = {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES}
+    first = {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES if not s.always}
     assert all((run_dir / f"{s.name}.ipynb").exists() for s in STAGES)
     run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, overrides={"embedder": "hash"})  # skipped
-    assert {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES} == first
-    assert json.loads((run_dir / "run.json").read_text())["stages"][0]["status"] == "skipped"
+    assert {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES if not s.always} == first
+    report = (run_dir / "report.html").read_text()
+    assert "Every model number in this report comes from a tiny random model" in report
+    assert all(f"({s.name})" in report for s in STAGES if not s.always)  # one section per finished stage
+    assert all(v["status"] == "done" for v in json.loads((run_dir / "run.json").read_text())["stages"].values())
     run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, force=True,
                  stages=[STAGES[0].name], overrides={"embedder": "hash"})
     assert (run_dir / STAGES[0].name / "metrics.json").stat().st_mtime_ns != first[STAGES[0].name]
@@ -64,7 +67,7 @@ def test_failed_stage_keeps_notebook_and_reports_cell(tmp_path, monkeypatch):
                      overrides={"data_dir": str(tmp_path / "no-data" / "x.json")})
     assert (tmp_path / "bad" / "01_locomo_data.ipynb").exists()
     assert not (tmp_path / "bad" / "01_locomo_data" / "metrics.json").exists()
-    assert json.loads((tmp_path / "bad" / "run.json").read_text())["stages"][0]["status"] == "failed"
+    assert json.loads((tmp_path / "bad" / "run.json").read_text())["stages"]["01_locomo_data"]["status"] == "failed"
 
 
 def test_notebook_02_timeline_shows_a_real_turn_diff(data_dir, tmp_path, monkeypatch):
