@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from memr1.config import BankConfig, DataConfig, EvalConfig, Mem1Config, ReportConfig, StageConfig, get_profile
+from memr1.config import (AnswerTrainConfig, BankConfig, DataConfig, EvalConfig, ManagerTrainConfig, Mem1Config,
+                          ReportConfig, StageConfig, get_profile)
 from memr1.errors import ConfigError, Memr1Error
 from memr1.runs import write_json_atomic
 
@@ -48,6 +49,8 @@ class Stage:
 STAGES: list[Stage] = [
     Stage("01_locomo_data", DataConfig),
     Stage("02_build_memory_bank", BankConfig),
+    Stage("03_train_answer_agent", AnswerTrainConfig),
+    Stage("04_train_memory_manager", ManagerTrainConfig),
     Stage("05_evaluate_locomo", EvalConfig),
     Stage("06_mem1", Mem1Config),
     Stage("07_report", ReportConfig, always=True),

@@ -34,19 +34,22 @@ def figure_html(fig: Any, *, include_plotlyjs: bool | str = True) -> str:
                        config={"displaylogo": False, "responsive": True})
 
 
+def figure_fragment(fig: Any) -> str:
+    """HTML for a figure inside a notebook output: plotly.js is embedded with the first one only."""
+    global _plotly_js_sent
+    html = figure_html(fig, include_plotlyjs=not _plotly_js_sent)
+    _plotly_js_sent = True
+    return html
+
+
 def show(obj: Any, *, static: bool | None = None) -> None:
     """Display ``obj`` (a plotly figure or a StaticRenderable) live or as static HTML."""
-    global _plotly_js_sent
     from IPython.display import HTML, display
 
     static = static_mode() if static is None else static
     if isinstance(obj, StaticRenderable):
         display(HTML(obj.static_html()) if static else obj.widget())
     elif hasattr(obj, "to_html") and hasattr(obj, "data"):  # a plotly figure
-        if static:
-            display(HTML(figure_html(obj, include_plotlyjs=not _plotly_js_sent)))
-            _plotly_js_sent = True
-        else:
-            display(obj)
+        display(HTML(figure_fragment(obj)) if static else obj)
     else:
         raise TypeError(f"show() takes a plotly figure or a memr1 widget, got {type(obj).__name__}")

@@ -1,0 +1,77 @@
+"""Per-operation view of Memory-Manager training: which operations the policy samples, how often its
+output is rejected, and the reward each kind of output earns, step by step.
+
+Reads the reward log of ``memr1.rl.rewards.ManagerReward`` (``read_op_log(log_dir)``: one row per sampled
+completion with its op counts, validity, rejection kinds and reward).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from widgets.display import figure_fragment
+
+KINDS = ("add", "update", "delete", "noop")
+
+
+def completion_kind(row: pd.Series) -> str:
+    """One label per completion: rejected, or the dominant operation (ties: the first in KINDS)."""
+    if not row["valid"]:
+        return "rejected"
+    counts = {k: row[f"n_{k}"] for k in KINDS}
+    return max(KINDS, key=lambda k: counts[k]) if any(counts.values()) else "empty"
+
+
+def op_mix(log: pd.DataFrame, *, split: float = 0.25) -> pd.DataFrame:
+    """Share of operations (and of rejected outputs) in the first and the last ``split`` of the steps."""
+    train = log[log["from_trainer"]] if "from_trainer" in log else log
+    steps = sorted(train["step"].unique())
+    if not steps:
+        return pd.DataFrame(columns=["phase", *KINDS, "rejected", "completions"])
+    cut = max(1, int(len(steps) * split))
+    rows = []
+    for phase, chosen in (("first steps", steps[:cut]), ("last steps", steps[-cut:])):
+        part = train[train["step"].isin(chosen)]
+        total_ops = max(1, int(part[[f"n_{k}" for k in KINDS]].to_numpy().sum()))
+        rows.append({"phase": f"{phase} ({chosen[0]}–{chosen[-1]})",
+                     **{k: float(part[f"n_{k}"].sum() / total_ops) for k in KINDS},
+                     "rejected": float((~part["valid"]).mean()), "completions": len(part)})
+    return pd.DataFrame(rows)
+
+
+def op_reward_figure(log: pd.DataFrame) -> go.Figure:
+    """Top: mean reward per step for each kind of completion. Bottom: rejected share per step."""
+    train = (log[log["from_trainer"]] if "from_trainer" in log else log).copy()
+    train["kind"] = train.apply(completion_kind, axis=1)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35],
+                        subplot_titles=["mean reward by kind of completion", "rejected outputs (share)"])
+    for kind, part in train.groupby("kind"):
+        per_step = part.groupby("step")["reward"].mean()
+        fig.add_trace(go.Scatter(x=per_step.index, y=per_step.values, mode="lines+markers", name=kind), row=1, col=1)
+    rejected = train.groupby("step")["valid"].apply(lambda v: 1 - v.mean())
+    fig.add_trace(go.Bar(x=rejected.index, y=rejected.values, name="rejected", showlegend=False), row=2, col=1)
+    return fig.update_layout(height=480, xaxis2_title="step")
+
+
+class OpRewardView:
+    """Figure plus the op-mix table (first vs last steps) of a manager run."""
+
+    def __init__(self, log: pd.DataFrame):
+        needed = {"step", "valid", "reward", *(f"n_{k}" for k in KINDS)}
+        if missing := needed - set(log.columns):
+            raise ValueError(f"OpRewardView needs op-log columns {sorted(missing)}")
+        self.log = log
+
+    def static_html(self) -> str:
+        mix = op_mix(self.log)
+        return (figure_fragment(op_reward_figure(self.log))
+                + "<h4>Operation mix, first vs last steps</h4>"
+                + mix.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}"))
+
+    def widget(self):
+        import ipywidgets as w
+
+        return w.VBox([go.FigureWidget(op_reward_figure(self.log)),
+                       w.HTML(op_mix(self.log).to_html(index=False, float_format=lambda v: f"{v:.2f}"))])
