@@ -23,6 +23,7 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from memr1.errors import ConfigError
@@ -335,9 +336,10 @@ class GRPOTrainConfig(StageConfig):
             raise ConfigError(f"{name}.num_generations must be >= 2 (GRPO compares completions within a "
                               f"group), got {self.num_generations}")
         if self.batch_size < 1 or self.batch_size % self.num_generations:
+            fix = self.num_generations * max(1, self.batch_size // self.num_generations)
             raise ConfigError(f"{name}.batch_size ({self.batch_size}) must be a positive multiple of "
                               f"num_generations ({self.num_generations}): every prompt needs its whole group "
-                              f"in one step; try batch_size={self.num_generations * max(1, self.batch_size // self.num_generations)}")
+                              f"in one step; try batch_size={fix}")
         positive = {"steps": self.steps, "max_completion_length": self.max_completion_length,
                     "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "k_per_speaker": self.k_per_speaker}
         non_negative = {"learning_rate": self.learning_rate, "beta": self.beta, "save_every": self.save_every,
@@ -512,3 +514,34 @@ class ReportConfig(StageConfig):
     """Folder of this stage; the report covers its parent (the run folder) and is written there."""
     seed: int = 0
     """Seed for random, numpy and torch (the report itself is deterministic)."""
+
+
+@dataclass
+class QuickstartConfig(StageConfig):
+    """Notebook 00: a ten-minute tour on one conversation (not a pipeline stage)."""
+
+    profile: str = "smoke"
+    """Run profile: smoke, cpu or paper (decides the model; smoke numbers are not meaningful)."""
+    data_dir: str = ""
+    """Folder holding locomo/locomo10.json; "" searches $MEMR1_DATA_DIR, the user cache, then downloads."""
+    conversation: str = "conv-26"
+    """Sample id of the conversation toured."""
+    embedder: str = "minilm"
+    """Embedding model for memory search: minilm or hash."""
+    until_turn: int = 120
+    """Last dialogue turn (position) replayed into the banks, to keep the tour short."""
+    questions: int = 5
+    """Questions answered from the banks (those whose evidence lies within the replayed turns)."""
+    grpo_steps: int = 2
+    """GRPO steps of the Memory-Manager demo (0 skips it)."""
+    run_dir: str = "runs/dev/00_quickstart"
+    """Folder for the tour: bank store, training run, metrics.json."""
+    seed: int = 0
+    """Seed for random, numpy and torch."""
+
+    def manager_config(self) -> "ManagerTrainConfig":
+        """The small Memory-Manager GRPO run of the tour (8 training turns, short prompts, no checkpoints)."""
+        return ManagerTrainConfig(profile=self.profile, data_dir=self.data_dir, embedder=self.embedder,
+                                  steps=max(1, self.grpo_steps), train_limit=8, k_per_speaker=5, eval_every=0,
+                                  eval_limit=2, save_every=0, run_dir=str(Path(self.run_dir) / "manager"),
+                                  seed=self.seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from memr1.config import (AnswerTrainConfig, BankConfig, DataConfig, EvalConfig, ManagerTrainConfig, Mem1Config,
-                          ReportConfig, StageConfig, get_profile)
+                          QuickstartConfig, ReportConfig, StageConfig, get_profile)
 from memr1.errors import ConfigError, Memr1Error
 from memr1.runs import write_json_atomic
 
@@ -55,6 +55,10 @@ STAGES: list[Stage] = [
     Stage("06_mem1", Mem1Config),
     Stage("07_report", ReportConfig, always=True),
 ]
+
+
+TOUR = Stage("00_quickstart", QuickstartConfig)
+"""The quickstart notebook: parameterised like a stage, not part of ``memr1 run``."""
 
 
 def notebooks_dir() -> Path:

@@ -115,13 +115,18 @@ def test_grpo_raises_logp_of_rewarded_answers_only_when_it_learns(locomo, tmp_pa
     from memr1.llm.load import load_policy
     from memr1.rl.rewards import answer_em_reward
 
-    base = load_policy("tiny")
+    from memr1.llm.tiny import BUILTIN_TEXTS, build_tiny_model
+
+    # A tiny model trained on fixed texts, whatever data this machine has: its tokenizer must keep
+    # "two" and "beach" as single tokens (a LoCoMo-trained one splits "two").
+    path = str(build_tiny_model(tmp_path / "tiny", BUILTIN_TEXTS))
+    base = load_policy(path)
     rows, suppress = learning_task(locomo, base.tokenizer)
     before = gold_logps(base.model, base.tokenizer, rows)
-    cfg = AnswerTrainConfig(**{**FAST, "run_dir": str(tmp_path / "run"), "steps": 16, "learning_rate": lr,
-                               "num_generations": 8, "batch_size": 8, "max_completion_length": 1})
+    cfg = AnswerTrainConfig(**{**FAST, "model": path, "run_dir": str(tmp_path / "run"), "steps": 16,
+                               "learning_rate": lr, "num_generations": 8, "batch_size": 8, "max_completion_length": 1})
     result = run_grpo(cfg, rows, [answer_em_reward], generation_kwargs={"suppress_tokens": suppress})
-    trained = make_generator("tiny", "transformers", lora_path=str(result.adapter_path)).model
+    trained = make_generator(path, "transformers", lora_path=str(result.adapter_path)).model
     after = gold_logps(trained, base.tokenizer, rows)
     rise = sum(after) / len(after) - sum(before) / len(before)
     rewards = [e["reward"] for e in result.step_logs()]

@@ -9,10 +9,12 @@ import typing
 import nbformat
 import pytest
 
-from memr1.pipeline import STAGES, notebooks_dir
+from memr1.pipeline import STAGES, TOUR, notebooks_dir
+
+NOTEBOOKS = [TOUR, *STAGES]
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", NOTEBOOKS, ids=lambda s: s.name)
 def test_outputs_are_stripped(stage):
     nb = nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4)
     for cell in nb.cells:
@@ -20,7 +22,7 @@ def test_outputs_are_stripped(stage):
             assert cell.outputs == [] and cell.execution_count is None, f"{stage.name}: commit without outputs"
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", NOTEBOOKS, ids=lambda s: s.name)
 def test_parameters_cell_mirrors_config(stage):
     nb = nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -40,7 +42,7 @@ def test_parameters_cell_mirrors_config(stage):
     assert list(found) == list(expected)  # same order as the dataclass
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", NOTEBOOKS, ids=lambda s: s.name)
 def test_config_is_built_right_after_parameters(stage):
     nb = nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -49,7 +51,7 @@ def test_config_is_built_right_after_parameters(stage):
     assert "write_metrics(" in code[-1].source  # the last cell marks the stage finished
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", NOTEBOOKS, ids=lambda s: s.name)
 def test_papermill_sees_every_parameter(stage):
     """papermill's own parser must read each line (a help text with '=' or a quote can break it)."""
     from memr1.pipeline import notebook_params
@@ -57,3 +59,8 @@ def test_papermill_sees_every_parameter(stage):
     params = notebook_params(notebooks_dir() / f"{stage.name}.ipynb")
     assert list(params) == [f.name for f in dataclasses.fields(stage.config)]
     assert all(p["help"] for p in params.values())
+
+
+def test_every_notebook_file_is_a_known_stage():
+    on_disk = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+    assert on_disk == sorted(s.name for s in NOTEBOOKS)

@@ -11,7 +11,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from memr1.pipeline import STAGES, notebooks_dir, run_pipeline, StageError
+from memr1.pipeline import STAGES, StageError, notebooks_dir, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +84,14 @@ def test_notebook_02_timeline_shows_a_real_turn_diff(data_dir, tmp_path, monkeyp
     assert metrics["replay"]["entries"] == {"Caroline": 102, "Melanie": 82}
     assert metrics["embedder"] == "all-MiniLM-L6-v2" and metrics["recall"][-1]["count"] == 150
     assert (run_dir / "store" / "conv-26").is_dir()
+
+
+def test_quickstart_runs_on_cpu(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MEMR1_STATIC_WIDGETS", "1")
+    pm.execute_notebook(str(notebooks_dir() / "00_quickstart.ipynb"), str(tmp_path / "qs.ipynb"),
+                        parameters={"run_dir": str(tmp_path / "qs"), "embedder": "hash", "until_turn": 60},
+                        kernel_name="python3", progress_bar=False)
+    metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())["metrics"]
+    assert metrics["answers"] == 5 and metrics["grpo_steps"] == 2 and metrics["completions_logged"] == 8
+    assert sum(metrics["replay"]["entries"].values()) > 0

@@ -116,6 +116,11 @@ class Conversation:
             raise UnknownIdError(f"{self.sample_id} has no turn {dia_id!r} "
                                  f"(turns run D1:1 .. {self.sessions[-1].turns[-1].dia_id})") from None
 
+    def questions_up_to(self, turn: int, include_adversarial: bool = False) -> list[QA]:
+        """Questions whose evidence turns all lie at or before position ``turn`` (none without evidence)."""
+        return [q for q in self.qa if q.evidence and (include_adversarial or q.category != 5)
+                and max(self._by_dia[e].position for e in q.evidence) <= turn]
+
     def session_time(self, session: int) -> str:
         for s in self.sessions:
             if s.index == session:

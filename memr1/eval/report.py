@@ -117,7 +117,7 @@ def evaluate(cfg: EvalConfig, *, generator: Generator | None = None, judge: Any 
                 start = time.perf_counter()
                 retrieve(banks, vec, cfg.k_per_speaker)
                 timings["search"].append(time.perf_counter() - start)
-        rows += [_row(r, conv, cfg) for r in records]
+        rows += [_row(r, conv, cfg.system, cfg.model) for r in records]
     df = _score(pd.DataFrame(rows))
     judge_info = None
     if judge is None and cfg.judge_model:
@@ -206,7 +206,12 @@ def _token_budget(generator, max_new_tokens: int):
     return (lambda s: len(tok(s, add_special_tokens=False).input_ids)), max(64, window - max_new_tokens - 1024)
 
 
-def _row(r, conv: Conversation, cfg: EvalConfig) -> dict[str, Any]:
+def records_frame(records: list, conv: Conversation, system: str, model: str) -> pd.DataFrame:
+    """Answer records of one conversation as scored rows (the layout of ``records.parquet``)."""
+    return _score(pd.DataFrame([_row(r, conv, system, model) for r in records]))
+
+
+def _row(r, conv: Conversation, system: str, model: str) -> dict[str, Any]:
     g = r.generation
     if r.retrieved:
         context = [f"{x.speaker} · {x.entry.as_context()} ({x.score:.2f})" for x in r.retrieved]
@@ -214,7 +219,7 @@ def _row(r, conv: Conversation, cfg: EvalConfig) -> dict[str, Any]:
         context = [f"{conv.session_time(conv.turn(d).session)}: {conv.turn(d).render()}" for d in r.sources]
     return {"qid": r.qid, "sample_id": conv.sample_id, "category": r.category, "question": r.question,
             "gold": r.gold, "prediction": r.answer, "raw_output": r.raw, "selected": list(r.selected),
-            "retrieved": context, "context_note": r.context_note, "system": cfg.system, "model": cfg.model,
+            "retrieved": context, "context_note": r.context_note, "system": system, "model": model,
             "prompt_tokens": getattr(g, "prompt_tokens", None), "completion_tokens": getattr(g, "completion_tokens", None),
             "latency_s": getattr(g, "latency_s", None)}
 
