@@ -4,6 +4,8 @@
     memr1 params notebooks/01_locomo_data.ipynb
     memr1 data
     memr1 export-verl --out runs/verl --task answer
+    memr1 train answer -p steps=2 -p run_dir=runs/train-answer
+    accelerate launch --multi_gpu --num_processes 2 -m memr1.cli train answer -p run_dir=runs/ddp
 """
 
 from __future__ import annotations
@@ -80,6 +82,17 @@ def _cmd_export_verl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from memr1.config import AnswerTrainConfig, ManagerTrainConfig
+    from memr1.rl.grpo import train_answer_agent, train_memory_manager
+
+    config, train = {"answer": (AnswerTrainConfig, train_answer_agent),
+                     "manager": (ManagerTrainConfig, train_memory_manager)}[args.agent]
+    result = train(config.from_params(dict(args.param)))
+    print(f"[memr1] {result.steps} steps; adapter: {result.adapter_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memr1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     verl.add_argument("--offline", action="store_true", help="never download")
     verl.add_argument("--limit", type=int, default=0, help="first N questions per split (answer task)")
     verl.set_defaults(func=_cmd_export_verl)
+    train = sub.add_parser("train", help="GRPO-train one agent without a notebook (works under accelerate launch)")
+    train.add_argument("agent", choices=["answer", "manager"])
+    train.add_argument("-p", "--param", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
+                       help="a field of AnswerTrainConfig / ManagerTrainConfig (repeatable)")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 

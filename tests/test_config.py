@@ -81,3 +81,8 @@ def test_cli_data_command(data_dir, capsys):
     assert main(["data", "--path", str(data_dir), "--offline"]) == 0
     out = capsys.readouterr().out
     assert "matches the pinned checksum" in out and "1540 questions" in out
+
+
+def test_cli_train_checks_its_parameters(capsys):
+    assert main(["train", "answer", "-p", "batch_size=3"]) == 2  # not a multiple of num_generations
+    assert "batch_size (3) must be a positive multiple of num_generations (4)" in capsys.readouterr().err
