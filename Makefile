@@ -26,6 +26,9 @@ bench: setup
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_bank.py
 	$(PY) bench/bench_recall.py
+	$(PY) bench/bench_mem1.py
+	$(PY) bench/bench_grpo.py
+	$(PY) bench/bench_grpo_cuda.py
 
 # CUDA machines only: Unsloth breaks `import peft`/`trl` on a CPU machine.
 gpu-setup: setup
