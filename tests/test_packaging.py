@@ -72,3 +72,16 @@ def test_conda_specs_parse_and_python_matches():
     assert any(s.name.normalized == "python" for s in specs)
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert "python=3.11" in conda and requires == ">=3.11"
+
+
+def test_core_never_imports_the_views():
+    """memr1 is the library; widgets, plotly and ipywidgets sit on top of it, never the reverse."""
+    import ast
+
+    offenders = []
+    for path in (REPO / "memr1").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"widgets", "plotly", "ipywidgets"}]
+    assert offenders == []
