@@ -23,12 +23,12 @@ unambiguous.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memr1.data.locomo import Conversation, Turn
 from memr1.errors import ConfigError
+from memr1.jsontext import json_values
 from memr1.llm.generate import GREEDY, Generation, Generator, Messages, Sampling
 
 EXTRACT_PROMPT_VERSION = "extract-v1"
@@ -73,21 +73,6 @@ def extraction_messages(turn: Turn, session_time: str, context: Sequence[Turn] =
             {"role": "user", "content": user}]
 
 
-_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
-
-
-def _decoded(text: str):
-    """JSON values found in ``text``: the whole of it, fenced blocks, then from each '{' or '['."""
-    sources = [(text.strip(), 0)] + [(m.group(1).strip(), 0) for m in _FENCE.finditer(text)][:32]
-    sources += [(text, m.start()) for m in re.finditer(r"[{\[]", text)][:256]
-    decoder = json.JSONDecoder()
-    for source, start in sources:
-        try:
-            yield decoder.raw_decode(source, start)[0]
-        except (ValueError, RecursionError):
-            pass
-
-
 def parse_facts(raw: str, max_facts: int = 8) -> tuple[list[str], bool]:
     """The facts in an extractor output, and whether any could be read. Never raises.
 
@@ -100,7 +85,7 @@ def parse_facts(raw: str, max_facts: int = 8) -> tuple[list[str], bool]:
         return [], False
     found = None
     try:
-        for value in _decoded(raw):
+        for value in json_values(raw, openers="{["):
             if isinstance(value, dict) and isinstance(value.get("facts"), list):
                 found = value["facts"]
                 break

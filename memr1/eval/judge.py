@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from memr1.config import StageConfig
 from memr1.errors import ConfigError, JudgeError
+from memr1.jsontext import json_values
 from memr1.llm.backends import OpenAIGenerator
 from memr1.llm.generate import Sampling
 
@@ -147,15 +148,13 @@ def parse_verdict(text: str) -> tuple[str, str]:
     ...
     memr1.eval.judge.JudgeParseError: no CORRECT/WRONG label in judge reply 'CORRECT or WRONG?'
     """
-    decoder, found = json.JSONDecoder(), None
-    for match in re.finditer(r"\{", text):
-        with contextlib.suppress(ValueError):
-            obj, _ = decoder.raw_decode(text, match.start())
-            if isinstance(obj, dict):
-                keys = {str(k).lower(): v for k, v in obj.items()}
-                label = re.sub(r"[^A-Z]", "", str(keys.get("label", "")).upper())
-                if label in LABELS:
-                    found = (label, " ".join(str(keys.get("reason", "")).split()))
+    found = None
+    for obj in json_values(text):  # the last object with a label wins (models may think first)
+        if isinstance(obj, dict):
+            keys = {str(k).lower(): v for k, v in obj.items()}
+            label = re.sub(r"[^A-Z]", "", str(keys.get("label", "")).upper())
+            if label in LABELS:
+                found = (label, " ".join(str(keys.get("reason", "")).split()))
     if found:
         return found
     if m := _LABEL_RE.search(text):

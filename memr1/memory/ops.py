@@ -10,14 +10,13 @@ and the caller gives reward 0); strict mode raises `OperationError` at the first
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import islice
 
 from memr1.errors import OperationError
+from memr1.jsontext import json_values
 from memr1.memory.entry import MemoryEntry, Operation, OpKind
 
 
@@ -89,33 +88,13 @@ _EVENTS = {"ADD": OpKind.ADD, "UPDATE": OpKind.UPDATE, "DELETE": OpKind.DELETE,
            "NONE": OpKind.NOOP, "NOOP": OpKind.NOOP}
 _EVENT_NAMES = {kind: name for name, kind in _EVENTS.items() if name != "NOOP"}  # NOOP is spelled NONE
 _EVENT_HINT = "use ADD, UPDATE, DELETE or NONE"
-_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
-_MAX_STARTS = 256  # fenced blocks and '{' positions tried, so pathological outputs stay cheap
 _Reject = tuple[RejectKind, str]
-
-
-def _candidates(text: str) -> Iterator[object]:
-    """Decoded JSON values: the whole text, then each fenced block, then from each '{' in the prose."""
-    fenced = islice(_FENCE.finditer(text), _MAX_STARTS)
-    starts = [(text.strip(), 0)] + [(m.group(1).strip(), 0) for m in fenced]
-    pos = text.find("{")
-    for _ in range(_MAX_STARTS):
-        if pos < 0:
-            break
-        starts.append((text, pos))
-        pos = text.find("{", pos + 1)
-    decoder = json.JSONDecoder()
-    for source, start in starts:  # trailing text after a decoded value is ignored
-        try:
-            yield decoder.raw_decode(source, start)[0]
-        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; deep nesting recurses
-            pass
 
 
 def _find_object(text: str) -> dict | None:
     """The first decoded dict with a ``memory`` key, else the first dict, else None."""
     first = None
-    for obj in _candidates(text):
+    for obj in json_values(text):
         if isinstance(obj, dict):
             if "memory" in obj:
                 return obj
