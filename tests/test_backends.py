@@ -4,14 +4,13 @@ and is only checked for refusing to run without it."""
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from chat_server import Request, completion, error, serve
 
 from memr1.errors import ConfigError
 from memr1.llm import (BackendError, Generation, Generator, OpenAIGenerator, Sampling, ScriptedGenerator,
@@ -219,60 +218,38 @@ class ChatServer:
         self.barrier: threading.Barrier | None = None
         self.lock = threading.Lock()
         self.rng = random.Random(0)
-        server = self
+        self.base_url = ""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    n = len(server.requests)
-                    status = server.statuses[n - 1] if n <= len(server.statuses) else 200
-                    server.in_flight += 1
-                    server.peak = max(server.peak, server.in_flight)
-                    delay = server.rng.uniform(0, 0.03)
-                try:
-                    if server.barrier is not None and n <= server.barrier.parties:
-                        server.barrier.wait(timeout=5)
-                    threading.Event().wait(delay)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-                if status == 200:
-                    text = "echo: " + body["messages"][-1]["content"]
-                    out: dict[str, Any] = {"id": f"chatcmpl-{n}", "object": "chat.completion",
-                                           "model": body["model"], "choices": [{
-                                               "index": 0, "message": {"role": "assistant", "content": text},
-                                               "finish_reason": "length" if body["max_tokens"] < 3 else "stop"}]}
-                    if server.usage:
-                        out["usage"] = {"prompt_tokens": 11 + n, "completion_tokens": 3,
-                                        "total_tokens": 14 + n}
-                else:
-                    msg = f"bad request (got Authorization: {self.headers.get('Authorization')})"
-                    out = {"error": {"message": msg, "code": status}}
-                data = b"<html>Welcome</html>" if server.html else json.dumps(out).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html" if server.html else "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def handle(self, req: Request) -> tuple[int, bytes, str]:
+        with self.lock:
+            self.requests.append({"path": req.path, "headers": req.headers, "body": req.body})
+            n = len(self.requests)
+            status = self.statuses[n - 1] if n <= len(self.statuses) else 200
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            delay = self.rng.uniform(0, 0.03)
+        try:
+            if self.barrier is not None and n <= self.barrier.parties:
+                self.barrier.wait(timeout=5)
+            threading.Event().wait(delay)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        if self.html:
+            return status, b"<html>Welcome</html>", "text/html"
+        if status != 200:
+            return status, error(req, status, "bad request"), "application/json"
+        usage = {"prompt_tokens": 11 + n, "completion_tokens": 3, "total_tokens": 14 + n} if self.usage else None
+        finish = "length" if req.body["max_tokens"] < 3 else "stop"
+        text = "echo: " + req.body["messages"][-1]["content"]
+        return 200, completion(text, req.body["model"], n, usage, finish), "application/json"
 
 
 @pytest.fixture
 def server():
     srv = ChatServer()
-    thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    with serve(srv.handle) as srv.base_url:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import pytest
+from chat_server import Request, completion, error, serve
 
 from memr1.errors import ConfigError, JudgeError
 from memr1.eval.judge import (JUDGE_PROMPT, PROMPT_VERSION, JudgeConfig, JudgeParseError, LLMJudge,
@@ -29,41 +28,17 @@ class ChatServer:
     def __init__(self) -> None:
         self.replies: list[Reply] = [(200, OK_JSON, 0.0)]
         self.requests: list[dict[str, Any]] = []
-        server = self
+        self.base_url = ""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "body": body})
-                status, content, delay = server.replies[min(len(server.requests),
-                                                            len(server.replies)) - 1]
-                time.sleep(delay)
-                if status == 200:
-                    prompt = body["messages"][-1]["content"]
-                    text = content(prompt) if callable(content) else content
-                    out = {"id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion",
-                           "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": text}}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 5,
-                                     "total_tokens": 15}}
-                else:  # like OpenAI, echo what was sent (this is how keys leak into messages)
-                    msg = f"{content} (got Authorization: {self.headers.get('Authorization')})"
-                    out = {"error": {"message": msg, "type": "error", "code": status}}
-                data = json.dumps(out).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def handle(self, req: Request) -> tuple[int, bytes, str]:
+        self.requests.append({"path": req.path, "headers": req.headers, "body": req.body})
+        status, content, delay = self.replies[min(len(self.requests), len(self.replies)) - 1]
+        time.sleep(delay)
+        if status != 200:
+            return status, error(req, status, str(content)), "application/json"
+        text = content(req.body["messages"][-1]["content"]) if callable(content) else content
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        return 200, completion(text, req.body["model"], len(self.requests), usage), "application/json"
 
 
 @pytest.fixture(autouse=True)
@@ -77,11 +52,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def server():
     srv = ChatServer()
-    thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    with serve(srv.handle) as srv.base_url:
+        yield srv
 
 
 def make(base_url: str, **kw: Any) -> LLMJudge:

@@ -116,36 +116,19 @@ def test_bad_configs():
 
 
 def test_judge_column_through_a_real_local_endpoint(data_dir, tmp_path):
-    import http.server
-    import threading
+    from chat_server import completion, serve
 
-    class Judge(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # CORRECT when the generated answer line repeats the gold line
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][-1]["content"]
-            gold = prompt.split("Gold answer:", 1)[1].splitlines()[0].strip()
-            pred = prompt.split("Generated answer:", 1)[1].splitlines()[0].strip()
-            label = "CORRECT" if gold == pred else "WRONG"
-            reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": json.dumps({"reason": "compared.", "label": label})}}]}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def judge(req):  # CORRECT when the generated answer line repeats the gold line
+        prompt = req.body["messages"][-1]["content"]
+        gold = prompt.split("Gold answer:", 1)[1].splitlines()[0].strip()
+        pred = prompt.split("Generated answer:", 1)[1].splitlines()[0].strip()
+        label = "CORRECT" if gold == pred else "WRONG"
+        reply = json.dumps({"reason": "compared.", "label": label})
+        return 200, completion(reply, req.body["model"]), "application/json"
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        cfg = _cfg(tmp_path, data_dir, system="replay", limit=6,
-                   judge_base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", judge_model="judge-x")
+    with serve(judge) as url:
+        cfg = _cfg(tmp_path, data_dir, system="replay", limit=6, judge_base_url=url, judge_model="judge-x")
         res = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
-    finally:
-        server.shutdown()
     assert list(res.records.judge_label) == ["CORRECT"] + ["WRONG"] * 5  # only q0's gold is 7 May 2023
     assert "j" in res.metric_columns() and res.table().iloc[-1]["j"] == pytest.approx(100 / 6)
     assert res.judge["model"] == "judge-x" and (tmp_path / "run" / "judge_cache.sqlite").exists()
