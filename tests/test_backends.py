@@ -185,6 +185,41 @@ def test_make_generator_errors() -> None:
     assert isinstance(ScriptedGenerator(str), Generator)
 
 
+def test_local_generator_counts_with_the_model_tokenizer_and_knows_its_window(tiny) -> None:
+    gen = TransformersGenerator(tiny)
+    texts = [c["content"] for p in PROMPTS for c in p]
+    counts = [gen.count_tokens(t) for t in texts]
+    assert counts == [len(tiny.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    assert counts != [len(t.split()) for t in texts]  # really the tokenizer, not whitespace words
+    assert gen.tokenizer_name == "tiny tokenizer"
+    assert gen.context_window == tiny.model.config.max_position_embeddings > 0
+
+
+def test_from_model_wraps_a_model_in_memory(tiny) -> None:
+    gen = TransformersGenerator.from_model(tiny.model, tiny.tokenizer, name="in-training", batch_size=2)
+    assert (gen.name, gen.backend, gen.batch_size, gen.note) == ("in-training", "transformers", 2, "")
+    assert gen.tokenizer_name == "in-training tokenizer" and isinstance(gen, Generator)
+    sampling = Sampling(max_new_tokens=5)
+    assert [g.text for g in gen.generate(PROMPTS[:3], sampling)] == \
+        [g.text for g in TransformersGenerator(tiny).generate(PROMPTS[:3], sampling)]
+
+
+def test_generators_without_a_tokenizer_count_whitespace_words() -> None:
+    remote = OpenAIGenerator("http://127.0.0.1:9/v1", "qwen2.5:7b")  # no request made
+    for gen in (ScriptedGenerator(str), remote):
+        assert isinstance(gen, Generator)
+        assert (gen.count_tokens("  two\twords \n"), gen.tokenizer_name, gen.context_window) == \
+            (2, "whitespace", None)
+
+    class GenerateOnly:  # the protocol needs count_tokens, tokenizer_name and context_window too
+        name, backend = "x", "scripted"
+
+        def generate(self, prompts, sampling=Sampling()):
+            return []
+
+    assert not isinstance(GenerateOnly(), Generator)
+
+
 def test_make_generator_attaches_a_lora_adapter(tmp_path) -> None:
     from peft import LoraConfig, get_peft_model
 

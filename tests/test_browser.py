@@ -34,7 +34,7 @@ def exported(data_dir, tmp_path_factory):
     try:
         run = run_pipeline("smoke", name="browser", runs_root=tmp_path_factory.mktemp("runs"), progress=False,
                            stages=["01_locomo_data", "02_build_memory_bank"],
-                           overrides={"embedder": "hash", "focus_turn": 2})
+                           overrides={"embedder": "hash", "bank.focus_turn": 2})
     finally:
         os.environ.pop("MEMR1_DATA_DIR") if old is None else os.environ.__setitem__("MEMR1_DATA_DIR", old)
     out = {}

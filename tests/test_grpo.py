@@ -23,13 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from memr1.config import AnswerTrainConfig, GRPOTrainConfig, ManagerTrainConfig
 from memr1.errors import ConfigError
-from memr1.rl.grpo import (TrainingError, greedy_completions, resolve_answer_model, run_grpo,
-                           train_answer_agent, train_memory_manager)
+from memr1.rl.grpo import GRPOSettings, TrainingError, greedy_completions, resolve_answer_model, run_grpo
+from memr1.runs import read_result
+from memr1.stages import train_answer, train_manager
+from memr1.stages.train_answer import AnswerTrainConfig, AnswerTrainResult
+from memr1.stages.train_manager import ManagerTrainConfig, ManagerTrainResult
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(model="tiny", embedder="hash", verify_adapter=False, eval_every=0, save_every=0)
+FAST = dict(model="tiny", backend="transformers", verify_adapter=False, eval_every=0, save_every=0)
+STAGE_FAST = dict(FAST, embedder="hash")
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -113,9 +116,8 @@ def gold_logps(model, tok, rows) -> list[float]:
 def test_grpo_raises_logp_of_rewarded_answers_only_when_it_learns(locomo, tmp_path, lr):
     from memr1.llm.backends import make_generator
     from memr1.llm.load import load_policy
-    from memr1.rl.rewards import answer_em_reward
-
     from memr1.llm.tiny import BUILTIN_TEXTS, build_tiny_model
+    from memr1.rl.rewards import answer_em_reward
 
     # A tiny model trained on fixed texts, whatever data this machine has: its tokenizer must keep
     # "two" and "beach" as single tokens (a LoCoMo-trained one splits "two").
@@ -123,9 +125,10 @@ def test_grpo_raises_logp_of_rewarded_answers_only_when_it_learns(locomo, tmp_pa
     base = load_policy(path)
     rows, suppress = learning_task(locomo, base.tokenizer)
     before = gold_logps(base.model, base.tokenizer, rows)
-    cfg = AnswerTrainConfig(**{**FAST, "model": path, "run_dir": str(tmp_path / "run"), "steps": 16,
-                               "learning_rate": lr, "num_generations": 8, "batch_size": 8, "max_completion_length": 1})
-    result = run_grpo(cfg, rows, [answer_em_reward], generation_kwargs={"suppress_tokens": suppress})
+    cfg = GRPOSettings(**{**FAST, "model": path, "steps": 16, "learning_rate": lr, "num_generations": 8,
+                          "batch_size": 8, "max_completion_length": 1})
+    result = run_grpo(cfg, rows, [answer_em_reward], run_dir=tmp_path / "run", seed=0,
+                      generation_kwargs={"suppress_tokens": suppress})
     trained = make_generator(path, "transformers", lora_path=str(result.adapter_path)).model
     after = gold_logps(trained, base.tokenizer, rows)
     rise = sum(after) / len(after) - sum(before) / len(before)
@@ -156,20 +159,23 @@ def resume_logs(tmp_path: Path, name: str):
         texts = greedy_completions(model, tok, [r["prompt"] for r in SHORT_ROWS[:2]], 4)
         return {"eval/em": float(len(texts[0]))}  # any greedy function of the weights will do
 
-    def cfg(run, **kw):
+    def cfg(**kw):
         # 4 rows, 1 prompt per step: an epoch is 4 steps, so the resume at 6 lands inside epoch 2
-        return AnswerTrainConfig(**{**FAST, "run_dir": str(tmp_path / name / run), "steps": 8, "save_every": 2,
-                                    "eval_every": 2, "learning_rate": 1e-2, "max_completion_length": 8, **kw})
+        return GRPOSettings(**{**FAST, "steps": 8, "save_every": 2, "eval_every": 2, "learning_rate": 1e-2,
+                               "max_completion_length": 8, **kw})
+
+    def at(run):
+        return dict(run_dir=tmp_path / name / run, seed=0)
 
     def clean(result):
         return [{k: v for k, v in e.items() if k != "step_time"} for e in result.step_logs()]
 
-    straight = run_grpo(cfg("straight"), SHORT_ROWS, [overlap_reward], validator=validator)
-    stopped = run_grpo(cfg("split"), SHORT_ROWS, [overlap_reward], validator=validator, callbacks=[StopAt()])
+    straight = run_grpo(cfg(), SHORT_ROWS, [overlap_reward], validator=validator, **at("straight"))
+    stopped = run_grpo(cfg(), SHORT_ROWS, [overlap_reward], validator=validator, callbacks=[StopAt()], **at("split"))
     assert stopped.steps == 6
     with pytest.raises(TrainingError, match="resume=True"):  # never mixes two runs silently
-        run_grpo(cfg("split"), SHORT_ROWS, [overlap_reward])
-    resumed = run_grpo(cfg("split", resume=True), SHORT_ROWS, [overlap_reward], validator=validator)
+        run_grpo(cfg(), SHORT_ROWS, [overlap_reward], **at("split"))
+    resumed = run_grpo(cfg(resume=True), SHORT_ROWS, [overlap_reward], validator=validator, **at("split"))
     assert resumed.resumed_from and resumed.resumed_from.endswith("checkpoint-6") and resumed.steps == 8
     return clean(straight), clean(resumed), resumed
 
@@ -212,9 +218,9 @@ def test_adapter_tensorboard_and_validation_em(tmp_path):
         return {"eval/em": sum(scores) / len(scores)}
 
     run = tmp_path / "run"
-    cfg = AnswerTrainConfig(**{**FAST, "run_dir": str(run), "steps": 4, "eval_every": 2, "save_every": 2,
-                               "learning_rate": 5e-2, "max_completion_length": 8, "verify_adapter": True})
-    result = run_grpo(cfg, SHORT_ROWS, [overlap_reward], validator=validator)
+    cfg = GRPOSettings(**{**FAST, "steps": 4, "eval_every": 2, "save_every": 2, "learning_rate": 5e-2,
+                          "max_completion_length": 8, "verify_adapter": True})
+    result = run_grpo(cfg, SHORT_ROWS, [overlap_reward], run_dir=run, seed=0, validator=validator)
 
     adapter = result.adapter_path
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
@@ -254,26 +260,47 @@ def teacher_store(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_answer_agent_on_conv26_validates_on_conv30(data_dir, tmp_path, teacher_store):
-    cfg = AnswerTrainConfig(**{**FAST, "data_dir": str(data_dir), "run_dir": str(tmp_path / "aa"), "steps": 2,
+    cfg = AnswerTrainConfig(**{**STAGE_FAST, "data_dir": str(data_dir), "run_dir": str(tmp_path / "aa"), "steps": 2,
                                "store_dir": teacher_store,
                                "eval_every": 2, "eval_limit": 3, "train_limit": 4, "k_per_speaker": 5,
                                "max_completion_length": 8, "verify_adapter": True})
-    result = train_answer_agent(cfg)
+    result = train_answer.run(cfg)
     assert result.steps == 2 and (result.adapter_path / "adapter_model.safetensors").is_file()
     assert result.eval_history == [{"step": 2, "eval/em": result.eval_history[0]["eval/em"], "eval/n": 3.0}]
     assert all("rewards/answer_em_reward/mean" in e for e in result.step_logs())
+    saved = read_result(tmp_path / "aa", AnswerTrainResult)  # run wrote metrics.json
+    assert (saved.result.steps, saved.result.eval_history, saved.config["steps"]) == (2, result.eval_history, 2)
 
 
 @pytest.mark.slow
 def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_path, teacher_store):
-    cfg = ManagerTrainConfig(**{**FAST, "data_dir": str(data_dir), "run_dir": str(tmp_path / "mm"), "steps": 2,
+    cfg = ManagerTrainConfig(**{**STAGE_FAST, "data_dir": str(data_dir), "run_dir": str(tmp_path / "mm"), "steps": 2,
                                 "store_dir": teacher_store,
                                 "eval_every": 2, "eval_limit": 2, "train_limit": 4, "k_per_speaker": 5,
                                 "max_completion_length": 8})
-    result = train_memory_manager(cfg)
+    result = train_manager.run(cfg)
     assert result.steps == 2 and result.eval_history[0]["eval/n"] == 2.0
     assert all("rewards/manager_em/mean" in e for e in result.step_logs())
     assert list((tmp_path / "mm" / "reward_log").rglob("*.parquet"))  # the reward's op log
+
+
+@pytest.mark.slow
+def test_memr1_train_manager_writes_the_op_mix_to_metrics_json(data_dir, tmp_path, teacher_store):
+    """``memr1 train manager`` runs stage 04: metrics.json holds its typed result, op mix included."""
+    from memr1.cli import main
+    from memr1.rl.rewards import OP_KINDS
+
+    run_dir = tmp_path / "cli"
+    params = {**STAGE_FAST, "data_dir": data_dir, "run_dir": run_dir, "store_dir": teacher_store, "steps": 1,
+              "train_limit": 1, "eval_limit": 1, "k_per_speaker": 5, "max_completion_length": 8}
+    assert main(["train", "manager", *[a for k, v in params.items() for a in ("-p", f"{k}={v}")]]) == 0
+    saved = read_result(run_dir, ManagerTrainResult)
+    mix = saved.result.op_mix
+    assert len(mix) == 2 and all(m["completions"] == 4 for m in mix)  # one prompt, its group of 4
+    for m in mix:
+        shares = sum(m[k] for k in OP_KINDS)
+        assert (shares == 0 or math.isclose(shares, 1.0)) and 0 <= m["rejected"] <= 1, m
+    assert saved.result.completions_logged == 4 and saved.config["steps"] == 1
 
 
 # ----------------------------------------------------------------------------- errors
@@ -288,7 +315,7 @@ def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_pa
     ({"learning_rate": -1e-5}, "learning_rate must be >= 0"),
     ({"temperature": 0.0}, "temperature must be > 0"),
     ({"train_limit": -2}, "train_limit must be >= -1"),
-    ({"steps": "4"}, "steps must be int"),
+    ({"steps": "four"}, "steps must be int"),  # "4" is parsed as 4 (memr1.config.parse_value)
     ({"resume": 1}, "resume must be bool"),
     ({"profile": "huge"}, "unknown profile"),
     ({"lr": 1e-5}, "no field"),
@@ -308,12 +335,12 @@ def test_config_docs_are_papermill_safe_and_errors_are_typed(tmp_path):
     with pytest.raises(ConfigError, match="k_similar must be >= 1"):
         ManagerTrainConfig.from_params({"k_similar": 0})
     with pytest.raises(ConfigError, match="expected an instance of AnswerTrainConfig"):
-        train_answer_agent(ManagerTrainConfig())
+        train_answer.run(ManagerTrainConfig())
     with pytest.raises(TrainingError, match="no training rows"):
-        run_grpo(GRPOTrainConfig(**FAST, run_dir=str(tmp_path / "r")), [], [overlap_reward])
+        run_grpo(GRPOSettings(**FAST), [], [overlap_reward], run_dir=tmp_path / "r", seed=0)
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):  # refused before any model is loaded
-        run_grpo(GRPOTrainConfig(**{**FAST, "backend": "unsloth"}, run_dir=str(tmp_path / "u")), SHORT_ROWS,
-                 [overlap_reward])
+        run_grpo(GRPOSettings(**{**FAST, "backend": "unsloth"}), SHORT_ROWS, [overlap_reward],
+                 run_dir=tmp_path / "u", seed=0)
     with pytest.raises(ConfigError, match="neither an answer-agent run dir"):
         resolve_answer_model(str(tmp_path), "tiny")
     assert resolve_answer_model("", "tiny") == ("tiny", "")
@@ -332,14 +359,14 @@ def test_defaults_resolve_to_a_smoke_run():
 ACCELERATE_SCRIPT = """
 import json, os, sys
 import torch.distributed as dist
-from memr1.config import AnswerTrainConfig
-from memr1.rl.grpo import run_grpo
+from memr1.rl.grpo import GRPOSettings, run_grpo
 from tests.test_grpo import SHORT_ROWS, overlap_reward
 
 out = sys.argv[1]
-cfg = AnswerTrainConfig(model="tiny", embedder="hash", run_dir=out, steps=2, save_every=0, eval_every=1,
-                        max_completion_length=8)
-result = run_grpo(cfg, SHORT_ROWS, [overlap_reward], validator=lambda model, tok: {"eval/em": 0.5})
+cfg = GRPOSettings(model="tiny", backend="transformers", steps=2, save_every=0, eval_every=1,
+                   max_completion_length=8)
+result = run_grpo(cfg, SHORT_ROWS, [overlap_reward], run_dir=out, seed=0,
+                  validator=lambda model, tok: {"eval/em": 0.5})
 rank = int(os.environ["RANK"])
 backend = dist.get_backend() if dist.is_initialized() else "none"
 with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -10,11 +11,12 @@ import pytest
 
 from memr1.agents.mem1 import (WHITESPACE, Action, Episode, TurnRecord, build_context, format_docs,
                                parse_action, render_turn, run_episode, task_prompt, turns_hint)
-from memr1.data.retrieval import Corpus, Passage, make_retriever
+from memr1.data.corpus import Corpus, Passage
+from memr1.memory.passages import make_retriever
 from memr1.data.tasks import Objective, Task, make_tasks
 from memr1.errors import ConfigError, DataFormatError, DataNotFoundError
 from memr1.eval.mem1_metrics import (GOLD, aggregate, dependency, episode_metrics, gold_max_turns, peak_ratio,
-                                     run_episodes)
+                                     run_episodes, score_answer)
 from memr1.llm.generate import ScriptedGenerator
 
 # --------------------------------------------------------------------------- fixtures
@@ -54,7 +56,8 @@ def _counting_policy(answer_turn: int) -> ScriptedGenerator:
 
 def test_mem1_context_holds_only_prompt_last_state_query_info():
     task = _toy_task()
-    ep = run_episode(task, _counting_policy(5), make_retriever(task.corpus), "mem1", max_turns=6)
+    ep = run_episode(task, _counting_policy(5), make_retriever(task.corpus), "mem1", max_turns=6,
+                     score=score_answer)
     assert len(ep.turns) == 6 and ep.stop == "answer"
     prompt = task_prompt(task)
     assert ep.turns[0].context == [{"role": "user", "content": f"{prompt}\n\n[6 turns left]"}]
@@ -77,14 +80,14 @@ def test_mem1_context_holds_only_prompt_last_state_query_info():
 
 def test_full_mode_keeps_every_turn():
     task = _toy_task()
-    ep = run_episode(task, _counting_policy(5), None, "full", max_turns=6)
+    ep = run_episode(task, _counting_policy(5), None, "full", max_turns=6, score=score_answer)
     for t, rec in enumerate(ep.turns):
         assert len(rec.context) == 1 + 2 * t
         assert [m["content"] for m in rec.context[1::2]] == [render_turn(f"state {s}", ep.turns[s].query)
                                                               for s in range(t)]
         infos = [m["content"] for m in rec.context[2::2]]
         assert all(i.startswith(f"<info>\n{ep.turns[s].info}\n</info>") for s, i in enumerate(infos))
-    mem1 = run_episode(task, _counting_policy(5), None, "mem1", max_turns=6)
+    mem1 = run_episode(task, _counting_policy(5), None, "mem1", max_turns=6, score=score_answer)
     p = ep.turns[-1].prompt_tokens  # 5 earlier turns against 1, the prompt aside
     assert ep.turns[-1].context_tokens - p > 3 * (mem1.turns[-1].context_tokens - p)
 
@@ -247,11 +250,14 @@ def test_answers_are_scored_per_objective_by_position():
     for text, em in (("<IS>x</IS><answer>1. ans0\n2. nope\n3. ans2</answer>", [1.0, 0.0, 1.0]),
                      ("<IS>x</IS><answer>ans0; ans1</answer>", [1.0, 1.0, 0.0]),
                      ("<IS>x</IS><answer>The ans0!</answer>", [1.0, 0.0, 0.0])):
-        ep = run_episode(task, ScriptedGenerator(lambda m, t=text: t), None, "mem1", max_turns=2)
+        ep = run_episode(task, ScriptedGenerator(lambda m, t=text: t), None, "mem1", max_turns=2,
+                         score=score_answer)
         assert ep.em == em and ep.stop == "answer"
-    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags at all"), None, "mem1", max_turns=4)
+    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags at all"), None, "mem1", max_turns=4,
+                     score=score_answer)
     assert ep.stop == "invalid" and len(ep.turns) == 1 and ep.em == [0.0] * 3
-    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags"), None, "mem1", max_turns=3, stop_on_invalid=False)
+    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags"), None, "mem1", max_turns=3, stop_on_invalid=False,
+                     score=score_answer)
     assert ep.stop == "max_turns" and len(ep.turns) == 3 and "Invalid turn" in ep.turns[1].context[-1]["content"]
 
 
@@ -299,18 +305,47 @@ def test_parse_action_fuzz():
 
 
 def test_context_widget_and_stage_registration():
-    from memr1.config import Mem1Config
-    from memr1.pipeline import STAGES
+    from memr1.stages import STAGES
+    from memr1.stages.mem1 import Mem1Config, Mem1Result
     from widgets.mem1_context import context_figure, peak_figure
 
     task = _toy_task()
-    eps = [run_episode(task, _counting_policy(3), None, mode, max_turns=6) for mode in ("mem1", "full")]
+    eps = [run_episode(task, _counting_policy(3), None, mode, max_turns=6, score=score_answer)
+           for mode in ("mem1", "full")]
     fig = context_figure(eps)
     assert len(fig.data) == 2 and list(fig.data[0].x) == [0, 1, 2, 3]
     assert "state 2" in fig.data[0].customdata[2][0]
     assert len(peak_figure(aggregate(eps)).data) == 2
-    assert any(s.name == "06_mem1" and s.config is Mem1Config for s in STAGES)
+    assert any(s.name == "06_mem1" and s.config is Mem1Config and s.result is Mem1Result for s in STAGES)
+    assert Mem1Result.json_fields() == ["environment", "n_objectives", "tasks", "model", "tokenizer", "table",
+                                        "memory_r1_comparison"]
     with pytest.raises(ConfigError, match="environment"):
         Mem1Config.from_params({"environment": "webshop"})
     with pytest.raises(ConfigError, match="n_objectives"):
         Mem1Config.from_params({"n_objectives": 17})
+
+
+def test_every_training_setting_is_a_train_mem1_parameter():
+    from memr1.rl.mem1_trainer import Mem1TrainSettings
+    from memr1.stages import TRAINERS
+
+    config = TRAINERS["mem1"][0]
+    names = {f.name for f in dataclasses.fields(config)}
+    assert {f.name for f in dataclasses.fields(Mem1TrainSettings)} | {"profile", "data_dir", "run_dir", "seed"} <= names
+    assert all(config.field_docs().values())  # each one has its help text
+    assert config.from_params({"learning_rate": "2e-5", "packed": "true"}).learning_rate == 2e-5
+    with pytest.raises(ConfigError, match="loss_type"):
+        config.from_params({"loss_type": "sequence"})
+
+
+def test_train_stage_writes_a_typed_result(tmp_path, data_dir, monkeypatch):
+    from memr1.runs import read_result
+    from memr1.stages.mem1 import Mem1TrainConfig, Mem1TrainResult, train
+
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
+    result = train(Mem1TrainConfig(steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_new_tokens=4,
+                                   run_dir=str(tmp_path / "run")))
+    saved = read_result(tmp_path / "run", Mem1TrainResult)
+    assert saved.result == result and saved.config["model"] == "tiny"  # "" resolved to the profile's model
+    assert result.steps == 1 and [row["step"] for row in result.history] == [0]
+    assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 1

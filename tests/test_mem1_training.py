@@ -12,11 +12,10 @@ import statistics
 import pytest
 import torch
 
-from memr1.config import Mem1TrainConfig
-from memr1.rl.mem1_trainer import (encode_messages, loss_weights, policy_loss, sample_completion, train_mem1,
-                                   train_step, trajectory_logprobs)
-from memr1.rl.packing import (Trajectory, Turn, group_advantages, packed_rows, per_turn_rows,
-                              split_by_trajectory, token_logprobs)
+from memr1.rl.mem1_loss import loss_weights, policy_loss, train_step
+from memr1.rl.mem1_trainer import Mem1TrainSettings, encode_messages, sample_completion, train_mem1
+from memr1.rl.packing import (Trajectory, TrajectoryTurn, group_advantages, packed_rows, per_turn_rows,
+                              split_by_trajectory, token_logprobs, trajectory_logprobs)
 
 EXACT = 1e-5  # fp32 tolerance for "the same log-prob"
 
@@ -50,7 +49,7 @@ def synthetic(seed: int, completions: tuple[int, ...], reward: float = 0.0, task
         return tuple(torch.randint(3, 900, (n,), generator=g).tolist())
 
     task = (1,) + ids(task_len)  # a chat header token, then the task prompt
-    turns = [Turn(task + ids(2 + 3 * t) + (1,), ids(n)) for t, n in enumerate(completions)]
+    turns = [TrajectoryTurn(task + ids(2 + 3 * t) + (1,), ids(n)) for t, n in enumerate(completions)]
     return Trajectory(turns, reward)
 
 
@@ -224,7 +223,7 @@ def test_training_raises_the_logprob_of_rewarded_trajectories(tiny_path, lr, pac
 
 
 def toy_task():
-    from memr1.data.retrieval import Corpus, Passage
+    from memr1.data.corpus import Corpus, Passage
     from memr1.data.tasks import Objective, Task
 
     corpus = Corpus("toy", (Passage("p1", "France", "Paris is the capital of France."),
@@ -278,9 +277,8 @@ def test_rollout_group_keeps_ids_prunes_the_context_and_scores_by_em(tiny_path, 
 
 def test_train_mem1_runs_on_hotpotqa_tasks_with_the_real_agent(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
-    cfg = Mem1TrainConfig(model="tiny", steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_new_tokens=8,
-                          run_dir=str(tmp_path / "run"))
-    result = train_mem1(cfg)
+    settings = Mem1TrainSettings(model="tiny", steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_new_tokens=8)
+    result = train_mem1(settings, run_dir=tmp_path / "run", seed=0)
     (entry,) = result.history
     assert entry["trajectories"] == 2 and 2 <= entry["turns"] <= 4
     assert 2 <= entry["loss_tokens"] <= 2 * 2 * 8
@@ -300,16 +298,17 @@ def toy_rollout(task, policy, tokenizer, retriever, *, group_size, max_turns, te
                 prompt = encode_messages(tokenizer, messages)
                 completion = sample_completion(policy, tokenizer, prompt, max_new_tokens=max_new_tokens,
                                                temperature=temperature)
-                turns.append(Turn(prompt, completion))
+                turns.append(TrajectoryTurn(prompt, completion))
                 state = tokenizer.decode(completion, skip_special_tokens=True)[-20:]
             trajs.append(Trajectory(turns, float(sum(t.completion_ids[0] % 2 == 0 for t in turns))))
     return trajs
 
 
 def run(tmp_path, name, steps, lora_r):
-    cfg = Mem1TrainConfig(model="tiny", steps=steps, tasks_per_step=1, group_size=3, learning_rate=1e-3,
-                          max_turns=2, max_new_tokens=4, lora_r=lora_r, packed=True, run_dir=str(tmp_path / name), seed=4)
-    return train_mem1(cfg, tasks=["alpha", "beta", "gamma"], retriever=object(), rollout=toy_rollout)
+    settings = Mem1TrainSettings(model="tiny", steps=steps, tasks_per_step=1, group_size=3, learning_rate=1e-3,
+                                 max_turns=2, max_new_tokens=4, lora_r=lora_r, packed=True)
+    return train_mem1(settings, run_dir=tmp_path / name, seed=4, tasks=["alpha", "beta", "gamma"], retriever=object(),
+                      rollout=toy_rollout)
 
 
 @pytest.mark.parametrize("lora_r", [0, 4])
@@ -331,3 +330,4 @@ def test_resumed_run_continues_exactly(tmp_path, lora_r):
     assert max(float((weights[0][n] - weights[1][n]).abs().max()) for n in weights[0]) <= 1e-6
     lines = [json.loads(x) for x in (second.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1]
+

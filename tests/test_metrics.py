@@ -7,7 +7,8 @@ import math
 import pytest
 
 from memr1.errors import ConfigError
-from memr1.eval.metrics import (bleu1_mem0, exact_match, extract_answer, f1_locomo, f1_mem0, normalize_em,
+from memr1.agents.answer import extract_answer
+from memr1.eval.metrics import (bleu1_mem0, exact_match, f1_locomo, f1_mem0, normalize_em,
                                 score)
 from memr1.eval.tables import category_table
 

@@ -9,7 +9,8 @@ import typing
 import nbformat
 import pytest
 
-from memr1.pipeline import STAGES, TOUR, notebooks_dir
+from memr1.pipeline import notebooks_dir
+from memr1.stages import STAGES, TOUR
 
 NOTEBOOKS = [TOUR, *STAGES]
 
@@ -48,13 +49,20 @@ def test_config_is_built_right_after_parameters(stage):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
     assert f"{stage.config.__name__}.from_namespace(globals())" in code[1].source
-    assert "write_metrics(" in code[-1].source  # the last cell marks the stage finished
+    assert f"from {stage.config.__module__} import" in code[1].source  # the config comes from its stage module
+    calls = "".join(c.source for c in code[2:])
+    assert "run(cfg" in calls or "finish(" in calls  # the stage's run writes metrics.json; notebooks compute nothing
+    assert "write_metrics" not in calls and "save_result" not in calls
 
 
 @pytest.mark.parametrize("stage", NOTEBOOKS, ids=lambda s: s.name)
 def test_papermill_sees_every_parameter(stage):
     """papermill's own parser must read each line (a help text with '=' or a quote can break it)."""
-    from memr1.pipeline import notebook_params
+    from memr1.pipeline import notebook_params, parameters_source
+
+    tagged = [c for c in nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4).cells
+              if "parameters" in c.metadata.get("tags", [])]
+    assert tagged[0].source == parameters_source(stage.config)  # regenerate the cell with parameters_source
 
     params = notebook_params(notebooks_dir() / f"{stage.name}.ipynb")
     assert list(params) == [f.name for f in dataclasses.fields(stage.config)]

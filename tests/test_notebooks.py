@@ -11,7 +11,8 @@ import nbformat
 import papermill as pm
 import pytest
 
-from memr1.pipeline import STAGES, StageError, notebooks_dir, run_pipeline
+from memr1.pipeline import StageError, notebooks_dir, run_pipeline
+from memr1.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_notebook_01_papermill_cli(data_dir, tmp_path):
            "-p", "conversation", "conv-30", "-p", "run_dir", str(run_dir), "-p", "seed", "1", "-k", "python3"]
     subprocess.run(cmd, check=True, env=_env(data_dir), capture_output=True, timeout=300)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["metrics"]["splits"]["test"]["total"] == 1307
+    assert metrics["result"]["splits"]["test"]["total"] == 1307
     assert metrics["config"]["conversation"] == "conv-30"
     html = "".join(o.get("data", {}).get("text/html", "") for c in nbformat.read(out, 4).cells
                    for o in c.get("outputs", []) if isinstance(o.get("data", {}).get("text/html", ""), str))
@@ -80,7 +81,7 @@ def test_notebook_02_timeline_shows_a_real_turn_diff(data_dir, tmp_path, monkeyp
     html = "".join(o["data"]["text/html"] for c in nbformat.read(out, 4).cells for o in c.get("outputs", [])
                    if "text/html" in o.get("data", {}))
     assert "D1:3" in html and "ADD <b>caroline-0</b>: Caroline attended an LGBTQ support group" in html
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["result"]
     assert metrics["replay"]["entries"] == {"Caroline": 102, "Melanie": 82}
     assert metrics["embedder"] == "all-MiniLM-L6-v2" and metrics["recall"][-1]["count"] == 150
     assert (run_dir / "store" / "conv-26").is_dir()
@@ -92,6 +93,6 @@ def test_quickstart_runs_on_cpu(data_dir, tmp_path, monkeypatch):
     pm.execute_notebook(str(notebooks_dir() / "00_quickstart.ipynb"), str(tmp_path / "qs.ipynb"),
                         parameters={"run_dir": str(tmp_path / "qs"), "embedder": "hash", "until_turn": 60},
                         kernel_name="python3", progress_bar=False)
-    metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())["result"]
     assert metrics["answers"] == 5 and metrics["grpo_steps"] == 2 and metrics["completions_logged"] == 8
     assert sum(metrics["replay"]["entries"].values()) > 0

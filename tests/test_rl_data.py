@@ -30,7 +30,7 @@ from memr1.memory.replay import schedule_observations
 from memr1.rl.datasets import (answer_agent_rows, linked_questions, manager_rows, open_teacher_bank,
                                snapshot)
 from memr1.rl.export_verl import ANSWER_SOURCE, MANAGER_SOURCE, VERL_COLUMNS
-from memr1.rl.rewards import ManagerReward, answer_em_reward, read_op_log
+from memr1.rl.rewards import ManagerReward, answer_em_reward, op_mix, read_op_log
 
 _BLOCK = re.compile(r"^Memories of (.+):$")
 
@@ -258,6 +258,9 @@ def test_manager_reward_on_hand_made_completions(mrows, store, emb, tmp_path):
     reward([json.dumps(noop)], **_trl_columns([fresh]))  # no trainer_state: the call counter
     log = read_op_log(tmp_path)  # ordered by step, then call
     assert log[["step", "call", "from_trainer"]].values.tolist() == [[1, 1, False]] + [[7, 0, True]] * 5
+    shares = {"add": 0.25, "update": 0.25, "delete": 0.0, "noop": 0.5, "rejected": 0.2, "completions": 5}
+    assert op_mix(log) == [{"phase": "first steps (7–7)", **shares},  # the same shares as logged to TRL;
+                           {"phase": "last steps (7–7)", **shares}]   # the validation call left out
 
 
 def test_manager_reward_needs_the_speakers_column(mrows, emb):

@@ -1,44 +1,32 @@
 """Per-operation view of Memory-Manager training: which operations the policy samples, how often its
 output is rejected, and the reward each kind of output earns, step by step.
 
-Reads the reward log of ``memr1.rl.rewards.ManagerReward`` (``read_op_log(log_dir)``: one row per sampled
-completion with its op counts, validity, rejection kinds and reward).
+Draws the reward log of ``memr1.rl.rewards.ManagerReward`` (``read_op_log(log_dir)``: one row per sampled
+completion with its op counts, validity, rejection kinds and reward) and the op mix that stage 04 computed
+(``memr1.rl.rewards.op_mix``, kept in its result).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from memr1.rl.rewards import OP_KINDS
 from widgets.display import figure_fragment
 
-KINDS = ("add", "update", "delete", "noop")
+MIX_COLUMNS = ["phase", *OP_KINDS, "rejected", "completions"]
 
 
 def completion_kind(row: pd.Series) -> str:
-    """One label per completion: rejected, or the dominant operation (ties: the first in KINDS)."""
+    """One label per completion: rejected, or the dominant operation (ties: the first in OP_KINDS)."""
     if not row["valid"]:
         return "rejected"
-    counts = {k: row[f"n_{k}"] for k in KINDS}
-    return max(KINDS, key=lambda k: counts[k]) if any(counts.values()) else "empty"
-
-
-def op_mix(log: pd.DataFrame, *, split: float = 0.25) -> pd.DataFrame:
-    """Share of operations (and of rejected outputs) in the first and the last ``split`` of the steps."""
-    train = log[log["from_trainer"]] if "from_trainer" in log else log
-    steps = sorted(train["step"].unique())
-    if not steps:
-        return pd.DataFrame(columns=["phase", *KINDS, "rejected", "completions"])
-    cut = max(1, int(len(steps) * split))
-    rows = []
-    for phase, chosen in (("first steps", steps[:cut]), ("last steps", steps[-cut:])):
-        part = train[train["step"].isin(chosen)]
-        total_ops = max(1, int(part[[f"n_{k}" for k in KINDS]].to_numpy().sum()))
-        rows.append({"phase": f"{phase} ({chosen[0]}–{chosen[-1]})",
-                     **{k: float(part[f"n_{k}"].sum() / total_ops) for k in KINDS},
-                     "rejected": float((~part["valid"]).mean()), "completions": len(part)})
-    return pd.DataFrame(rows)
+    counts = {k: row[f"n_{k}"] for k in OP_KINDS}
+    return max(OP_KINDS, key=lambda k: counts[k]) if any(counts.values()) else "empty"
 
 
 def op_reward_figure(log: pd.DataFrame) -> go.Figure:
@@ -56,22 +44,27 @@ def op_reward_figure(log: pd.DataFrame) -> go.Figure:
 
 
 class OpRewardView:
-    """Figure plus the op-mix table (first vs last steps) of a manager run."""
+    """Figure plus the op-mix table (first vs last steps) of a manager run.
 
-    def __init__(self, log: pd.DataFrame):
-        needed = {"step", "valid", "reward", *(f"n_{k}" for k in KINDS)}
+    Args:
+        log: the op log (``ManagerTrainResult.op_log``).
+        mix: its op mix (``ManagerTrainResult.op_mix``).
+    """
+
+    def __init__(self, log: pd.DataFrame, mix: Sequence[dict[str, Any]]):
+        needed = {"step", "valid", "reward", *(f"n_{k}" for k in OP_KINDS)}
         if missing := needed - set(log.columns):
             raise ValueError(f"OpRewardView needs op-log columns {sorted(missing)}")
-        self.log = log
+        self.log, self.mix = log, pd.DataFrame(list(mix), columns=MIX_COLUMNS)
+
+    def table_html(self) -> str:
+        return self.mix.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}")
 
     def static_html(self) -> str:
-        mix = op_mix(self.log)
         return (figure_fragment(op_reward_figure(self.log))
-                + "<h4>Operation mix, first vs last steps</h4>"
-                + mix.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}"))
+                + "<h4>Operation mix, first vs last steps</h4>" + self.table_html())
 
     def widget(self):
         import ipywidgets as w
 
-        return w.VBox([go.FigureWidget(op_reward_figure(self.log)),
-                       w.HTML(op_mix(self.log).to_html(index=False, float_format=lambda v: f"{v:.2f}"))])
+        return w.VBox([go.FigureWidget(op_reward_figure(self.log)), w.HTML(self.table_html())])

@@ -1,7 +1,7 @@
 """QA inspector: pick a question, see the memories it retrieved, the ones the Answer Agent selected,
 its answer against the gold one, and the scores (with the judge's reason when there is a judge).
 
-Works on the per-question records of ``memr1.eval.report`` (a DataFrame, e.g. read back from
+Works on the per-question records of ``memr1.stages.evaluate`` (a DataFrame, e.g. read back from
 ``records.parquet``). Live: a dropdown over questions. Static (papermill): one collapsible block per
 question, worst F1 first, capped at ``max_static`` questions.
 """

@@ -1,14 +1,13 @@
-"""One self-contained HTML report of a run folder: every finished stage's results, figures and config.
+"""One self-contained HTML report of a run folder, drawn from the typed results of its stages.
 
-plotly.js is embedded once in the page, so ``report.html`` opens offline. Sections are chosen by the
-stage name's prefix (``01_`` data, ``02_`` memory bank, ``03_``/``04_`` training, ``05_`` evaluation,
-``06_`` MEM1); anything else is shown as its metrics JSON.
+``memr1.pipeline.load_run`` reads every finished stage's metrics.json back as its ``StageResult``
+(a missing or unknown key is a ``ResultError``, never a "?" on the page); each section below draws
+one result type. plotly.js is embedded once, so ``report.html`` opens offline.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from typing import Any, Callable
 
 import pandas as pd
@@ -16,7 +15,15 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from memr1.config import get_profile
-from memr1.runs import load_run
+from memr1.files import write_text_atomic
+from memr1.pipeline import load_run
+from memr1.stages.evaluate import EvalResult
+from memr1.stages.locomo_data import DataResult
+from memr1.stages.mem1 import Mem1Result
+from memr1.stages.memory_bank import BankResult
+from memr1.stages.report import ReportResult
+from memr1.stages.train_answer import AnswerTrainResult
+from memr1.stages.train_manager import ManagerTrainResult
 from widgets.charts import category_bars, recall_bars
 from widgets.display import figure_html
 
@@ -40,100 +47,92 @@ def _fig(fig: go.Figure) -> str:
     return figure_html(fig, include_plotlyjs=False)
 
 
-def _data(m: dict) -> str:
-    splits = pd.DataFrame([{"split": k, **v} for k, v in m.get("splits", {}).items()])
-    return (f"<p>{m.get('conversations')} conversations, {m.get('sessions')} sessions, {m.get('turns')} turns, "
-            f"{m.get('questions')} questions without category 5 ({m.get('questions_with_adversarial')} with it). "
-            f"Evidence ids needing attention: {_e(m.get('evidence_problems'))}. File sha256 "
-            f"<code>{_e(m.get('sha256', '')[:16])}…</code></p>{_table(splits)}")
+def _data(r: DataResult) -> str:
+    splits = pd.DataFrame([{"split": k, **v} for k, v in r.splits.items()])
+    return (f"<p>{r.conversations} conversations, {r.sessions} sessions, {r.turns} turns, {r.questions} questions "
+            f"without category 5 ({r.questions_with_adversarial} with it). Evidence ids needing attention: "
+            f"{_e(r.evidence_problems or 'none')}. File sha256 <code>{_e(r.sha256[:16])}…</code></p>{_table(splits)}")
 
 
-def _bank(m: dict) -> str:
-    rep, recall = m.get("replay", {}), pd.DataFrame(m.get("recall", []))
-    out = (f"<p>Observation replay of {_e(rep.get('sample_id'))}: entries per speaker {_e(rep.get('entries'))}, "
-           f"committed turns {_e(rep.get('committed_turns'))}; embedder {_e(m.get('embedder'))}; recall over "
-           f"{_e(m.get('recall_scope'))} questions.</p>")
+def _bank(r: BankResult) -> str:
+    recall = pd.DataFrame(r.recall)
+    out = (f"<p>Observation replay of {_e(r.replay['sample_id'])}: entries per speaker {_e(r.replay['entries'])}, "
+           f"committed turns {_e(r.replay['committed_turns'])}; embedder {_e(r.embedder)}; recall over "
+           f"{_e(r.recall_scope)} questions.</p>")
     return out + (_fig(recall_bars(recall)) + _table(recall) if len(recall) else "")
 
 
-def _training(m: dict) -> str:
-    hist = pd.DataFrame([h for h in m.get("log_history", []) if "step" in h])
-    out = f"<p>{_e(m.get('steps', '?'))} steps; adapter saved at <code>{_e(m.get('adapter', ''))}</code>.</p>"
+def _training(r: AnswerTrainResult | ManagerTrainResult) -> str:
+    hist = pd.DataFrame([h for h in r.log_history if "step" in h])
+    out = f"<p>{r.steps} steps; adapter saved at <code>{_e(r.adapter)}</code>.</p>"
     curves = [c for c in ("reward", "loss", "kl", "completions/mean_length", "eval/em") if c in hist]
     if curves:
         fig = go.Figure([go.Scatter(x=hist.dropna(subset=[c])["step"], y=hist.dropna(subset=[c])[c],
                                     mode="lines+markers", name=c) for c in curves])
         out += _fig(fig.update_layout(title="training curves", xaxis_title="step", height=360))
-    if m.get("op_mix"):
-        out += "<h3>Memory operations sampled</h3>" + _table(m["op_mix"])
+    if isinstance(r, ManagerTrainResult) and r.op_mix:
+        out += "<h3>Memory operations sampled</h3>" + _table(r.op_mix)
     return out
 
 
-def _evaluation(m: dict) -> str:
-    table = pd.DataFrame(m.get("table", []))
+def _evaluation(r: EvalResult) -> str:
+    table = pd.DataFrame(r.table)
     cols = [c for c in ("f1", "bleu1", "f1_locomo", "em", "j") if c in table]
-    ops = m.get("operations", {})
-    judge = m.get("judge") or "no judge configured (J not computed)"
-    return (f"<p>System <b>{_e(m.get('system'))}</b>, model {_e(m.get('model'))} ({_e(m.get('backend'))}) "
-            f"{_e(m.get('model_note', ''))}, split {_e(m.get('split'))}, {_e(m.get('questions'))} questions, "
-            f"metric family {_e(m.get('metric_family'))}. Judge: {_e(judge)}.</p>"
+    judge = r.judge or "no judge configured (J not computed)"
+    return (f"<p>System <b>{_e(r.system)}</b>, model {_e(r.model)} ({_e(r.backend)}) {_e(r.model_note)}, split "
+            f"{_e(r.split)}, {r.questions} questions, metric family {_e(r.metric_family)}. Judge: {_e(judge)}.</p>"
             + (_fig(category_bars(table, cols, title="scores per category")) if cols else "") + _table(table)
-            + f"<h3>Memory Manager operations</h3><p>applied {_e(ops.get('applied'))}; rejected outputs "
-              f"{_e(ops.get('rejected_outputs') or 'none')}</p><h3>Latency (s)</h3>"
-            + _table(m.get("latency", []), "{:.4f}"))
+            + f"<h3>Memory Manager operations</h3><p>applied {_e(r.operations['applied'])}; rejected outputs "
+              f"{_e(r.operations['rejected_outputs'] or 'none')}</p><h3>Latency (s)</h3>"
+            + _table(r.latency, "{:.4f}"))
 
 
-def _mem1(m: dict) -> str:
-    out = (f"<p>{_e(m.get('environment'))} tasks with {_e(m.get('n_objectives'))} objectives, model "
-           f"{_e(m.get('model'))}; tokens counted with {_e(m.get('tokenizer'))}.</p>" + _table(m.get("table", [])))
-    if m.get("memory_r1_comparison"):
-        out += "<h3>MEM1 beside Memory-R1 on the same LoCoMo questions</h3>" + _table(m["memory_r1_comparison"])
+def _mem1(r: Mem1Result) -> str:
+    out = (f"<p>{_e(r.environment)} tasks with {r.n_objectives} objectives, model {_e(r.model)}; tokens counted "
+           f"with {_e(r.tokenizer)}.</p>" + _table(r.table))
+    if r.memory_r1_comparison:
+        out += "<h3>MEM1 beside Memory-R1 on the same LoCoMo questions</h3>" + _table(r.memory_r1_comparison)
     return out
 
 
-SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "01": ("Data: LoCoMo and the paper split", _data), "02": ("Memory bank: observation replay", _bank),
-    "03": ("Training: Answer Agent (GRPO)", _training), "04": ("Training: Memory Manager (GRPO)", _training),
-    "05": ("Evaluation on LoCoMo", _evaluation), "06": ("MEM1: accuracy and peak tokens", _mem1),
+SECTIONS: dict[type, tuple[str, Callable[[Any], str]]] = {
+    DataResult: ("Data: LoCoMo and the paper split", _data),
+    BankResult: ("Memory bank: observation replay", _bank),
+    AnswerTrainResult: ("Training: Answer Agent (GRPO)", _training),
+    ManagerTrainResult: ("Training: Memory Manager (GRPO)", _training),
+    EvalResult: ("Evaluation on LoCoMo", _evaluation),
+    Mem1Result: ("MEM1: accuracy and peak tokens", _mem1),
 }
+"""Result type → (section title, renderer). The report stage's own result is not drawn."""
 
 
 def report_html(run_dir: str) -> str:
     """The whole report page for the run folder ``run_dir``."""
     run = load_run(run_dir)
-    profile = run["profile"]
-    banner = f"Profile <b>{_e(profile)}</b>: {_e(run['profile_reason'] or 'chosen by the caller')}."
-    if profile == "smoke":
+    banner = f"Profile <b>{_e(run.profile)}</b>: {_e(run.profile_reason or 'chosen by the caller')}."
+    if run.profile == "smoke":
         banner += (" Every model number in this report comes from a tiny random model built locally (no download):"
                    " it shows the pipeline runs end to end on real LoCoMo data and says nothing about the methods.")
-    elif profile in ("cpu", "paper"):
-        banner += f" {_e(get_profile(profile).description)}."
-    body = [f"<h1>memr1 run <code>{_e(run['name'])}</code></h1><div class='banner'>{banner}</div>",
+    elif run.profile in ("cpu", "paper"):
+        banner += f" {_e(get_profile(run.profile).description)}."
+    body = [f"<h1>memr1 run <code>{_e(run.name)}</code></h1><div class='banner'>{banner}</div>",
             "<h3>Stages</h3>" + _table([{"stage": k, **{kk: vv for kk, vv in v.items() if kk != 'error'}}
-                                         for k, v in run["status"].items()])]
-    for stage, data in run["stages"].items():
-        title, render = SECTIONS.get(stage[:2], (stage, None))
-        metrics = data.get("metrics", {})
-        content = render(metrics) if render else f"<pre>{_e(json.dumps(metrics, indent=1)[:20000])}</pre>"
-        body.append(f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{content}"
-                    f"<details><summary>configuration</summary>{_table([data.get('config', {})])}</details>")
-    prov = next((d["provenance"] for d in run["stages"].values() if "provenance" in d), {})
+                                         for k, v in run.status.items()])]
+    for stage, saved in run.stages.items():
+        if isinstance(saved.result, ReportResult):
+            continue
+        title, render = SECTIONS[type(saved.result)]
+        body.append(f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{render(saved.result)}"
+                    f"<details><summary>configuration</summary>{_table([saved.config])}</details>")
+    prov = next((s.provenance for s in run.stages.values()), {})
     body.append(f"<h2>Provenance</h2><p>python {_e(prov.get('python'))} on {_e(prov.get('machine'))}</p>"
                 + _table([prov.get("packages", {})]))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>memr1 {_e(run['name'])}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>memr1 {_e(run.name)}</title>"
             f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
 
 
 def write_report(run_dir: str) -> str:
     """Write ``run_dir/report.html`` atomically and return its path."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    path = Path(run_dir) / "report.html"
-    fd, tmp = tempfile.mkstemp(prefix="report.", suffix=".html.tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(report_html(run_dir))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_text_atomic(Path(run_dir) / "report.html", report_html(run_dir)))

@@ -6,7 +6,7 @@ nothing is live, so ``show_final()`` renders the finished curves as static HTML.
 
     curves = TrainingCurves()
     curves.show_live()
-    result = train_answer_agent(cfg, callbacks=[curves.callback()])
+    result = run(cfg, callbacks=[curves.callback()])  # memr1.stages.train_answer.run
     curves.show_final()
 """
 

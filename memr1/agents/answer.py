@@ -1,4 +1,4 @@
-"""The Answer Agent: retrieved memories in, selected memories and a short answer out (DESIGN §8).
+"""The Answer Agent: retrieved memories in, selected memories and a short answer out (docs/design.md §answer format).
 
 Per question: the top ``k_per_speaker`` memories of each speaker's bank (Memory-R1: 30 each), shown
 per speaker as ``"{session date-time}: {text}"``; the model first copies the ones it relies on under
@@ -24,7 +24,6 @@ from typing import Mapping, Sequence
 
 from memr1.data.locomo import QA
 from memr1.errors import ConfigError
-from memr1.eval.metrics import extract_answer
 from memr1.llm.generate import GREEDY, Generation, Generator, Messages, Sampling
 from memr1.memory.bank import MemoryBank
 from memr1.memory.retrieve import K_PER_SPEAKER, Retrieved, retrieve
@@ -131,9 +130,47 @@ def memory_lines(retrieved: Sequence[Retrieved], speakers: Sequence[str]) -> dic
     return out
 
 
+def answer_prompts(asks: Sequence[tuple[str, Mapping[str, MemoryBank]]], k_per_speaker: int = K_PER_SPEAKER
+                   ) -> list[tuple[Messages, list[Retrieved]]]:
+    """The one retrieve → memory lines → answer messages chain, for each ``(question, banks)``.
+
+    Used by the Answer Agent, its GRPO rows (``memr1.rl.datasets``) and the Memory-Manager reward
+    (``memr1.rl.rewards``), so all three show the model the same prompt. Speakers follow each
+    mapping's order; all questions are embedded in one call with the first bank's embedder (every
+    bank must share it, as ``retrieve`` requires).
+
+    Returns:
+        ``(messages, retrieved memories)`` per ask, in order.
+    """
+    if not asks:
+        return []
+    first = next(iter(asks[0][1].values()))
+    vectors = first.embedder.embed([question for question, _ in asks])
+    out = []
+    for (question, banks), vec in zip(asks, vectors):
+        speakers = list(banks)
+        got = retrieve(banks, vec, k_per_speaker)
+        out.append((answer_messages(question, memory_lines(got, speakers), speakers), got))
+    return out
+
+
 _HEADER_RE = re.compile(r"\**\s*memories\s+selected(?:\s+as\s+relevant)?\s*:?\s*\**\s*:?", re.IGNORECASE)
-_MARKER_RE = re.compile(r"\*\*\s*answer\s*:?\s*\*\*\s*:?", re.IGNORECASE)  # as extract_answer's
+_MARKER_RE = re.compile(r"\*\*\s*answer\s*:?\s*\*\*\s*:?", re.IGNORECASE)  # also **Answer**: and **answer:**
 _BULLET_RE = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+(.*\S)")
+
+
+def extract_answer(output: str | None) -> str:
+    """Text after the last ``**Answer:**`` marker (the whole output when there is none), one line.
+
+    The only part of an answer metrics and rewards read.
+
+    >>> extract_answer("**Memories selected as relevant:**\\n- x\\n**Answer:** 7 May 2023")
+    '7 May 2023'
+    """
+    output = "" if output is None else str(output)
+    parts = _MARKER_RE.split(output)
+    answer = (parts[-1] if len(parts) > 1 else output).strip()
+    return answer.splitlines()[0].strip() if answer else ""
 
 
 def parse_answer_output(raw: str | None) -> tuple[list[str], str]:
@@ -240,14 +277,7 @@ class AnswerAgent:
         """Prompt and retrieved memories per question (all questions embedded in one call)."""
         if not banks:
             raise ConfigError("AnswerAgent.answer needs one memory bank per speaker; got none")
-        if not questions:
-            return []
-        speakers, out = list(banks), []
-        vecs = next(iter(banks.values())).embedder.embed([q.question for q in questions])
-        for qa, vec in zip(questions, vecs):
-            got = retrieve(banks, vec, self.k_per_speaker)
-            out.append((answer_messages(qa.question, memory_lines(got, speakers), speakers), got))
-        return out
+        return answer_prompts([(qa.question, banks) for qa in questions], self.k_per_speaker)
 
     def answer(self, questions: Sequence[QA], banks: Mapping[str, MemoryBank]) -> list[AnswerRecord]:
         """One ``AnswerRecord`` per question, in the order given."""

@@ -19,15 +19,10 @@ from memr1.agents.answer import (EXCERPTS, TRANSCRIPT, AnswerRecord, generate_ba
                                  qa_messages, render_context)
 from memr1.data.locomo import QA, Conversation, Turn
 from memr1.errors import ConfigError
-from memr1.llm.generate import GREEDY, Generator, Sampling
+from memr1.llm.generate import GREEDY, Generator, Sampling, count_words
 from memr1.memory.embed import Embedder
 
 Blocks = list[tuple[str, list[str]]]
-
-
-def count_words(text: str) -> int:
-    """Default token counter: whitespace-separated words."""
-    return len(text.split())
 
 
 def _check_questions(questions: Sequence[QA], conv: Conversation) -> None:

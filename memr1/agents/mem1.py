@@ -10,9 +10,10 @@ stays). The paper's "truncate" baseline is our ``"mem1"`` mode with an untrained
 
 The last user message ends with a turns-left hint. All N questions are answered in one ``<answer>``,
 in question order, separated by ``" ; "`` (MEM1) or one per line (numbering like ``1.`` or ``Q2:`` is
-stripped); each is scored by position with EM (``exact_match``) and set F1 (``f1_mem0``), best over
-gold aliases (MEM1's evaluation also zeroes a task whose answer count is not N:
-``Episode.answer_count_ok``). Invalid output ends the episode, as in MEM1.
+stripped); each is scored by position with the ``score`` function the caller passes (the evaluation
+layer's ``memr1.eval.mem1_metrics.score_answer``: EM and set F1, best over gold aliases; MEM1's
+evaluation also zeroes a task whose answer count is not N: ``Episode.answer_count_ok``). Invalid
+output ends the episode, as in MEM1.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from memr1.data.retrieval import Passage, Retriever, retriever_for
+from memr1.data.corpus import Passage
+from memr1.memory.passages import Retriever, retriever_for
 from memr1.data.tasks import Task
 from memr1.errors import ConfigError
-from memr1.eval.metrics import exact_match, f1_mem0
 from memr1.llm.generate import Generator, Messages, Sampling
 
 MODES = ("mem1", "full", "truncate")
 ANSWER_SEPARATOR = " ; "
 DEFAULT_SAMPLING = Sampling(max_new_tokens=256)
 INVALID_HINT = "Write <IS>...</IS> then <query>...</query> or <answer>...</answer>."
+Scorer = Callable[[str, Sequence[str]], tuple[float, float]]
+"""``(prediction, gold aliases) -> (EM, F1)`` of one objective's answer."""
 
 
 @dataclass(frozen=True)
@@ -247,21 +250,21 @@ class Episode:
 
 def run_episode(task: Task, generator: Generator, retriever: Retriever | None = None, mode: str = "mem1",
                 max_turns: int = 6, sampling: Sampling = DEFAULT_SAMPLING,
-                count_tokens: Callable[[str], int] = WHITESPACE, *, k: int = 3, budget_tokens: int = 1024,
-                stop_on_invalid: bool = True) -> Episode:
+                count_tokens: Callable[[str], int] = WHITESPACE, *, score: Scorer, k: int = 3,
+                budget_tokens: int = 1024, stop_on_invalid: bool = True) -> Episode:
     """Run one task to an answer, an invalid turn or ``max_turns``; score the answers per objective.
 
     ``retriever`` None uses BM25 over the task's corpus (built once per corpus). ``count_tokens``
     gives every token number in the records; pass a ``TokenCounter`` so its name is recorded.
     """
-    return run_batch([task], generator, [retriever], mode, max_turns, sampling, count_tokens, k=k,
+    return run_batch([task], generator, [retriever], mode, max_turns, sampling, count_tokens, score=score, k=k,
                      budget_tokens=budget_tokens, stop_on_invalid=stop_on_invalid)[0]
 
 
 def run_batch(tasks: Sequence[Task], generator: Generator, retrievers: Sequence[Retriever | None] | None = None,
               mode: str = "mem1", max_turns: int = 6, sampling: Sampling = DEFAULT_SAMPLING,
-              count_tokens: Callable[[str], int] = WHITESPACE, *, k: int = 3, budget_tokens: int = 1024,
-              stop_on_invalid: bool = True) -> list[Episode]:
+              count_tokens: Callable[[str], int] = WHITESPACE, *, score: Scorer, k: int = 3,
+              budget_tokens: int = 1024, stop_on_invalid: bool = True) -> list[Episode]:
     """``run_episode`` for several tasks in lockstep: one ``generate`` call per turn for all live episodes.
 
     A turn's wall time is its share of the batched generation plus its own retrieval.
@@ -305,6 +308,7 @@ def run_batch(tasks: Sequence[Task], generator: Generator, retrievers: Sequence[
         ep.stop, ep.wall_s = ep.stop or "max_turns", sum(t.wall_s for t in ep.turns)
         for i, obj in enumerate(task.objectives):
             pred = ep.answers[i] if i < len(ep.answers) else ""
-            ep.em.append(max(exact_match(pred, a) for a in obj.answers) if pred else 0.0)
-            ep.f1.append(max(f1_mem0(pred, a) for a in obj.answers) if pred else 0.0)
+            em, f1 = score(pred, obj.answers) if pred else (0.0, 0.0)
+            ep.em.append(em)
+            ep.f1.append(f1)
     return eps

@@ -12,7 +12,7 @@ Two layouts are read, chosen per record:
 The corpus holds every distinct paragraph of every question (title + joined sentences); a paragraph
 id is its title (``"title#2"`` when two different paragraphs share a title). MEM1 (Zhou et al., arXiv
 2506.15841) builds its multi-objective tasks from HotpotQA and NQ over wiki-18; this reduced corpus
-is the workbench's stand-in (see ``memr1.data.retrieval``).
+is the workbench's stand-in (see ``memr1.memory.passages``).
 
 >>> hp = load_hotpotqa()                      # doctest: +SKIP
 >>> hp.questions[0].gold_ids                  # doctest: +SKIP
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from memr1.data.fetch import RemoteFile, resolve
-from memr1.data.retrieval import Corpus, Passage
+from memr1.data.corpus import Corpus, Passage
 from memr1.errors import DataFormatError, DataNotFoundError
 
 HOTPOTQA_SAMPLE = RemoteFile(

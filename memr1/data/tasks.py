@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memr1.data.retrieval import Corpus, Passage
+from memr1.data.corpus import Corpus, Passage
 from memr1.errors import ConfigError
 
 SOURCES = ("hotpotqa", "locomo")

@@ -1,11 +1,12 @@
-"""MEM1 measures, the scripted gold policy, and the helpers that stage 06 and the benchmark call.
+"""MEM1 measures, the scripted gold policy, and running tasks under several context modes.
 
-Measures follow MEM1 (Zhou, Qu et al., arXiv 2506.15841; digest §5.1) and DESIGN §14. For turn t
-with context c_t tokens and g_t generated tokens:
+Used by stage 06 (``memr1.stages.mem1``) and ``bench/bench_mem1.py``. Measures follow MEM1 (Zhou,
+Qu et al., arXiv 2506.15841) and docs/design.md §mem1 measures. For turn t with context c_t tokens
+and g_t generated tokens:
 
 - **EM / F1**: summed over a task's objectives (counts from 0 to N, as MEM1's tables print them);
   ``em_strict`` zeroes a task whose answer count differs from N (MEM1's ``eval.py`` rule).
-- **peak_tokens** = max_t c_t: the whole context, task prompt included (DESIGN §14).
+- **peak_tokens** = max_t c_t: the whole context, task prompt included.
 - **peak_paper** = max_t (c_t - prompt + g_t): MEM1's counting (prompt excluded, the turn's own
   output included). The released code counts each internal state twice; we count it once.
 - **dependency** = Σ_t Σ_{i<g_t} (c_t + i) = Σ_t g_t·c_t + g_t(g_t - 1)/2: every generated token
@@ -21,8 +22,6 @@ with context c_t tokens and g_t generated tokens:
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import re
 from typing import Any, Iterable, Sequence
 
@@ -30,9 +29,10 @@ import pandas as pd
 
 from memr1.agents.mem1 import (ANSWER_SEPARATOR, DEFAULT_SAMPLING, MODES, WHITESPACE, Action, Episode,
                                TokenCounter, parse_action, run_batch, run_episode)
-from memr1.data.retrieval import retriever_for
+from memr1.memory.passages import retriever_for
 from memr1.data.tasks import Task
 from memr1.errors import ConfigError
+from memr1.eval.metrics import exact_match, f1_mem0
 from memr1.llm.generate import Generator, Messages, Sampling, ScriptedGenerator
 
 GOLD = "gold"
@@ -40,6 +40,15 @@ GOLD = "gold"
 
 
 # --------------------------------------------------------------------------- measures
+
+def score_answer(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """EM and set F1 (mem0 family) of one objective's answer, best over its gold aliases.
+
+    >>> score_answer("Paris", ["paris", "Paris, France"])
+    (1.0, 1.0)
+    """
+    return max(exact_match(prediction, a) for a in golds), max(f1_mem0(prediction, a) for a in golds)
+
 
 def dependency(turns: Iterable[tuple[int, int]]) -> int:
     """Σ over turns (c, g) of Σ_{i<g} (c + i): the attention work of generation, in token pairs."""
@@ -169,20 +178,12 @@ def run_episodes(tasks: Sequence[Task], policy: Generator | str, modes: Sequence
     for mode in modes:
         rets = [retriever_for(t.corpus, retriever, embedder) for t in tasks]
         if policy == GOLD:
-            episodes += [run_episode(t, gold_policy(t), r, mode, max_turns, sampling, count_tokens, **kw)
+            episodes += [run_episode(t, gold_policy(t), r, mode, max_turns, sampling, count_tokens, score=score_answer,
+                                     **kw)
                          for t, r in zip(tasks, rets)]
         else:  # one batched generate call per turn for all live tasks
-            episodes += run_batch(tasks, policy, rets, mode, max_turns, sampling, count_tokens, **kw)
+            episodes += run_batch(tasks, policy, rets, mode, max_turns, sampling, count_tokens, score=score_answer, **kw)
     return episodes
-
-
-STAGE_MAX_NEW_TOKENS = {"smoke": 48, "cpu": 256, "paper": 1024}
-"""Tokens per generated turn in stage 06, by profile (MEM1 allows 1024; the tiny model only needs a few)."""
-
-
-def stage_sampling(cfg: Any) -> Sampling:
-    """Greedy decoding with the profile's cap on tokens per turn."""
-    return Sampling(max_new_tokens=STAGE_MAX_NEW_TOKENS.get(cfg.profile, 256))
 
 
 def hf_token_counter(tokenizer: Any, name: str = "") -> TokenCounter:
@@ -197,11 +198,10 @@ def hf_token_counter(tokenizer: Any, name: str = "") -> TokenCounter:
         lambda s: len(tokenizer(s, add_special_tokens=False).input_ids)), label)
 
 
-def token_counter_for(generator: Any) -> TokenCounter:
-    """The tokenizer of a local model's generator, else whitespace words (remote or scripted models)."""
-    policy = getattr(generator, "policy", None)
-    tok = getattr(policy, "tokenizer", None)
-    return hf_token_counter(tok, name=f"{policy.name} tokenizer") if tok is not None else WHITESPACE
+def token_counter_for(generator: Generator) -> TokenCounter:
+    """The generator's own token count (its model's tokenizer; whitespace words for remote or scripted
+    models), cached, since contexts repeat the same messages turn after turn."""
+    return TokenCounter(functools.lru_cache(maxsize=1 << 16)(generator.count_tokens), generator.tokenizer_name)
 
 
 def tiny_token_counter() -> TokenCounter:
@@ -229,128 +229,3 @@ def episodes_of(episodes: Sequence[Episode], task_id: str | None = None) -> list
         return []
     task_id = task_id or episodes[0].task_id
     return [e for e in episodes if e.task_id == task_id]
-
-
-# --------------------------------------------------------------------------- stage 06 helpers
-
-def stage_generator(cfg: Any) -> tuple[Generator, TokenCounter]:
-    """The profile's (or the configured) model as a generator, and a counter using its tokenizer."""
-    from memr1.config import get_profile
-    from memr1.llm.backends import make_generator
-
-    cfg = cfg.resolved()
-    gen = make_generator(cfg.model, cfg.backend, fallback=get_profile(cfg.profile).fallback_model)
-    return gen, token_counter_for(gen)
-
-
-def maybe_train(cfg: Any, tasks: Sequence[Task] | None = None) -> Generator | None:
-    """Train with ``memr1.rl.mem1_trainer.train_mem1`` when ``cfg.steps > 0`` and that module exists.
-
-    Returns a generator over the trained model, or None (after printing why) when nothing was trained.
-    The trainer gets a ``Mem1TrainConfig`` built from the fields both configs share, with
-    ``run_dir/train`` as its folder, and these tasks.
-    """
-    if cfg.steps <= 0:
-        print("Training is not run (steps = 0): the untrained model is evaluated.")
-        return None
-    try:
-        found = importlib.util.find_spec("memr1.rl.mem1_trainer") is not None
-    except ImportError:
-        found = False
-    from memr1 import config
-
-    train_cls = getattr(config, "Mem1TrainConfig", None)
-    trainer = importlib.import_module("memr1.rl.mem1_trainer") if found else None
-    if trainer is None or train_cls is None or not hasattr(trainer, "train_mem1"):
-        print("Training is not run: memr1.rl.mem1_trainer.train_mem1 or memr1.config.Mem1TrainConfig "
-              "is not available in this installation.")
-        return None
-    import dataclasses
-    from pathlib import Path
-
-    names = {f.name for f in dataclasses.fields(train_cls)}
-    params = {k: v for k, v in cfg.to_dict().items() if k in names and k != "run_dir"}
-    result = trainer.train_mem1(train_cls.from_params({**params, "run_dir": str(Path(cfg.run_dir) / "train")}),
-                                tasks=tasks)
-    from memr1.llm.backends import TransformersGenerator
-    from memr1.llm.load import Policy
-
-    tok = result.tokenizer
-    tok.padding_side = "left"
-    return TransformersGenerator(Policy(result.model, tok, f"{cfg.resolved().model}+mem1-rl",
-                                        str(result.run_dir), "transformers"))
-
-
-def compare_with_memory_r1(cfg: Any, generator: Generator, count_tokens: Any = WHITESPACE, *,
-                           system: str = "replay", conversation: str = "conv-26",
-                           progress: bool = False) -> pd.DataFrame:
-    """MEM1 and Memory-R1 on the same LoCoMo questions: EM, F1 (per question, 0 to 1) and peak tokens.
-
-    Tasks: ``cfg.n_tasks`` tasks of ``cfg.n_objectives`` questions of ``conversation`` (default
-    conv-26, the train split, which ``evaluate`` reaches with a small ``limit``), drawn from its
-    first ``max_questions`` eligible questions of the profile (all when 0; on smoke only the first
-    ``n_tasks * N``, so that few questions need a Memory-R1 answer). Rows: the MEM1 agent
-    with ``generator`` (pruned context), the scripted gold policy (ceiling), and Memory-R1's
-    pipeline (``memr1.eval.report.evaluate`` with ``system`` "replay" or "heuristic", all turns,
-    the same generator as Answer Agent) restricted to those questions. Memory-R1's peak is its
-    Answer Agent prompt (60 memories and one question), as the generator counts it (the model
-    tokenizer with the chat template for local models); MEM1's peak holds all N questions.
-    """
-    from pathlib import Path
-
-    from memr1.config import EvalConfig, get_profile
-    from memr1.data.locomo import load_locomo
-    from memr1.data.splits import PAPER_SPLIT, split_questions
-    from memr1.eval.report import evaluate
-
-    if system not in ("replay", "heuristic"):
-        raise ConfigError(f"compare_with_memory_r1 runs system replay or heuristic, got {system!r}")
-    cfg = cfg.resolved()
-    n, prof = cfg.n_objectives, get_profile(cfg.profile)
-    data = load_locomo(cfg.data_dir or None)
-    pool = max(2 * n, cfg.n_tasks * n) if cfg.profile == "smoke" else prof.max_questions  # smoke: few to evaluate
-    tasks = make_tasks_for_comparison(data, cfg, conversation, pool)
-    split = next((s for s, ids in PAPER_SPLIT.items() if conversation in ids), "test")
-    order = {q.qid: i for i, q in enumerate(split_questions(data, split))}
-    qids = {o.qid for t in tasks for o in t.objectives}
-    rows = []
-    for label, policy, turns in ((f"MEM1 agent ({getattr(generator, 'name', '?')}, pruned)", generator, cfg.max_turns),
-                                 ("MEM1 gold-scripted policy (ceiling)", GOLD, gold_max_turns(n, cfg.max_turns))):
-        eps = run_episodes(tasks, policy, ("mem1",), max_turns=turns, count_tokens=count_tokens,
-                           sampling=stage_sampling(cfg))
-        per_q = pd.DataFrame([{"qid": o.qid, "em": e.em[k], "f1": e.f1[k]} for t, e in zip(tasks, eps)
-                              for k, o in enumerate(t.objectives)]).groupby("qid").mean()
-        peaks = [peak_tokens(e) for e in eps]
-        rows.append({"system": label, "questions": len(per_q), "em": per_q.em.mean(), "f1": per_q.f1.mean(),
-                     "peak_tokens_mean": sum(peaks) / len(peaks), "peak_tokens_max": max(peaks),
-                     "tokens": getattr(count_tokens, "name", "custom")})
-    ecfg = EvalConfig(profile=cfg.profile, data_dir=cfg.data_dir, system=system, model=cfg.model,
-                      backend=cfg.backend, split=split, limit=1 + max(order[q] for q in qids), max_turns=0,
-                      embedder="hash" if cfg.profile == "smoke" else "minilm",
-                      max_new_tokens=min(128, stage_sampling(cfg).max_new_tokens),
-                      run_dir=str(Path(cfg.run_dir) / "memory_r1"), seed=cfg.seed)
-    rec = evaluate(ecfg, generator=generator, progress=progress).records
-    rec = rec[rec.qid.isin(qids)]
-    rows.append({"system": f"Memory-R1 pipeline ({system}, Answer Agent {getattr(generator, 'name', '?')})",
-                 "questions": len(rec), "em": rec.em.mean(), "f1": rec.f1.mean(),
-                 "peak_tokens_mean": float(rec.prompt_tokens.mean()), "peak_tokens_max": int(rec.prompt_tokens.max()),
-                 "tokens": "generator prompt_tokens"})
-    return pd.DataFrame(rows)
-
-
-def make_tasks_for_comparison(data: Any, cfg: Any, conversation: str, pool: int) -> list[Task]:
-    """The LoCoMo tasks of ``compare_with_memory_r1`` (the pool is at least twice N)."""
-    from memr1.data.tasks import make_tasks
-
-    pool = max(pool, 2 * cfg.n_objectives) if pool else 0
-    return make_tasks(data, cfg.n_objectives, cfg.n_tasks, cfg.seed, conversation=conversation, pool=pool)
-
-
-def stage_metrics(cfg: Any, table: pd.DataFrame, comparison: pd.DataFrame | None = None) -> dict[str, Any]:
-    """What stage 06 writes to metrics.json: the per-mode table, peak ratios (when N varies) and the comparison."""
-    records = table.astype(object).where(table.notna(), None).to_dict("records")
-    out: dict[str, Any] = {"environment": cfg.environment, "n_objectives": cfg.n_objectives, "tasks": cfg.n_tasks,
-                           "model": cfg.resolved().model, "tokenizer": table["tokenizer"].iloc[0], "table": records}
-    if comparison is not None:
-        out["memory_r1_comparison"] = comparison.astype(object).where(comparison.notna(), None).to_dict("records")
-    return out

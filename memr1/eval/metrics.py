@@ -18,8 +18,9 @@
 1.0
 >>> exact_match("The Eiffel Tower!", "eiffel tower")
 1.0
->>> extract_answer("**Memories selected as relevant:**\\n- x\\n**Answer:** 7 May 2023")
-'7 May 2023'
+
+The answer span is cut from a model's output by ``memr1.agents.answer.extract_answer`` (the Answer
+Agent's format is the agent's business).
 """
 
 from __future__ import annotations
@@ -32,17 +33,7 @@ from typing import Callable
 
 from memr1.errors import ConfigError
 
-_ANSWER_MARK = re.compile(r"\*\*\s*answer\s*:?\s*\*\*\s*:?", re.IGNORECASE)
 _PUNCT = set(string.punctuation)
-
-
-def extract_answer(output: str) -> str:
-    """Text after the last ``**Answer:**`` marker (the whole output when there is none), one line."""
-    output = "" if output is None else str(output)
-    parts = _ANSWER_MARK.split(output)
-    answer = parts[-1] if len(parts) > 1 else output
-    answer = answer.strip()
-    return answer.splitlines()[0].strip() if answer else ""
 
 
 # --------------------------------------------------------------------------- EM (rewards)

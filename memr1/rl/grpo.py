@@ -1,14 +1,15 @@
-"""GRPO training of the Answer Agent and the Memory Manager (TRL ``GRPOTrainer`` + LoRA, DESIGN §11).
+"""GRPO with LoRA through TRL's ``GRPOTrainer`` (docs/design.md §training), for any rows and rewards.
 
-``train_answer_agent`` trains on the Answer-Agent rows of conv-26 with the EM reward;
-``train_memory_manager`` trains on the manager rows of conv-26, rewarded by the EM of a *frozen*
-Answer Agent answering from the bank the sampled operations produce. Both validate on conv-30 every
-``eval_every`` steps under greedy decoding (logged as ``eval/em``) and share ``run_grpo``, which
-takes any rows and reward functions (the learning test uses it directly).
+``run_grpo(settings, rows, rewards, run_dir=..., seed=...)`` trains a LoRA adapter on chat-prompt
+rows; ``GRPOSettings`` holds the hyperparameters (the training stages' configs derive from it and
+add their data fields: ``memr1.stages.train_answer`` and ``train_manager``). ``reward_validator``
+builds the validation run every ``eval_every`` steps: greedy completions scored by a reward, logged
+as ``eval/em``.
 
 Run folder: ``checkpoints/`` (Trainer checkpoints, ``resume=True`` continues from the last one),
 ``tensorboard/`` (event files), ``adapter/`` (the final LoRA in PEFT layout, loadable with
-``make_generator(base, lora_path=...)``), ``train_config.json`` (the resolved config), ``store/``.
+``make_generator(base, lora_path=...)``), ``train_config.json`` (settings, seed and the base model the
+adapter sits on, which ``resolve_answer_model`` reads).
 
 Backends: on CPU the model comes from transformers and LoRA from ``peft_config``; with Unsloth (CUDA
 only) from ``FastLanguageModel`` with ``get_peft_model`` and no ``peft_config``. Unsloth is imported
@@ -25,16 +26,21 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from memr1.config import AnswerTrainConfig, GRPOTrainConfig, ManagerTrainConfig, get_profile
+from memr1.config import StageConfig, check_choice, check_min
 from memr1.errors import ConfigError, Memr1Error
+from memr1.files import write_json_atomic
+from memr1.runs import StageResult
 
 log = logging.getLogger("memr1")
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+GRPO_BACKENDS = ("", "auto", "transformers", "unsloth")
+"""Backends GRPO training accepts ("" means the backend of the profile, filled in by a stage)."""
 Rows = Sequence[dict[str, Any]]
 
 
@@ -43,29 +49,83 @@ class TrainingError(Memr1Error):
 
 
 @dataclass
-class TrainResult:
-    """What a GRPO run leaves behind."""
+class GRPOSettings(StageConfig):
+    """The GRPO and LoRA hyperparameters of a run (TRL ``GRPOConfig`` fields, Memory-R1's values noted).
 
-    run_dir: Path
-    adapter_path: Path
-    """Final LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    A stage config derives from this and from ``RunConfig``; ``run_grpo`` reads only these fields.
+    """
+
+    model: str = ""
+    """Policy base model: tiny, a hub id or a local folder; "" uses the model of the profile."""
+    backend: str = ""
+    """auto, transformers or unsloth (CUDA only); "" uses the backend of the profile."""
+    steps: int = 4
+    """Optimizer steps to run (GRPOConfig max_steps)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate of the LoRA weights, held constant (Memory-R1 uses a constant schedule)."""
+    num_generations: int = 4
+    """Completions sampled per prompt: the GRPO group size."""
+    batch_size: int = 4
+    """Completions per device per step (per_device_train_batch_size); a multiple of num_generations."""
+    max_completion_length: int = 32
+    """Token cap of each sampled completion (Memory-R1: 2048)."""
+    temperature: float = 1.0
+    """Sampling temperature of the training rollouts (Memory-R1: 1.0; validation is greedy)."""
+    beta: float = 0.0
+    """KL coefficient against the frozen base model (0 loads no reference model, as in TRL)."""
+    lora_r: int = 8
+    """LoRA rank on the q, k, v and o projections."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by lora_alpha over lora_r)."""
+    save_every: int = 2
+    """Steps between checkpoints in run_dir/checkpoints (0 for none, which rules out resume)."""
+    eval_every: int = 2
+    """Steps between validation EM runs on conv-30 under greedy decoding (0 for none)."""
+    resume: bool = False
+    """Continue from the last checkpoint in run_dir/checkpoints when there is one."""
+    verify_adapter: bool = True
+    """After training, load the saved adapter with make_generator to prove it loads."""
+
+    def check(self) -> None:
+        name = type(self).__name__
+        check_choice(self, "backend", GRPO_BACKENDS)
+        if self.num_generations < 2:
+            raise ConfigError(f"{name}.num_generations must be >= 2 (GRPO compares completions within a "
+                              f"group), got {self.num_generations}")
+        if self.batch_size < 1 or self.batch_size % self.num_generations:
+            fix = self.num_generations * max(1, self.batch_size // self.num_generations)
+            raise ConfigError(f"{name}.batch_size ({self.batch_size}) must be a positive multiple of "
+                              f"num_generations ({self.num_generations}): every prompt needs its whole group "
+                              f"in one step; try batch_size={fix}")
+        check_min(self, 1, "steps", "max_completion_length", "lora_r", "lora_alpha")
+        check_min(self, 0, "learning_rate", "beta", "save_every", "eval_every")
+        if self.temperature <= 0:
+            raise ConfigError(f"{name}.temperature must be > 0 (training samples; validation is greedy), "
+                              f"got {self.temperature}")
+
+
+@dataclass
+class TrainResult(StageResult):
+    """What a GRPO run leaves behind (the training stages' results extend it)."""
+
+    steps: int
+    """Optimizer steps done in total (a resumed run counts the steps before the resume)."""
+    adapter: str
+    """Final LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    resumed_from: str | None
+    """Checkpoint folder the run continued from, if any."""
     log_history: list[dict]
     """``trainer.state.log_history``: one dict per step (loss, reward, ...) plus the final summary."""
     eval_history: list[dict]
     """``{"step", "eval/em", ...}`` per validation run (greedy, conv-30)."""
-    steps: int
-    """Optimizer steps done in total (a resumed run counts the steps before the resume)."""
-    resumed_from: str | None = None
-    """Checkpoint folder the run continued from, if any."""
+
+    @property
+    def adapter_path(self) -> Path:
+        return Path(self.adapter)
 
     def step_logs(self) -> list[dict]:
         """The per-step training entries of ``log_history`` (those with a ``loss``)."""
         return [e for e in self.log_history if "loss" in e]
-
-    def metrics(self) -> dict:
-        """What the training notebooks write to metrics.json (the report draws the curves from it)."""
-        return {"steps": self.steps, "adapter": str(self.adapter_path), "resumed_from": self.resumed_from,
-                "log_history": self.log_history, "eval_history": self.eval_history}
 
 
 class RowReward:
@@ -85,59 +145,19 @@ class RowReward:
         return self.func(completions, **{**kwargs, **columns})
 
 
-# --------------------------------------------------------------------------- stages
+def reward_validator(rows: Rows, reward: Callable[..., list], max_new_tokens: int) -> Callable[[Any, Any], dict]:
+    """``(model, tokenizer) -> {"eval/em", "eval/n"}``: greedy completions of ``rows`` scored by ``reward``.
 
-
-def train_answer_agent(cfg: AnswerTrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """GRPO on the Answer-Agent rows of conv-26, reward ``answer_em_reward``; validation EM on conv-30."""
-    from memr1.rl.datasets import answer_agent_rows
-    from memr1.rl.rewards import answer_em_reward
-
-    cfg = _checked(cfg, AnswerTrainConfig)
-    data, embedder, store = _data(cfg)
-    with _main_process_first():
-        train = answer_agent_rows(data, "train", embedder, store_dir=store, k_per_speaker=cfg.k_per_speaker,
-                                  limit=cfg.train_limit, progress=True)
-        val = answer_agent_rows(data, "validation", embedder, store_dir=store, k_per_speaker=cfg.k_per_speaker,
-                                limit=cfg.eval_limit, progress=True)
-
-    def validator(model, tokenizer) -> dict[str, float]:
-        texts = greedy_completions(model, tokenizer, [r["prompt"] for r in val], cfg.max_completion_length)
-        scores = answer_em_reward(_as_chat(texts), gold=[r["gold"] for r in val])
+    The reward gets the rows' columns as in training; scores of None (nothing to score) are left out.
+    """
+    def validate(model, tokenizer) -> dict[str, float]:
+        prompts = [r["prompt"] for r in rows]
+        texts = greedy_completions(model, tokenizer, prompts, max_new_tokens)
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+        scores = [s for s in reward(completions=_as_chat(texts), prompts=prompts, **columns) if s is not None]
         return {"eval/em": sum(scores) / max(1, len(scores)), "eval/n": len(scores)}
 
-    return run_grpo(cfg, train, [answer_em_reward], validator=validator if val else None, callbacks=callbacks)
-
-
-def train_memory_manager(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """GRPO on the manager rows of conv-26; reward: EM of the frozen Answer Agent (``cfg.answer_model``)."""
-    from memr1.agents.answer import AnswerAgent
-    from memr1.llm.backends import make_generator
-    from memr1.llm.generate import Sampling
-    from memr1.rl.datasets import manager_rows
-    from memr1.rl.rewards import ManagerReward
-
-    cfg = _checked(cfg, ManagerTrainConfig)
-    data, embedder, store = _data(cfg)
-    with _main_process_first():
-        train = manager_rows(data, "train", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
-        val = manager_rows(data, "validation", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
-    train = train[:cfg.train_limit] if cfg.train_limit else train
-    val = val[:cfg.eval_limit] if cfg.eval_limit else val
-    base, lora = resolve_answer_model(cfg.answer_model, cfg.model)
-    frozen = make_generator(base, cfg.backend, lora_path=lora, fallback=get_profile(cfg.profile).fallback_model)
-    greedy = Sampling(max_new_tokens=cfg.max_completion_length)
-    agent = AnswerAgent(frozen, greedy, k_per_speaker=cfg.k_per_speaker)
-    reward = ManagerReward(agent, embedder, log_dir=Path(cfg.run_dir) / "reward_log", k_per_speaker=cfg.k_per_speaker)
-
-    def validator(model, tokenizer) -> dict[str, float]:
-        texts = greedy_completions(model, tokenizer, [r["prompt"] for r in val], cfg.max_completion_length)
-        columns = {k: [r[k] for r in val] for k in val[0] if k != "prompt"}
-        scores = reward(completions=_as_chat(texts), prompts=[r["prompt"] for r in val], **columns)
-        scores = [s for s in scores if s is not None]
-        return {"eval/em": sum(scores) / max(1, len(scores)), "eval/n": len(scores)}
-
-    return run_grpo(cfg, train, [reward], validator=validator if val else None, callbacks=callbacks)
+    return validate
 
 
 def resolve_answer_model(answer_model: str, base_model: str) -> tuple[str, str]:
@@ -161,46 +181,50 @@ def resolve_answer_model(answer_model: str, base_model: str) -> tuple[str, str]:
     return json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"], str(adapter)
 
 
-# --------------------------------------------------------------------------- the shared loop
-
-
-def run_grpo(cfg: GRPOTrainConfig, train_rows: Rows, reward_funcs: Sequence[Callable], *,
-             validator: Callable[[Any, Any], dict[str, float]] | None = None,
+def run_grpo(settings: GRPOSettings, train_rows: Rows, reward_funcs: Sequence[Callable], *, run_dir: str | os.PathLike,
+             seed: int, fallback: str = "", validator: Callable[[Any, Any], dict[str, float]] | None = None,
              generation_kwargs: dict[str, Any] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train a LoRA on ``cfg.model`` with GRPO over ``train_rows`` (each with a chat ``prompt``).
+    """Train a LoRA on ``settings.model`` with GRPO over ``train_rows`` (each with a chat ``prompt``).
 
     Args:
-        cfg: the stage config (any ``GRPOTrainConfig``); profile defaults are filled in here.
+        settings: the hyperparameters, with model and backend filled in (a stage's ``cfg.resolved()``).
         train_rows: dicts with ``prompt`` (a list of messages) and any columns the rewards read.
         reward_funcs: TRL reward functions ``f(completions, **columns) -> list[float]``.
-        validator: ``(model, tokenizer) -> {"eval/em": ...}``, called every ``cfg.eval_every`` steps.
+        run_dir: folder for checkpoints/, tensorboard/, adapter/ and train_config.json.
+        seed: seeds random, numpy and torch before the model loads (LoRA init), and TRL's sampler.
+        fallback: model loaded when ``settings.model`` cannot be had from the hub ("" fails instead).
+        validator: ``(model, tokenizer) -> {"eval/em": ...}``, called every ``settings.eval_every`` steps.
         generation_kwargs: extra ``GenerationConfig`` fields for the rollouts (e.g. ``suppress_tokens``).
         callbacks: extra ``transformers.TrainerCallback`` objects.
     """
     from memr1.llm.load import load_policy
     from memr1.seeding import seed_everything
 
-    cfg = _checked(cfg, GRPOTrainConfig)
+    settings.validate()
+    if not settings.model or not settings.backend:
+        raise ConfigError(f"run_grpo needs model and backend, got {settings.model!r} and {settings.backend!r}; "
+                          "a stage fills in its profile's with cfg.resolved()")
     if not train_rows:
         raise TrainingError("no training rows: check data_dir and train_limit (0 means all rows)")
-    run_dir, started = Path(cfg.run_dir), time.perf_counter()
+    run_dir, started = Path(run_dir), time.perf_counter()
     ckpt_dir = run_dir / "checkpoints"
     resume_from = latest_checkpoint(ckpt_dir)
-    if resume_from is not None and not cfg.resume:
+    if resume_from is not None and not settings.resume:
         raise TrainingError(f"{ckpt_dir} already holds checkpoints; set resume=True to continue that run, "
                             "or choose a new run_dir")
-    seed_everything(cfg.seed)
-    policy = load_policy(cfg.model, cfg.backend, fallback=get_profile(cfg.profile).fallback_model)  # Unsloth first
+    seed_everything(seed)
+    policy = load_policy(settings.model, settings.backend, fallback=fallback)  # Unsloth before trl
 
     from datasets import Dataset
     from transformers.integrations import TensorBoardCallback
 
     from memr1.rl.callbacks import ValidationCallback, trainer_class
 
-    model, peft_config = _with_lora(policy, cfg)
-    args = grpo_args(cfg, unsloth=policy.backend == "unsloth", generation_kwargs=generation_kwargs)
+    model, peft_config = _with_lora(policy, settings, seed)
+    args = grpo_args(settings, run_dir=run_dir, seed=seed, unsloth=policy.backend == "unsloth",
+                     generation_kwargs=generation_kwargs)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "row": i} for i, r in enumerate(train_rows)])
-    extra = [ValidationCallback(validator, cfg.eval_every, policy.tokenizer)] if validator else []
+    extra = [ValidationCallback(validator, settings.eval_every, policy.tokenizer)] if validator else []
     trainer = trainer_class()(
         model=model, reward_funcs=[RowReward(f, train_rows) for f in reward_funcs], args=args,
         train_dataset=dataset, processing_class=policy.tokenizer, peft_config=peft_config,
@@ -208,11 +232,10 @@ def run_grpo(cfg: GRPOTrainConfig, train_rows: Rows, reward_funcs: Sequence[Call
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(run_dir / "tensorboard")
-    base_model = get_profile(cfg.profile).fallback_model if policy.fallback_used else cfg.model  # adapter's base
+    base_model = fallback if policy.fallback_used else settings.model  # what the adapter sits on
     if trainer.accelerator.is_main_process:
-        from memr1.runs import write_json_atomic
-
-        write_json_atomic(run_dir / "train_config.json", {**cfg.to_dict(), "base_model": base_model,
+        write_json_atomic(run_dir / "train_config.json", {**settings.to_dict(), "run_dir": str(run_dir),
+                                                          "seed": seed, "base_model": base_model,
                                                           "resolved_model": policy.resolved})
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
@@ -221,29 +244,32 @@ def run_grpo(cfg: GRPOTrainConfig, train_rows: Rows, reward_funcs: Sequence[Call
     adapter = run_dir / "adapter"
     trainer.save_model(str(adapter))  # main process only; PEFT layout
     trainer.accelerator.wait_for_everyone()
-    if cfg.verify_adapter and trainer.accelerator.is_main_process:
+    if settings.verify_adapter and trainer.accelerator.is_main_process:
         verify_adapter(base_model, adapter, policy.backend)
     history = [dict(e) for e in trainer.state.log_history]
     evals = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval/")}}
              for e in history if "eval/em" in e]
     log.info("GRPO: %d steps in %.1f s, adapter in %s", trainer.state.global_step,
              time.perf_counter() - started, adapter)
-    return TrainResult(run_dir, adapter, history, evals, trainer.state.global_step,
-                       str(resume_from) if resume_from is not None else None)
+    return TrainResult(steps=trainer.state.global_step, adapter=str(adapter),
+                       resumed_from=str(resume_from) if resume_from is not None else None,
+                       log_history=history, eval_history=evals)
 
 
-def grpo_args(cfg: GRPOTrainConfig, *, unsloth: bool = False, generation_kwargs: dict | None = None):
-    """The ``GRPOConfig`` of a run: ``cfg`` mapped onto TRL's fields, plus the CPU/GPU switches."""
+def grpo_args(settings: GRPOSettings, *, run_dir: str | os.PathLike, seed: int, unsloth: bool = False,
+              generation_kwargs: dict | None = None):
+    """The ``GRPOConfig`` of a run: ``settings`` mapped onto TRL's fields, plus the CPU/GPU switches."""
     import torch
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
     return GRPOConfig(
-        output_dir=str(Path(cfg.run_dir) / "checkpoints"), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant", per_device_train_batch_size=cfg.batch_size,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta, seed=cfg.seed, logging_steps=1,
-        save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 1,
+        output_dir=str(Path(run_dir) / "checkpoints"), max_steps=settings.steps,
+        learning_rate=settings.learning_rate, lr_scheduler_type="constant",
+        per_device_train_batch_size=settings.batch_size, num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length, temperature=settings.temperature,
+        beta=settings.beta, seed=seed, logging_steps=1,
+        save_strategy="steps" if settings.save_every else "no", save_steps=settings.save_every or 1,
         report_to="tensorboard", use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=cuda and not unsloth,  # Unsloth brings its own; on CPU it only costs time
         generation_kwargs=generation_kwargs)
@@ -275,48 +301,28 @@ def greedy_completions(model: Any, tokenizer: Any, prompts: Sequence[list[dict]]
     """Greedy completions of the model being trained (validation); draws nothing from any RNG."""
     from memr1.llm.backends import TransformersGenerator
     from memr1.llm.generate import Sampling
-    from memr1.llm.load import Policy
 
-    policy = Policy(model=model, tokenizer=tokenizer, name="policy", resolved="policy", backend="transformers")
-    gens = TransformersGenerator(policy, batch_size=8).generate(list(prompts), Sampling(max_new_tokens))
-    return [g.text for g in gens]
+    generator = TransformersGenerator.from_model(model, tokenizer, name="policy", batch_size=8)
+    return [g.text for g in generator.generate(list(prompts), Sampling(max_new_tokens))]
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _checked(cfg: GRPOTrainConfig, kind: type) -> Any:
-    if not isinstance(cfg, kind):
-        raise ConfigError(f"expected an instance of {kind.__name__}, got {type(cfg).__name__}")
-    cfg = cfg.resolved()
-    cfg.validate()
-    return cfg
-
-
-def _with_lora(policy, cfg: GRPOTrainConfig):
+def _with_lora(policy, settings: GRPOSettings, seed: int):
     """``(model, peft_config)``: a LoraConfig for TRL on transformers, or an Unsloth PEFT model."""
     if policy.backend == "unsloth":
         # UNTESTED (no CUDA machine here): Unsloth's documented GRPO recipe; it needs peft_config=None.
         from unsloth import FastLanguageModel
 
         model = FastLanguageModel.get_peft_model(
-            policy.model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(LORA_TARGETS),
-            use_gradient_checkpointing="unsloth", random_state=cfg.seed)
+            policy.model, r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules=list(LORA_TARGETS),
+            use_gradient_checkpointing="unsloth", random_state=seed)
         return model, None
     from peft import LoraConfig
 
-    return policy.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(LORA_TARGETS),
-                                    lora_dropout=0.0, task_type="CAUSAL_LM")
-
-
-def _data(cfg: GRPOTrainConfig):
-    """LoCoMo, the embedder and the teacher-store folder of a stage."""
-    from memr1.data.locomo import load_locomo
-    from memr1.memory.embed import make_embedder
-
-    embedder = make_embedder(cfg.embedder)  # one store per embedder: a bank only reopens with its own
-    store = Path(cfg.store_dir or Path(cfg.run_dir) / "store") / embedder.name
-    return load_locomo(cfg.data_dir or None), embedder, store
+    return policy.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                                    target_modules=list(LORA_TARGETS), lora_dropout=0.0, task_type="CAUSAL_LM")
 
 
 def _as_chat(texts: Sequence[str]) -> list[list[dict[str, str]]]:
@@ -324,8 +330,8 @@ def _as_chat(texts: Sequence[str]) -> list[list[dict[str, str]]]:
     return [[{"role": "assistant", "content": t}] for t in texts]
 
 
-class _main_process_first:
-    """Under ``accelerate launch``: rank 0 builds the rows (and the store) before the other ranks."""
+class main_process_first:
+    """Under ``accelerate launch``: rank 0 builds the rows (and the teacher store) before the other ranks."""
 
     def __enter__(self):
         self._ctx = None
@@ -339,5 +345,5 @@ class _main_process_first:
         return self._ctx.__exit__(*exc) if self._ctx is not None else False
 
 
-__all__ = ["TrainResult", "TrainingError", "RowReward", "run_grpo", "grpo_args", "train_answer_agent",
-           "train_memory_manager", "resolve_answer_model", "latest_checkpoint", "verify_adapter", "greedy_completions"]
+__all__ = ["GRPOSettings", "TrainResult", "TrainingError", "RowReward", "run_grpo", "grpo_args", "reward_validator",
+           "resolve_answer_model", "latest_checkpoint", "verify_adapter", "greedy_completions", "main_process_first"]

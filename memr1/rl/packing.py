@@ -26,7 +26,7 @@ ways to score it, both built here from the token ids kept at rollout (nothing is
 negative control of the tests.
 
 Example:
-    >>> traj = Trajectory([Turn((5, 6, 7), (8, 9)), Turn((5, 6, 3), (4,))], reward=1.0)
+    >>> traj = Trajectory([TrajectoryTurn((5, 6, 7), (8, 9)), TrajectoryTurn((5, 6, 3), (4,))], reward=1.0)
     >>> batch = packed_rows([traj], pad_id=0)
     >>> batch.input_ids.tolist(), batch.position_ids.tolist()
     ([[5, 6, 7, 8, 9, 3, 4]], [[0, 1, 2, 3, 4, 2, 3]])
@@ -48,8 +48,11 @@ PAD_SEGMENT = -1  # segment id of padding in a packed row; 0 is the shared prefi
 
 
 @dataclass(frozen=True)
-class Turn:
-    """One model call: the ids of the context it saw and the ids it generated."""
+class TrajectoryTurn:
+    """One model call of a trajectory, as token ids: the context it saw and what it generated.
+
+    (Not ``memr1.data.locomo.Turn``, which is one dialogue turn of a LoCoMo conversation.)
+    """
 
     prompt_ids: tuple[int, ...]
     """The pruned context, tokenised exactly as it was fed to the model (chat template included)."""
@@ -60,7 +63,7 @@ class Turn:
         object.__setattr__(self, "prompt_ids", tuple(int(i) for i in self.prompt_ids))
         object.__setattr__(self, "completion_ids", tuple(int(i) for i in self.completion_ids))
         if not self.prompt_ids or not self.completion_ids:
-            raise ConfigError(f"a Turn needs a non-empty prompt and completion, got "
+            raise ConfigError(f"a TrajectoryTurn needs a non-empty prompt and completion, got "
                               f"{len(self.prompt_ids)} prompt and {len(self.completion_ids)} completion ids")
 
 
@@ -68,7 +71,7 @@ class Turn:
 class Trajectory:
     """One episode of the agent: its turns, its reward and free-form details for logs."""
 
-    turns: list[Turn]
+    turns: list[TrajectoryTurn]
     """The turns in order; each holds its own pruned context."""
     reward: float = 0.0
     """Number of objectives answered correctly (exact match)."""

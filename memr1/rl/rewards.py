@@ -1,4 +1,4 @@
-"""GRPO rewards for Memory-R1 (DESIGN §9): exact match only, no format reward.
+"""GRPO rewards for Memory-R1 (docs/design.md §rewards): exact match only, no format reward.
 
 Both follow TRL's reward-function contract (checked in trl 1.14.2 ``GRPOTrainer._calculate_rewards``):
 ``f(prompts=..., completions=..., completion_ids=..., **columns, trainer_state=..., log_extra=...,
@@ -11,7 +11,7 @@ entry per completion; completions are strings for plain prompts and ``[{"role": 
 `ManagerReward` scores the Memory Manager: the sampled operations are applied to a fork of the
 speaker's snapshot bank; the *frozen* Answer Agent answers the turn's linked questions from
 {speaker: fork, other speaker: its snapshot}; the reward is the mean EM over those questions, and 0
-when the output was rejected (DESIGN §5). Snapshots are read-only checkouts, cached per
+when the output was rejected (docs/design.md §operations). Snapshots are read-only checkouts, cached per
 (store, sample_id, speaker, snapshot_turn), never changed.
 
 Op log layout: one parquet file per reward call,
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,18 +37,21 @@ from typing import Any
 
 import pandas as pd
 
-from memr1.agents.answer import AnswerAgent, answer_messages, memory_lines
+from memr1.agents.answer import AnswerAgent, answer_prompts, extract_answer
 from memr1.errors import ConfigError
-from memr1.eval.metrics import exact_match, extract_answer
+from memr1.eval.metrics import exact_match
+from memr1.files import atomic_path
 from memr1.llm.generate import Messages
 from memr1.memory.apply import apply_manager_output
 from memr1.memory.bank import MemoryBank
 from memr1.memory.embed import Embedder
 from memr1.memory.entry import OpKind, TurnContext
-from memr1.memory.retrieve import K_PER_SPEAKER, retrieve
+from memr1.memory.retrieve import K_PER_SPEAKER
 from memr1.rl.datasets import open_teacher_bank, snapshot
 
 OP_LOG_DIR = "op_rewards"
+OP_KINDS = tuple(k.value.lower() for k in OpKind)
+"""Operation kinds as the op log's ``n_<kind>`` columns name them: add, update, delete, noop."""
 OP_LOG_COLUMNS = ("step", "call", "from_trainer", "sample_id", "speaker", "turn", "dia_id", "n_add",
                   "n_update", "n_delete", "n_noop", "valid", "rejections", "n_questions", "reward")
 
@@ -207,12 +209,7 @@ class ManagerReward:
         """
         if not asks:
             return []
-        vectors = self.embedder.embed([q for q, _ in asks])
-        prompts: list[Messages] = []
-        for (question, banks), vec in zip(asks, vectors):
-            order = list(banks)
-            shown = memory_lines(retrieve(banks, vec, self.k_per_speaker), order)
-            prompts.append(answer_messages(question, shown, order))
+        prompts = [messages for messages, _ in answer_prompts(asks, self.k_per_speaker)]
         agent = self.answer_agent
         greedy = agent.sampling.temperature == 0
         keys = [json.dumps(p, sort_keys=True) if greedy else str(i) for i, p in enumerate(prompts)]
@@ -251,24 +248,40 @@ def op_fractions(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """
     totals = Counter()
     for row in rows:
-        for kind in ("add", "update", "delete", "noop"):
+        for kind in OP_KINDS:
             totals[kind] += int(row[f"n_{kind}"])
     n_ops = sum(totals.values())
-    out = {f"ops/{k}_frac": (totals[k] / n_ops if n_ops else 0.0)
-           for k in ("add", "update", "delete", "noop")}
+    out = {f"ops/{k}_frac": (totals[k] / n_ops if n_ops else 0.0) for k in OP_KINDS}
     out["ops/rejected_frac"] = sum(not row["valid"] for row in rows) / len(rows) if rows else 0.0
     return out
 
 
+def op_mix(log: pd.DataFrame, *, split: float = 0.25) -> list[dict[str, Any]]:
+    """Share of each operation kind (and of rejected outputs) in the first and the last ``split`` of
+    the training steps of an op log (`read_op_log`); validation rows are left out.
+
+    One record per phase: ``phase`` ("first steps (1–2)"), the ``OP_KINDS`` shares, ``rejected``
+    and ``completions``; no records when the log has no training rows. Stage 04 keeps these in its
+    metrics.json; the op-reward widget draws them.
+    """
+    train = log[log["from_trainer"].astype(bool)] if "from_trainer" in log else log
+    steps = sorted(train["step"].unique())
+    if not steps:
+        return []
+    cut = max(1, int(len(steps) * split))
+    out = []
+    for phase, chosen in (("first steps", steps[:cut]), ("last steps", steps[-cut:])):
+        part = train[train["step"].isin(chosen)]
+        fractions = op_fractions(part.to_dict("records"))
+        out.append({"phase": f"{phase} ({chosen[0]}–{chosen[-1]})",
+                    **{k: fractions[f"ops/{k}_frac"] for k in OP_KINDS},
+                    "rejected": fractions["ops/rejected_frac"], "completions": len(part)})
+    return out
+
+
 def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def read_op_log(log_dir: str | Path) -> pd.DataFrame:

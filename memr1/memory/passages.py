@@ -1,9 +1,4 @@
-"""Passages, corpora and two retrievers (BM25, dense) behind one small protocol.
-
-MEM1 (Zhou et al., arXiv 2506.15841) searches wiki-18 with E5 + FAISS and returns the top 3
-passages per query. A one-machine workbench searches a *reduced* corpus instead (the paragraphs of
-the HotpotQA sample, or one LoCoMo conversation's turns), which the paper's digest lists as a
-deviation: absolute EM is not comparable with the paper's.
+"""Two retrievers over a passage corpus (BM25, dense) behind one small protocol.
 
 ``BM25Retriever`` uses the ``bm25s`` package (Lucene BM25, English stop words, no stemming);
 ``DenseRetriever`` ranks by the cosine of ``memr1.memory.embed`` vectors ("hash" needs no model,
@@ -17,51 +12,15 @@ deviation: absolute EM is not comparable with the paper's.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from memr1.errors import ConfigError, UnknownIdError
+from memr1.data.corpus import Corpus, Passage
+from memr1.errors import ConfigError
+from memr1.memory.embed import make_embedder
 
 RETRIEVERS = ("bm25", "dense")
-
-
-@dataclass(frozen=True)
-class Passage:
-    """One retrievable unit: a Wikipedia paragraph, or one dialogue turn."""
-
-    id: str
-    """Stable id: the paragraph title for HotpotQA (suffixed on a clash), the dialogue id (``D5:3``) for LoCoMo."""
-    title: str
-    """Shown as ``Doc k (Title: ...)``; for LoCoMo the session date-time and the speaker."""
-    text: str
-
-    def indexed_text(self) -> str:
-        return f"{self.title}\n{self.text}"
-
-
-@dataclass(frozen=True, eq=False)
-class Corpus:
-    """An immutable list of passages with an id; compared and hashed by identity (cheap cache key)."""
-
-    id: str
-    passages: tuple[Passage, ...]
-    _by_id: dict[str, Passage] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._by_id.update({p.id: p for p in self.passages})
-        if len(self._by_id) != len(self.passages):
-            raise ConfigError(f"corpus {self.id!r} has duplicate passage ids")
-
-    def __len__(self) -> int:
-        return len(self.passages)
-
-    def get(self, pid: str) -> Passage:
-        try:
-            return self._by_id[pid]
-        except KeyError:
-            raise UnknownIdError(f"corpus {self.id!r} has no passage {pid!r}") from None
 
 
 @runtime_checkable
@@ -101,8 +60,6 @@ class DenseRetriever:
     """Cosine similarity of embeddings (``make_embedder(embedder)``); the corpus is embedded once."""
 
     def __init__(self, corpus: Corpus, embedder: str = "hash"):
-        from memr1.memory.embed import make_embedder
-
         if not len(corpus):
             raise ConfigError(f"corpus {corpus.id!r} is empty; nothing to index")
         self.corpus, self._embedder = corpus, make_embedder(embedder)

@@ -1,4 +1,4 @@
-"""Evaluation report: scripted policies prove the plumbing; the tiny model runs every stage."""
+"""Stage 05 (memr1.stages.evaluate): scripted policies prove the plumbing; the tiny model runs every system."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from memr1.config import EvalConfig
 from memr1.errors import ConfigError
-from memr1.eval.report import evaluate
 from memr1.llm.generate import ScriptedGenerator
+from memr1.runs import read_result
+from memr1.stages.evaluate import EvalConfig, EvalResult, run
 
 
 def _cfg(tmp_path, data_dir, **kw):
@@ -37,14 +37,14 @@ def test_gold_policy_scores_100_everywhere_and_empty_scores_0(locomo, data_dir, 
         question = messages[-1]["content"].split("Question:", 1)[1].strip().splitlines()[0].strip()
         return f"**Memories selected as relevant:**\n- none\n**Answer:** {gold[question]}"
 
-    res = evaluate(_cfg(tmp_path, data_dir, system="replay", limit=0), generator=ScriptedGenerator(oracle),
+    res = run(_cfg(tmp_path, data_dir, system="replay", limit=0), generator=ScriptedGenerator(oracle),
                    progress=False)
-    table = res.table()
+    table = res.table_frame()
     assert len(res.records) == 152 and list(table["count"]) == [32, 37, 13, 70, 152]
     assert (table[["f1", "bleu1", "em"]] == 100.0).all().all()
-    empty = evaluate(_cfg(tmp_path, data_dir, system="replay", limit=0, run_dir=str(tmp_path / "e")),
+    empty = run(_cfg(tmp_path, data_dir, system="replay", limit=0, run_dir=str(tmp_path / "e")),
                      generator=ScriptedGenerator(lambda m: ""), progress=False)
-    assert (empty.table()[["f1", "bleu1", "em"]] == 0.0).all().all()
+    assert (empty.table_frame()[["f1", "bleu1", "em"]] == 0.0).all().all()
 
 
 def test_malformed_manager_output_leaves_banks_empty_and_is_counted(data_dir, tmp_path):
@@ -54,7 +54,7 @@ def test_malformed_manager_output_leaves_banks_empty_and_is_counted(data_dir, tm
             return '{"facts": ["Caroline likes hiking."]}'
         return "{not json" if role == "manager" else "**Answer:** hiking"
 
-    res = evaluate(_cfg(tmp_path, data_dir, system="base", limit=5, max_turns=20), generator=ScriptedGenerator(policy),
+    res = run(_cfg(tmp_path, data_dir, system="base", limit=5, max_turns=20), generator=ScriptedGenerator(policy),
                    progress=False)
     ops = res.operations
     assert ops["rejected_outputs"] == {"malformed_json": 20}  # one per turn: every turn had a fact
@@ -72,36 +72,37 @@ def test_base_pipeline_with_scripted_llm_writes_memories(data_dir, tmp_path):
             return '{"memory": [{"id": "new", "text": "Caroline attended a support group.", "event": "ADD"}]}'
         return "**Answer:** support group"
 
-    res = evaluate(_cfg(tmp_path, data_dir, system="base", limit=3, max_turns=10), generator=ScriptedGenerator(policy),
+    res = run(_cfg(tmp_path, data_dir, system="base", limit=3, max_turns=10), generator=ScriptedGenerator(policy),
                    progress=False)
     assert res.operations["applied"]["ADD"] == 10 and res.operations["rejected_outputs"] == {}
     assert all(len(r) == 10 for r in res.records.retrieved)  # 5 per speaker after 10 turns
-    lat = res.latency.set_index("component")
+    lat = res.latency_frame().set_index("component")
     assert lat.loc["extract", "calls"] == 10 and lat.loc["manager", "calls"] == 10
 
 
 def test_rerun_gives_the_same_records_and_counts(data_dir, tmp_path):
     cfg = _cfg(tmp_path, data_dir, system="heuristic", limit=8, max_turns=30)
-    first = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
-    again = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+    first = run(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+    again = run(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
     volatile = ["latency_s"]
     pd.testing.assert_frame_equal(first.records.drop(columns=volatile), again.records.drop(columns=volatile))
     assert first.operations == again.operations and first.operations["applied"]["ADD"] > 0
     saved = pd.read_parquet(tmp_path / "run" / "records.parquet")
     assert list(saved.qid) == list(first.records.qid)
+    assert read_result(tmp_path / "run", EvalResult).result == again  # metrics.json holds the typed result
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("system", ["base", "heuristic", "full-context", "rag"])
 def test_tiny_model_runs_every_system_end_to_end(data_dir, tmp_path, system):
-    res = evaluate(_cfg(tmp_path, data_dir, system=system, limit=4, max_turns=24, max_new_tokens=16),
+    res = run(_cfg(tmp_path, data_dir, system=system, limit=4, max_turns=24, max_new_tokens=16),
                    progress=False)
     recs = res.records
     assert len(recs) == 4 and recs.prediction.map(type).eq(str).all()
     for col in ("qid", "category", "question", "gold", "raw_output", "retrieved", "prompt_tokens", "f1", "bleu1",
                 "f1_locomo", "em"):
         assert recs[col].notna().all(), col
-    assert res.table().iloc[-1]["count"] == 4 and res.metrics()["model"] == "tiny"
+    assert res.table_frame().iloc[-1]["count"] == 4 and res.model == "tiny"
     if system == "full-context":
         assert recs.context_note.str.startswith("kept").all()
 
@@ -128,7 +129,7 @@ def test_judge_column_through_a_real_local_endpoint(data_dir, tmp_path):
 
     with serve(judge) as url:
         cfg = _cfg(tmp_path, data_dir, system="replay", limit=6, judge_base_url=url, judge_model="judge-x")
-        res = evaluate(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+        res = run(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
     assert list(res.records.judge_label) == ["CORRECT"] + ["WRONG"] * 5  # only q0's gold is 7 May 2023
-    assert "j" in res.metric_columns() and res.table().iloc[-1]["j"] == pytest.approx(100 / 6)
+    assert "j" in res.metric_columns() and res.table_frame().iloc[-1]["j"] == pytest.approx(100 / 6)
     assert res.judge["model"] == "judge-x" and (tmp_path / "run" / "judge_cache.sqlite").exists()

@@ -1,0 +1,338 @@
+"""Stage 05: run a memory system over a LoCoMo split and score every answer (docs/design.md §metrics).
+
+Systems (``EvalConfig.system``):
+    base          LLM fact extractor + LLM Memory Manager + Answer Agent (Memory-R1's pipeline, untrained)
+    heuristic     each turn is a fact, a no-LLM manager (embedding thresholds), the Answer Agent
+    replay        LoCoMo's own observation facts replayed into the banks (oracle memory), the Answer Agent
+    full-context  the whole conversation (newest turns kept when it does not fit), no memory
+    rag           LoCoMo-RAG: the top-k raw dialogue turns for the question, no memory
+
+Banks are built once per conversation into ``run_dir/store/<system key>/`` (LanceDB, one commit per
+changed turn) and reused by a rerun, so the same config and seed give the same records. ``run``
+writes one row per question to ``run_dir/records.parquet`` (layout: ``memr1.eval.records``) and the
+``EvalResult`` to ``run_dir/metrics.json``.
+
+>>> cfg = EvalConfig.from_params({"profile": "smoke", "system": "rag"}).resolved()
+>>> cfg.model, cfg.limit, cfg.max_turns
+('tiny', 20, 60)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from memr1.config import RunConfig, check_choice, check_min, get_profile, profile_value
+from memr1.errors import ConfigError
+from memr1.runs import StageResult, save_result, transient
+
+SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag")
+"""Memory systems this stage can run (see the module docstring)."""
+LATENCY_COMPONENTS = ("extract", "manager", "search", "answer")
+"""Pipeline components timed per call."""
+
+
+@dataclass
+class EvalConfig(RunConfig):
+    """Stage 05: run a memory system over a LoCoMo split and score it (F1, BLEU-1, EM, LLM judge)."""
+
+    STAGE: ClassVar[str] = "05_evaluate_locomo"
+
+    system: str = "heuristic"
+    """base (LLM extractor + LLM manager), heuristic (no-LLM manager), replay (oracle banks), full-context
+    or rag."""
+    model: str = ""
+    """Policy model for every LLM role; "" uses the model of the profile (tiny for smoke)."""
+    backend: str = ""
+    """auto, transformers, unsloth or openai; "" uses the backend of the profile."""
+    base_url: str = ""
+    """OpenAI-compatible endpoint (backend openai), e.g. http://127.0.0.1:8000/v1."""
+    split: str = "test"
+    """LoCoMo split: train, validation, test or all (category 5 always excluded)."""
+    limit: int = -1
+    """Questions evaluated, in file order (0 for all, -1 for the cap of the profile)."""
+    max_turns: int = -1
+    """Dialogue turns per conversation used to build memory (0 for all, -1 for the cap of the profile)."""
+    metric_family: str = "mem0"
+    """F1/BLEU-1 family shown first: mem0 (Memory-R1's tables) or locomo (the benchmark's scorer)."""
+    judge_base_url: str = ""
+    """OpenAI-compatible endpoint of the LLM judge; "" skips the judge."""
+    judge_model: str = ""
+    """Judge model name on that endpoint (e.g. gpt-4o-mini); "" skips the judge."""
+    embedder: str = "minilm"
+    """Embedding model for memory search: minilm or hash."""
+    k_per_speaker: int = 30
+    """Memories retrieved per speaker for each question (60 in all, as in Memory-R1)."""
+    max_new_tokens: int = 128
+    """Generation cap for each LLM call."""
+
+    def check(self) -> None:
+        from memr1.data.splits import SPLITS
+        from memr1.eval.metrics import METRIC_FAMILIES
+        from memr1.llm.backends import BACKEND_NAMES
+        from memr1.memory.embed import EMBEDDERS
+
+        for name, allowed in (("system", SYSTEMS), ("split", SPLITS), ("metric_family", METRIC_FAMILIES),
+                              ("embedder", EMBEDDERS), ("backend", ("", *BACKEND_NAMES))):
+            check_choice(self, name, allowed)
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("EvalConfig.backend='openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if bool(self.judge_base_url) != bool(self.judge_model):
+            raise ConfigError("set both judge_base_url and judge_model, or neither (no judge)")
+        check_min(self, -1, "limit", "max_turns")
+        check_min(self, 1, "k_per_speaker", "max_new_tokens")
+
+    def resolved(self) -> EvalConfig:
+        """A validated copy with the profile's defaults filled in (model, backend, limit, max_turns)."""
+        p = get_profile(self.profile)
+        return self.replace(model=profile_value(self.model, p.policy_model, unset=""),
+                            backend=profile_value(self.backend, p.backend, unset=""),
+                            limit=profile_value(self.limit, p.max_questions, unset=-1),
+                            max_turns=profile_value(self.max_turns, p.max_turns, unset=-1))
+
+
+def metric_columns(metric_family: str, judged: bool) -> list[str]:
+    """The score columns shown, in order: the family's F1 (and BLEU-1), EM, and J when judged."""
+    cols = ["f1", "bleu1"] if metric_family == "mem0" else ["f1_locomo"]
+    return cols + ["em"] + (["j"] if judged else [])
+
+
+@dataclass
+class EvalResult(StageResult):
+    """Scores of one memory system on a LoCoMo split, per category, with its costs."""
+
+    system: str
+    model: str
+    """The resolved policy model of every LLM role."""
+    backend: str
+    model_note: str
+    """How the model was obtained (e.g. the fallback used); "" when nothing was unusual."""
+    split: str
+    questions: int
+    """Questions evaluated (rows of records.parquet)."""
+    metric_family: str
+    table: list[dict[str, Any]]
+    """One row per category id (both names, count, metric means ×100), then the count-weighted overall row."""
+    operations: dict[str, dict[str, int]]
+    """{"applied": ADD/UPDATE/DELETE/NOOP counts, "rejected_outputs": rejected model outputs by kind}."""
+    judge: dict[str, Any] | None
+    """``LLMJudge.describe()`` when a judge scored the answers, else None."""
+    latency: list[dict[str, Any]]
+    """Per component (extract, manager, search, answer): calls, p50_s and p95_s seconds per call."""
+    records: Any = transient()
+    """One row per question, the frame written to records.parquet (notebook only)."""
+
+    def metric_columns(self) -> list[str]:
+        return metric_columns(self.metric_family, judged=self.judge is not None)
+
+    def table_frame(self) -> Any:
+        """``table`` as a DataFrame (the per-category results, overall last)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+    def latency_frame(self) -> Any:
+        """``latency`` as a DataFrame, one row per component."""
+        import pandas as pd
+
+        return pd.DataFrame(self.latency)
+
+
+def system_key(cfg: EvalConfig) -> str:
+    """Folder name of a system's banks: what they depend on, hashed (model, turns, embedder)."""
+    digest = hashlib.sha1(f"{cfg.system}|{cfg.model}|{cfg.max_turns}|{cfg.embedder}|{cfg.max_new_tokens}"
+                          .encode()).hexdigest()[:10]
+    return f"{cfg.system}-{digest}"
+
+
+@dataclass
+class _Tally:
+    """Per-call seconds by component and manager operations, for one conversation; tallies add with ``+``."""
+
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in LATENCY_COMPONENTS})
+    applied: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+
+    def __add__(self, other: _Tally) -> _Tally:
+        return _Tally({c: self.seconds[c] + other.seconds[c] for c in LATENCY_COMPONENTS},
+                      self.applied + other.applied, self.rejected + other.rejected)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every conversation is evaluated with."""
+
+    cfg: EvalConfig
+    """The resolved config."""
+    generator: Any
+    embedder: Any
+    store: Path
+    """Folder of this system's banks."""
+    progress: bool
+
+
+def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: bool = True) -> EvalResult:
+    """Run ``cfg.system`` over ``cfg.split``, score every answer and write records.parquet and metrics.json.
+
+    Args:
+        cfg: the stage config (profile defaults are filled in here).
+        generator: a ``Generator`` to use instead of building one from ``cfg.model`` / ``cfg.backend``
+            (tests, scripted policies, a model already loaded).
+        judge: an ``LLMJudge``; None builds one from ``cfg.judge_*`` when those are set.
+        progress: progress bars over conversations and turns.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from memr1.data.locomo import load_locomo
+    from memr1.data.splits import split_questions
+    from memr1.eval.records import record_row, score_records
+    from memr1.eval.tables import category_table
+    from memr1.files import atomic_path
+    from memr1.memory.embed import make_embedder
+    from memr1.seeding import seed_everything
+
+    cfg = cfg.resolved()
+    seed_everything(cfg.seed)
+    data = load_locomo(cfg.data_dir or None)
+    by_conv: dict[str, list] = {}
+    for q in split_questions(data, cfg.split, limit=cfg.limit):
+        by_conv.setdefault(q.sample_id, []).append(q)
+    if generator is None:
+        from memr1.llm.backends import make_generator
+
+        generator = make_generator(cfg.model, cfg.backend, base_url=cfg.base_url,
+                                   fallback=get_profile(cfg.profile).fallback_model)
+    setup = _Setup(cfg, generator, make_embedder(cfg.embedder), Path(cfg.run_dir) / "store" / system_key(cfg),
+                   progress)
+    rows, tally = [], _Tally()
+    for sample_id, qs in tqdm(by_conv.items(), desc=f"evaluate {cfg.system}", disable=not progress, unit="conv"):
+        conv = data.conversation(sample_id)
+        records, part = _answer(setup, conv, qs)
+        rows += [record_row(r, conv, cfg.system, cfg.model) for r in records]
+        tally += part
+    df = score_records(pd.DataFrame(rows))
+    judge_info = _judge(df, judge, cfg, progress)
+    with atomic_path(Path(cfg.run_dir) / "records.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    judged = judge_info is not None
+    result = EvalResult(
+        system=cfg.system, model=cfg.model, backend=cfg.backend, model_note=getattr(generator, "note", ""),
+        split=cfg.split, questions=len(df), metric_family=cfg.metric_family,
+        table=category_table(df, metric_columns(cfg.metric_family, judged)).to_dict("records"),
+        operations={"applied": dict(tally.applied), "rejected_outputs": dict(tally.rejected)},
+        judge=judge_info, latency=[_latency(c, tally.seconds[c]) for c in LATENCY_COMPONENTS], records=df)
+    save_result(cfg.run_dir, result, cfg)
+    return result
+
+
+def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
+    """Answer records for one conversation, and what answering (and building its banks) cost."""
+    import time
+
+    from memr1.agents.answer import AnswerAgent
+    from memr1.agents.baselines import FullContextAnswerer, RagAnswerer
+    from memr1.llm.generate import Sampling
+    from memr1.memory.retrieve import retrieve
+
+    cfg, gen = setup.cfg, setup.generator
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens)
+    if cfg.system == "full-context":
+        answerer = FullContextAnswerer(gen, count_tokens=gen.count_tokens, sampling=sampling,
+                                       max_context_tokens=_context_budget(gen.context_window, cfg.max_new_tokens))
+        records, tally = answerer.answer(qs, conv), _Tally()
+    elif cfg.system == "rag":
+        records = RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling).answer(qs, conv)
+        tally = _Tally()
+    else:
+        banks, tally = _build(setup, conv, sampling)
+        records = AnswerAgent(gen, sampling, k_per_speaker=cfg.k_per_speaker).answer(qs, banks)
+        for vec in setup.embedder.embed([q.question for q in qs]):  # search latency, measured on its own
+            start = time.perf_counter()
+            retrieve(banks, vec, cfg.k_per_speaker)
+            tally.seconds["search"].append(time.perf_counter() - start)
+    tally.seconds["answer"] += [r.generation.latency_s for r in records if r.generation is not None]
+    return records, tally
+
+
+def _context_budget(window: int | None, max_new_tokens: int) -> int | None:
+    """Transcript tokens the full-context baseline may use; None (no truncation) when the window is unknown.
+
+    The instructions and question (about 300 tokens) and the chat template come on top of the
+    transcript; 1024 tokens are kept for them. A remote server enforces its own window.
+    """
+    return None if window is None else max(64, window - max_new_tokens - 1024)
+
+
+def _build(setup: _Setup, conv: Any, sampling: Any) -> tuple[Any, _Tally]:
+    """Build (or resume) the banks of one conversation; the tally holds their operation counts."""
+    from memr1.agents.builder import build_banks
+    from memr1.agents.extractor import FactExtractor, TurnAsFactExtractor
+    from memr1.agents.manager import HeuristicManager, MemoryManager
+    from memr1.memory.replay import replay_observations
+
+    cfg, gen, tally = setup.cfg, setup.generator, _Tally()
+    until = cfg.max_turns - 1 if cfg.max_turns else None
+    if cfg.system == "replay":
+        rep = replay_observations(conv, setup.embedder, store_dir=setup.store, until_turn=until,
+                                  progress=setup.progress)
+        for applied in rep.applied:
+            tally.applied.update({k.value: n for k, n in applied.counts().items()})
+        banks = rep.banks
+    else:
+        if cfg.system == "base":
+            extractor, manager = FactExtractor(gen, sampling), MemoryManager(gen, sampling)
+        else:
+            extractor, manager = TurnAsFactExtractor(), HeuristicManager()
+        built = build_banks(conv, extractor, manager, setup.embedder, store_dir=setup.store, until_turn=until,
+                            progress=setup.progress)
+        tally.seconds["extract"] += [x.generation.latency_s for x in built.extractions if x.generation is not None]
+        tally.seconds["manager"] += [s.generation.latency_s for s in built.steps if s.generation is not None]
+        tally.applied.update({k.value: n for k, n in built.op_counts().items()})
+        tally.rejected.update({str(k): n for k, n in built.rejections().items()})
+        tally.rejected["extraction_unparsed"] += sum(not x.ok for x in built.extractions)
+        banks = built.banks
+    tally.applied, tally.rejected = _stored_counts(setup.store / f"{conv.sample_id}.ops.json", tally)
+    return banks, tally
+
+
+def _stored_counts(path: Path, new: _Tally) -> tuple[Counter, Counter]:
+    """All operations ever applied to these banks: a rerun resumes the stored banks and applies nothing
+    new, so the counts are kept beside the store and the new ones added to them."""
+    import json
+
+    from memr1.files import write_json_atomic
+
+    old = json.loads(path.read_text()) if path.exists() else {"applied": {}, "rejected": {}}
+    applied, rejected = Counter(old["applied"]) + new.applied, Counter(old["rejected"]) + new.rejected
+    write_json_atomic(path, {"applied": dict(applied), "rejected": dict(rejected)})
+    return applied, rejected
+
+
+def _judge(df: Any, judge: Any, cfg: EvalConfig, progress: bool) -> dict[str, Any] | None:
+    """Add the judge's label, reason and ``j`` columns to ``df``; its description, or None without a judge."""
+    if judge is None and cfg.judge_model:
+        from memr1.eval.judge import JudgeConfig, LLMJudge
+
+        judge = LLMJudge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model,
+                                     cache_path=str(Path(cfg.run_dir) / "judge_cache.sqlite")))
+    if judge is None:
+        return None
+    verdicts = judge.judge_many(list(zip(df.question, df.gold, df.prediction)), progress=progress)
+    df["judge_label"] = [v.label for v in verdicts]
+    df["judge_reason"] = [v.reason for v in verdicts]
+    df["j"] = [float(v.correct) for v in verdicts]
+    return judge.describe()
+
+
+def _latency(component: str, seconds: list[float]) -> dict[str, Any]:
+    """Calls and median / 95th-percentile seconds of one component (None when it was never called)."""
+    import numpy as np
+
+    def pct(q: int) -> float | None:
+        return float(np.percentile(seconds, q)) if seconds else None
+
+    return {"component": component, "calls": len(seconds), "p50_s": pct(50), "p95_s": pct(95)}

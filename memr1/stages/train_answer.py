@@ -1,0 +1,114 @@
+"""Stage 03: train the Answer Agent with GRPO (docs/design.md §training).
+
+GRPO samples ``num_generations`` answers per training question of conv-26 (the Answer-Agent prompt
+over 30 teacher memories per speaker), rewards each by exact match of the answer span, and moves a
+LoRA adapter towards the better ones; validation EM on conv-30 runs greedily every ``eval_every``
+steps. ``memr1.rl.grpo.run_grpo`` does the training.
+
+Also here, shared with stage 04 (``train_manager``): ``GRPOStageConfig``, the fields of a GRPO stage
+on LoCoMo (the run, the GRPO settings, the teacher data), and ``teacher_data``.
+
+>>> cfg = AnswerTrainConfig.from_params({"learning_rate": "2e-5"}).resolved()
+>>> cfg.learning_rate, cfg.model, cfg.train_limit, cfg.run_dir
+(2e-05, 'tiny', 20, 'runs/dev/03_train_answer_agent')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from memr1.config import RunConfig, check_choice, check_min, get_profile, profile_value
+from memr1.errors import ConfigError
+from memr1.rl.grpo import GRPOSettings, TrainResult
+from memr1.runs import save_result
+
+
+@dataclass
+class GRPOStageConfig(GRPOSettings, RunConfig):
+    """A GRPO stage on LoCoMo: run fields, GRPO settings, then the teacher data it trains on."""
+
+    embedder: str = "minilm"
+    """Embedding model for memory search: minilm or hash (no model, quick checks)."""
+    k_per_speaker: int = 30
+    """Memories retrieved per speaker for each question (Memory-R1: 30, so 60 in all)."""
+    store_dir: str = ""
+    """Folder of the teacher LanceDB stores, reusable by later runs; "" uses run_dir/store."""
+    train_limit: int = -1
+    """Training rows used, in file order (0 for all, -1 for the question cap of the profile)."""
+    eval_limit: int = 4
+    """Validation rows per evaluation, in file order (0 for all; 81 questions for the answer agent)."""
+
+    def check(self) -> None:
+        from memr1.memory.embed import EMBEDDERS
+
+        check_choice(self, "embedder", EMBEDDERS)
+        check_min(self, 1, "k_per_speaker")
+        check_min(self, 0, "eval_limit")
+        if self.train_limit < -1:
+            raise ConfigError(f"{type(self).__name__}.train_limit must be >= -1 (-1: the cap of the profile), "
+                              f"got {self.train_limit}")
+
+    def resolved(self):
+        """A validated copy with the profile's model, backend and question cap filled in."""
+        p = get_profile(self.profile)
+        return self.replace(model=profile_value(self.model, p.policy_model, unset=""),
+                            backend=profile_value(self.backend, p.backend, unset=""),
+                            train_limit=profile_value(self.train_limit, p.max_questions, unset=-1))
+
+
+def resolved_as(cfg: Any, kind: type) -> Any:
+    """``cfg.resolved()``, after checking that ``cfg`` is the config of the stage called."""
+    if not isinstance(cfg, kind):
+        raise ConfigError(f"expected an instance of {kind.__name__}, got {type(cfg).__name__}")
+    return cfg.resolved()
+
+
+def teacher_data(cfg: GRPOStageConfig):
+    """``(LoCoMo, embedder, teacher-store folder)`` of a GRPO stage."""
+    from memr1.data.locomo import load_locomo
+    from memr1.memory.embed import make_embedder
+
+    embedder = make_embedder(cfg.embedder)  # one store per embedder: a bank only reopens with its own
+    store = Path(cfg.store_dir or Path(cfg.run_dir) / "store") / embedder.name
+    return load_locomo(cfg.data_dir or None), embedder, store
+
+
+@dataclass
+class AnswerTrainConfig(GRPOStageConfig):
+    """Stage 03: train the Answer Agent with GRPO on conv-26 (reward: exact match of the answer)."""
+
+    STAGE: ClassVar[str] = "03_train_answer_agent"
+
+
+@dataclass
+class AnswerTrainResult(TrainResult):
+    """The Answer Agent's GRPO run: steps, adapter folder, per-step log and validation EM."""
+
+
+def run(cfg: AnswerTrainConfig, *, callbacks: Sequence[Any] = ()) -> AnswerTrainResult:
+    """Train, write ``run_dir/metrics.json`` and return the result.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (the notebook's live curves).
+    """
+    from memr1.rl.datasets import answer_agent_rows
+    from memr1.rl.grpo import main_process_first, reward_validator, run_grpo
+    from memr1.rl.rewards import answer_em_reward
+    from memr1.seeding import seed_everything
+
+    cfg = resolved_as(cfg, AnswerTrainConfig)
+    seed_everything(cfg.seed)
+    data, embedder, store = teacher_data(cfg)
+    shared = {"store_dir": store, "k_per_speaker": cfg.k_per_speaker, "progress": True}
+    with main_process_first():
+        train = answer_agent_rows(data, "train", embedder, limit=cfg.train_limit, **shared)
+        val = answer_agent_rows(data, "validation", embedder, limit=cfg.eval_limit, **shared)
+    validator = reward_validator(val, answer_em_reward, cfg.max_completion_length) if val else None
+    trained = run_grpo(cfg, train, [answer_em_reward], run_dir=cfg.run_dir, seed=cfg.seed,
+                       fallback=get_profile(cfg.profile).fallback_model, validator=validator, callbacks=callbacks)
+    result = AnswerTrainResult(**dataclasses.asdict(trained))
+    save_result(cfg.run_dir, result, cfg)
+    return result

@@ -1,0 +1,91 @@
+"""Stage 04: train the Memory Manager with GRPO (docs/design.md §training, §rewards).
+
+For every training turn of conv-26 that LoCoMo questions cite as evidence, the manager sees the
+turn's facts and the most similar memories of the teacher bank before the turn, and writes
+operations. Each sampled output is applied to a fork of that snapshot; a frozen Answer Agent
+(``answer_model``) answers the linked questions from the forked bank, and the reward is their mean
+exact match (a rejected output earns 0). The reward logs every sampled completion's operations;
+the result keeps their mix (``memr1.rl.rewards.op_mix``) for the report.
+
+>>> ManagerTrainConfig.from_params({"k_similar": "0"})
+Traceback (most recent call last):
+...
+memr1.errors.ConfigError: ManagerTrainConfig.k_similar must be >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from memr1.config import check_min, get_profile
+from memr1.rl.grpo import TrainResult
+from memr1.runs import save_result, transient
+from memr1.stages.train_answer import GRPOStageConfig, resolved_as, teacher_data
+
+
+@dataclass
+class ManagerTrainConfig(GRPOStageConfig):
+    """Stage 04: train the Memory Manager with GRPO; reward: EM of a frozen Answer Agent on the new bank."""
+
+    STAGE: ClassVar[str] = "04_train_memory_manager"
+
+    answer_model: str = ""
+    """Frozen Answer Agent: "" for the base model, or an answer-agent run dir or adapter folder (LoRA)."""
+    k_similar: int = 5
+    """Stored memories shown to the manager per new fact (Mem0 convention: 5)."""
+
+    def check(self) -> None:
+        check_min(self, 1, "k_similar")
+
+
+@dataclass
+class ManagerTrainResult(TrainResult):
+    """The Memory Manager's GRPO run, plus the operations it sampled."""
+
+    op_mix: list[dict[str, Any]]
+    """Share of each operation kind and of rejected outputs, first vs last quarter of the steps."""
+    completions_logged: int
+    """Completions in the reward's op log (training and validation)."""
+    op_log: Any = transient()
+    """The op log (``read_op_log``: one row per scored completion) for the per-operation widget."""
+
+
+def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTrainResult:
+    """Train, write ``run_dir/metrics.json`` (with the op mix) and return the result.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (the notebook's live curves).
+    """
+    from memr1.agents.answer import AnswerAgent
+    from memr1.llm.backends import make_generator
+    from memr1.llm.generate import Sampling
+    from memr1.rl.datasets import manager_rows
+    from memr1.rl.grpo import main_process_first, resolve_answer_model, reward_validator, run_grpo
+    from memr1.rl.rewards import ManagerReward, op_mix, read_op_log
+    from memr1.seeding import seed_everything
+
+    cfg = resolved_as(cfg, ManagerTrainConfig)
+    seed_everything(cfg.seed)
+    data, embedder, store = teacher_data(cfg)
+    with main_process_first():
+        train = manager_rows(data, "train", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
+        val = manager_rows(data, "validation", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
+    train = train[:cfg.train_limit] if cfg.train_limit else train
+    val = val[:cfg.eval_limit] if cfg.eval_limit else val
+    fallback = get_profile(cfg.profile).fallback_model
+    base, lora = resolve_answer_model(cfg.answer_model, cfg.model)
+    frozen = make_generator(base, cfg.backend, lora_path=lora, fallback=fallback)
+    agent = AnswerAgent(frozen, Sampling(max_new_tokens=cfg.max_completion_length), k_per_speaker=cfg.k_per_speaker)
+    log_dir = Path(cfg.run_dir) / "reward_log"
+    reward = ManagerReward(agent, embedder, log_dir=log_dir, k_per_speaker=cfg.k_per_speaker)
+    validator = reward_validator(val, reward, cfg.max_completion_length) if val else None
+    trained = run_grpo(cfg, train, [reward], run_dir=cfg.run_dir, seed=cfg.seed, fallback=fallback,
+                       validator=validator, callbacks=callbacks)
+    op_log = read_op_log(log_dir)
+    result = ManagerTrainResult(**dataclasses.asdict(trained), op_mix=op_mix(op_log),
+                                completions_logged=len(op_log), op_log=op_log)
+    save_result(cfg.run_dir, result, cfg)
+    return result
