@@ -66,10 +66,25 @@ def plain_args(out: str, steps: int, completion: int):
     """The GRPOConfig written out by hand, as a TRL user would."""
     from trl import GRPOConfig
 
-    return GRPOConfig(output_dir=out, max_steps=steps, learning_rate=LR, lr_scheduler_type="constant",
-                      per_device_train_batch_size=BATCH, num_generations=GEN, max_completion_length=completion,
-                      temperature=1.0, beta=0.0, seed=0, logging_steps=1, save_strategy="no", save_steps=1,
-                      report_to="tensorboard", use_cpu=True, bf16=False, gradient_checkpointing=False)
+    return GRPOConfig(
+        output_dir=out,
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=BATCH,
+        num_generations=GEN,
+        max_completion_length=completion,
+        temperature=1.0,
+        beta=0.0,
+        seed=0,
+        logging_steps=1,
+        save_strategy="no",
+        save_steps=1,
+        report_to="tensorboard",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
 
 
 def run_plain(rows, steps: int, completion: int) -> StepTimer:
@@ -89,10 +104,21 @@ def run_plain(rows, steps: int, completion: int) -> StepTimer:
     model = AutoModelForCausalLM.from_pretrained(path)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        trainer = GRPOTrainer(model=model, reward_funcs=[answer_em_reward], args=plain_args(out, steps, completion),
-                              train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer],
-                              peft_config=LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[answer_em_reward],
+            args=plain_args(out, steps, completion),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            callbacks=[timer],
+            peft_config=LoraConfig(
+                r=R,
+                lora_alpha=ALPHA,
+                lora_dropout=0.0,
+                task_type="CAUSAL_LM",
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            ),
+        )
         trainer.train()
     return timer
 
@@ -100,9 +126,20 @@ def run_plain(rows, steps: int, completion: int) -> StepTimer:
 def ours_settings(steps: int, completion: int):
     from memr1.rl.grpo import GRPOSettings
 
-    return GRPOSettings(model="tiny", backend="transformers", steps=steps, learning_rate=LR, num_generations=GEN,
-                        batch_size=BATCH, max_completion_length=completion, lora_r=R, lora_alpha=ALPHA,
-                        save_every=0, eval_every=0, verify_adapter=False)
+    return GRPOSettings(
+        model="tiny",
+        backend="transformers",
+        steps=steps,
+        learning_rate=LR,
+        num_generations=GEN,
+        batch_size=BATCH,
+        max_completion_length=completion,
+        lora_r=R,
+        lora_alpha=ALPHA,
+        save_every=0,
+        eval_every=0,
+        verify_adapter=False,
+    )
 
 
 def run_ours(rows, steps: int, completion: int) -> StepTimer:
@@ -145,19 +182,22 @@ def main() -> None:
             rewards[name].append(timer.rewards)
     same_work = all(r == rewards["plain TRL GRPOTrainer"][0] for rs in rewards.values() for r in rs)
     base = [statistics.median(t[i] for t in times["plain TRL GRPOTrainer"]) for i in (0, 1)]
-    print(f"# GRPO step time · {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
-          f"torch {torch.__version__} · load avg {os.getloadavg()[0]:.1f}\n")
-    print(f"tiny Qwen2 (~100k params), LoRA r={R} on q/k/v/o, {GEN} generations x {BATCH // GEN} prompt per step, "
-          f"max_completion_length={args.completion}, real Answer-Agent prompts; identical GRPOConfig: yes; "
-          f"identical per-step rewards on both sides (same samples, same work): {'yes' if same_work else 'NO'}\n")
+    print(
+        f"# GRPO step time · {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
+        f"torch {torch.__version__} · load avg {os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        f"tiny Qwen2 (~100k params), LoRA r={R} on q/k/v/o, {GEN} generations x {BATCH // GEN} prompt per step, "
+        f"max_completion_length={args.completion}, real Answer-Agent prompts; identical GRPOConfig: yes; "
+        f"identical per-step rewards on both sides (same samples, same work): {'yes' if same_work else 'NO'}\n"
+    )
     print("| trainer | median wall step (s) | median CPU step (s) | steps timed | overhead wall | overhead CPU |")
     print("|---|---|---|---|---|---|")
     for name, ts in times.items():
         med = [statistics.median(t[i] for t in ts) for i in (0, 1)]
         over = ["—" if name.startswith("plain") else f"{100 * (m - b) / b:+.1f} %" for m, b in zip(med, base)]
         print(f"| {name} | {med[0]:.3f} | {med[1]:.3f} | {len(ts)} | {over[0]} | {over[1]} |")
-    print("\nCPU time is this process's (all threads); under load from other processes it is the steadier "
-          "of the two.")
+    print("\nCPU time is this process's (all threads); under load from other processes it is the steadier of the two.")
 
 
 if __name__ == "__main__":

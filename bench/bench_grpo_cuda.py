@@ -38,9 +38,16 @@ from pathlib import Path
 
 VARIANTS = ("trl", "unsloth-16bit", "memr1-unsloth-4bit")
 GEN, BATCH, R, ALPHA, LR = 4, 8, 8, 16, 1e-5
-QWEN15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-               num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-               tie_word_embeddings=True)
+QWEN15B = dict(
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+)
 
 
 def build_model(out: Path) -> None:
@@ -70,8 +77,10 @@ def rows(n: int) -> list[dict]:
         return bench_rows("", n)
     except Exception:  # noqa: BLE001 - no LoCoMo here: synthetic prompts of similar length
         text = "Caroline went to the LGBTQ support group on 7 May 2023 and felt accepted. " * 40
-        return [{"prompt": [{"role": "user", "content": f"{text}\nQuestion {i}: when did she go?"}],
-                 "gold": "7 May 2023"} for i in range(n)]
+        return [
+            {"prompt": [{"role": "user", "content": f"{text}\nQuestion {i}: when did she go?"}], "gold": "7 May 2023"}
+            for i in range(n)
+        ]
 
 
 def child(variant: str, model_dir: str, steps: int, warmup: int, completion: int) -> dict:
@@ -99,9 +108,20 @@ def child(variant: str, model_dir: str, steps: int, warmup: int, completion: int
     if variant == "memr1-unsloth-4bit":
         from memr1.rl.grpo import GRPOSettings, run_grpo
 
-        settings = GRPOSettings(model=model_dir, backend="unsloth", steps=steps, learning_rate=LR,
-                                num_generations=GEN, batch_size=BATCH, max_completion_length=completion, lora_r=R,
-                                lora_alpha=ALPHA, save_every=0, eval_every=0, verify_adapter=False)
+        settings = GRPOSettings(
+            model=model_dir,
+            backend="unsloth",
+            steps=steps,
+            learning_rate=LR,
+            num_generations=GEN,
+            batch_size=BATCH,
+            max_completion_length=completion,
+            lora_r=R,
+            lora_alpha=ALPHA,
+            save_every=0,
+            eval_every=0,
+            verify_adapter=False,
+        )
         run_grpo(settings, data, [answer_em_reward], run_dir=out, seed=0, callbacks=[probe])
     else:
         from datasets import Dataset
@@ -112,29 +132,61 @@ def child(variant: str, model_dir: str, steps: int, warmup: int, completion: int
         if variant == "unsloth-16bit":
             from unsloth import FastLanguageModel
 
-            model, tok = FastLanguageModel.from_pretrained(model_name=model_dir, max_seq_length=2048,
-                                                           load_in_4bit=False, dtype=torch.bfloat16)
-            model = FastLanguageModel.get_peft_model(model, r=R, lora_alpha=ALPHA, target_modules=targets,
-                                                     use_gradient_checkpointing="unsloth", random_state=0)
+            model, tok = FastLanguageModel.from_pretrained(
+                model_name=model_dir, max_seq_length=2048, load_in_4bit=False, dtype=torch.bfloat16
+            )
+            model = FastLanguageModel.get_peft_model(
+                model,
+                r=R,
+                lora_alpha=ALPHA,
+                target_modules=targets,
+                use_gradient_checkpointing="unsloth",
+                random_state=0,
+            )
         else:
             from peft import LoraConfig
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(model_dir)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda")
-            peft_config = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=targets, lora_dropout=0.0,
-                                     task_type="CAUSAL_LM")
+            peft_config = LoraConfig(
+                r=R, lora_alpha=ALPHA, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM"
+            )
         tok.padding_side = "left"
-        args = GRPOConfig(output_dir=out, max_steps=steps, learning_rate=LR, lr_scheduler_type="constant",
-                          per_device_train_batch_size=BATCH, num_generations=GEN, max_completion_length=completion,
-                          temperature=1.0, beta=0.0, seed=0, logging_steps=1, save_strategy="no", report_to="none",
-                          bf16=True, gradient_checkpointing=variant == "trl")
-        GRPOTrainer(model=model, reward_funcs=[answer_em_reward], args=args, train_dataset=Dataset.from_list(data),
-                    processing_class=tok, peft_config=peft_config, callbacks=[probe]).train()
+        args = GRPOConfig(
+            output_dir=out,
+            max_steps=steps,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            per_device_train_batch_size=BATCH,
+            num_generations=GEN,
+            max_completion_length=completion,
+            temperature=1.0,
+            beta=0.0,
+            seed=0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            bf16=True,
+            gradient_checkpointing=variant == "trl",
+        )
+        GRPOTrainer(
+            model=model,
+            reward_funcs=[answer_em_reward],
+            args=args,
+            train_dataset=Dataset.from_list(data),
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[probe],
+        ).train()
     shutil.rmtree(out, ignore_errors=True)
     times = [b - a for a, b in zip(probe.marks, probe.marks[1:])][warmup:]
-    return {"variant": variant, "step_s": statistics.median(times), "steps": len(times),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "variant": variant,
+        "step_s": statistics.median(times),
+        "steps": len(times),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def main() -> None:
@@ -152,8 +204,10 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        print("bench_grpo_cuda.py measures GPU step time and memory and needs CUDA; torch.cuda.is_available() is "
-              "False on this machine, so nothing was measured. Run it on a GPU machine with `pip install .[gpu]`.")
+        print(
+            "bench_grpo_cuda.py measures GPU step time and memory and needs CUDA; torch.cuda.is_available() is "
+            "False on this machine, so nothing was measured. Run it on a GPU machine with `pip install .[gpu]`."
+        )
         return
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
@@ -162,8 +216,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qwen15b-random-") as model_dir:
         build_model(Path(model_dir))
         for variant in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--child", variant, "--model-dir", model_dir, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--completion", str(args.completion)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--model-dir",
+                model_dir,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--completion",
+                str(args.completion),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not found:
@@ -173,8 +239,10 @@ def main() -> None:
                 results.append(json.loads(found[-1][7:]))
     name = torch.cuda.get_device_name(0)
     print(f"# GRPO on CUDA · {time.strftime('%Y-%m-%d')} · {name} · torch {torch.__version__}\n")
-    print(f"Qwen2.5-1.5B shape, random bf16 weights, LoRA r={R} q/k/v/o, {GEN} generations x {BATCH // GEN} prompts "
-          f"per step, max_completion_length={args.completion}, {args.steps} steps ({args.warmup} warm-up dropped)\n")
+    print(
+        f"Qwen2.5-1.5B shape, random bf16 weights, LoRA r={R} q/k/v/o, {GEN} generations x {BATCH // GEN} prompts "
+        f"per step, max_completion_length={args.completion}, {args.steps} steps ({args.warmup} warm-up dropped)\n"
+    )
     print("| variant | median step (s) | peak GPU memory (GiB) | note |")
     print("|---|---|---|---|")
     base = next((r["step_s"] for r in results if r["variant"] == "trl" and "step_s" in r), None)

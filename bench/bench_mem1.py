@@ -22,8 +22,15 @@ import time
 
 from memr1.agents.mem1 import WHITESPACE
 from memr1.data.tasks import make_tasks
-from memr1.eval.mem1_metrics import (GOLD, aggregate, gold_max_turns, hf_token_counter, peak_ratio,
-                                     run_episodes, tiny_token_counter)
+from memr1.eval.mem1_metrics import (
+    GOLD,
+    aggregate,
+    gold_max_turns,
+    hf_token_counter,
+    peak_ratio,
+    run_episodes,
+    tiny_token_counter,
+)
 from memr1.eval.tables import to_markdown
 
 NS = (1, 2, 4, 8, 16)
@@ -39,32 +46,48 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     counter = {"tiny": tiny_token_counter, "whitespace": lambda: WHITESPACE}.get(
-        args.tokenizer, lambda: hf_token_counter(args.tokenizer))()
+        args.tokenizer, lambda: hf_token_counter(args.tokenizer)
+    )()
     budget = args.budget or (1024 if counter is WHITESPACE else 2048)
     start = time.perf_counter()
     episodes = []
     for n in NS:
         tasks = make_tasks("hotpotqa", n, args.tasks, args.seed, data_dir=args.data_dir or None)
-        episodes += run_episodes(tasks, GOLD, ("mem1", "full", "truncate"), max_turns=gold_max_turns(n, 6),
-                                 count_tokens=counter, budget_tokens=budget)
+        episodes += run_episodes(
+            tasks,
+            GOLD,
+            ("mem1", "full", "truncate"),
+            max_turns=gold_max_turns(n, 6),
+            count_tokens=counter,
+            budget_tokens=budget,
+        )
     table = aggregate(episodes)
     seconds = time.perf_counter() - start
-    print(f"# MEM1 context growth · {time.strftime('%Y-%m-%d')} · {platform.machine()} · python "
-          f"{platform.python_version()} · tokens: {counter.name} · {args.tasks} HotpotQA tasks per N · "
-          f"gold-scripted policy · truncate budget {budget} · {seconds:.1f} s\n")
+    print(
+        f"# MEM1 context growth · {time.strftime('%Y-%m-%d')} · {platform.machine()} · python "
+        f"{platform.python_version()} · tokens: {counter.name} · {args.tasks} HotpotQA tasks per N · "
+        f"gold-scripted policy · truncate budget {budget} · {seconds:.1f} s\n"
+    )
     cols = ["mode", "n_objectives", "tasks", "em", "turns", "peak_tokens", "peak_paper", "dependency"]
     print(to_markdown(table[cols].sort_values(["mode", "n_objectives"], ignore_index=True), floatfmt=".1f"))
-    print("\npeak_tokens: longest context, task prompt included. peak_paper: MEM1's counting (prompt left out, "
-          "the turn's output added). dependency: sum over generated tokens of the tokens each attends to.\n")
+    print(
+        "\npeak_tokens: longest context, task prompt included. peak_paper: MEM1's counting (prompt left out, "
+        "the turn's output added). dependency: sum over generated tokens of the tokens each attends to.\n"
+    )
     print("| mode | peak_tokens(16)/(2) | peak_paper(16)/(2) | dependency(16)/(2) | target |")
     print("|---|---|---|---|---|")
     for mode in ("mem1", "full", "truncate"):
         ratios = [peak_ratio(table, mode, 16, 2, col) for col in ("peak_tokens", "peak_paper", "dependency")]
         op, bound = TARGETS.get(mode, ("", None))
-        verdict = "-" if bound is None else " / ".join(
-            ("met" if (r <= bound if op == "<=" else r >= bound) else "missed") for r in ratios[:2])
-        print(f"| {mode} | {ratios[0]:.2f} | {ratios[1]:.2f} | {ratios[2]:.1f} | "
-              f"{f'{op} {bound} ({verdict})' if bound else '-'} |")
+        verdict = (
+            "-"
+            if bound is None
+            else " / ".join(("met" if (r <= bound if op == "<=" else r >= bound) else "missed") for r in ratios[:2])
+        )
+        print(
+            f"| {mode} | {ratios[0]:.2f} | {ratios[1]:.2f} | {ratios[2]:.1f} | "
+            f"{f'{op} {bound} ({verdict})' if bound else '-'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     data = load_locomo(args.data_dir or None)
-    print(f"# metrics benchmark · {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} "
-          f"· python {platform.python_version()}\n")
+    print(
+        f"# metrics benchmark · {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} "
+        f"· python {platform.python_version()}\n"
+    )
     print("| family | questions | first run (s) | warm median (s) | per question (µs) |")
     print("|---|---|---|---|---|")
     pairs = predictions(data, "evidence")
@@ -53,8 +55,15 @@ def main() -> None:
         recs = []
         for q, pred in predictions(data, kind):
             m0, lc = score(pred, q.answer, q.category, "mem0"), score(pred, q.answer, q.category, "locomo")
-            recs.append({"category": q.category, "mem0 F1": m0["f1"], "mem0 BLEU-1": m0["bleu1"],
-                         "locomo F1": lc["f1"], "EM": m0["em"]})
+            recs.append(
+                {
+                    "category": q.category,
+                    "mem0 F1": m0["f1"],
+                    "mem0 BLEU-1": m0["bleu1"],
+                    "locomo F1": lc["f1"],
+                    "EM": m0["em"],
+                }
+            )
         table = category_table(recs, ["mem0 F1", "mem0 BLEU-1", "locomo F1", "EM"])
         print(f"\n## predictor: {kind}\n")
         print(to_markdown(table))

@@ -31,8 +31,10 @@ def main() -> None:
     start = time.perf_counter()
     per_question = replay_recall(data, embedder, k_per_speaker=args.k, progress=False)
     seconds = time.perf_counter() - start
-    print(f"# replay recall · {time.strftime('%Y-%m-%d')} · {platform.machine()} · python "
-          f"{platform.python_version()} · embedder {embedder.name} · k={args.k} per speaker · {seconds:.1f} s\n")
+    print(
+        f"# replay recall · {time.strftime('%Y-%m-%d')} · {platform.machine()} · python "
+        f"{platform.python_version()} · embedder {embedder.name} · k={args.k} per speaker · {seconds:.1f} s\n"
+    )
     print(to_markdown(category_table(per_question, ["all", "any", "oracle"])))
     missing = sum(1 for q in data.questions() if not q.evidence)
     print(f"\n{len(per_question)} questions with evidence ({missing} of 1,540 have none and are left out).")

@@ -1,21 +1,22 @@
 """``memr1`` command line: run the notebook pipeline, list a notebook's parameters, check the data.
 
-    memr1 run --profile smoke --name demo -p data.conversation=conv-30 -p evaluate.limit=10
-    memr1 run --profile cpu --dry-run -p seed=1        # validate every stage's parameters, run nothing
-    memr1 params notebooks/01_locomo_data.ipynb
-    memr1 data
-    memr1 export-verl --out runs/verl --task answer
-    memr1 train answer -p steps=2 -p run_dir=runs/train-answer
-    memr1 train mem1 -p steps=2 -p run_dir=runs/train-mem1
-    accelerate launch --multi_gpu --num_processes 2 -m memr1.cli train answer -p run_dir=runs/ddp
+memr1 run --profile smoke --name demo -p data.conversation=conv-30 -p evaluate.limit=10
+memr1 run --profile cpu --dry-run -p seed=1        # validate every stage's parameters, run nothing
+memr1 params notebooks/01_locomo_data.ipynb
+memr1 data
+memr1 export-verl --out runs/verl --task answer
+memr1 train answer -p steps=2 -p run_dir=runs/train-answer
+memr1 train mem1 -p steps=2 -p run_dir=runs/train-mem1
+accelerate launch --multi_gpu --num_processes 2 -m memr1.cli train answer -p run_dir=runs/ddp
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from memr1.config import PROFILES
 from memr1.errors import ConfigError, Memr1Error
@@ -37,9 +38,15 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from memr1.pipeline import run_pipeline
 
-    run_dir = run_pipeline(args.profile, name=args.name, overrides=_params(args.param), force=args.force,
-                           stages=args.stages.split(",") if args.stages else None, runs_root=args.runs_root,
-                           dry_run=args.dry_run)
+    run_dir = run_pipeline(
+        args.profile,
+        name=args.name,
+        overrides=_params(args.param),
+        force=args.force,
+        stages=args.stages.split(",") if args.stages else None,
+        runs_root=args.runs_root,
+        dry_run=args.dry_run,
+    )
     print(f"[memr1] {'plan checked' if args.dry_run else 'run finished'}: {run_dir}")
     return 0
 
@@ -76,8 +83,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
     digest = sha256_of(data.path)
     print(f"LoCoMo: {data.path}")
     print(f"  sha256 {digest} ({'matches the pinned checksum' if digest == LOCOMO.sha256 else 'DIFFERS from the pin'})")
-    print(f"  {len(data.conversations)} conversations, {len(data.questions())} questions without category 5, "
-          f"{len(data.questions(include_adversarial=True))} in all")
+    print(
+        f"  {len(data.conversations)} conversations, {len(data.questions())} questions without category 5, "
+        f"{len(data.questions(include_adversarial=True))} in all"
+    )
     print(f"  evidence ids needing attention: {data.evidence_report() or 'none'}")
     return 0
 
@@ -89,8 +98,9 @@ def _cmd_export_verl(args: argparse.Namespace) -> int:
 
     data = load_locomo(args.data or None, allow_download=not args.offline)
     store = Path(args.store) if args.store else Path(args.out) / "teacher_store"
-    paths = export_verl(data, args.out, make_embedder(args.embedder), store_dir=store, task=args.task,
-                        limit=args.limit, progress=True)
+    paths = export_verl(
+        data, args.out, make_embedder(args.embedder), store_dir=store, task=args.task, limit=args.limit, progress=True
+    )
     for name, path in paths.items():
         print(f"[memr1] {name}: {path}")
     return 0
@@ -110,16 +120,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memr1", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="memr1", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebook pipeline headless into runs/<name>/")
-    run.add_argument("--profile", default="auto", choices=["auto", *sorted(PROFILES)],
-                     help="auto: paper on a CUDA GPU, cpu when the model hub answers, else smoke")
+    run.add_argument(
+        "--profile",
+        default="auto",
+        choices=["auto", *sorted(PROFILES)],
+        help="auto: paper on a CUDA GPU, cpu when the model hub answers, else smoke",
+    )
     run.add_argument("--name", default="", help="run folder name (default: the profile)")
-    run.add_argument("-p", "--param", action="append", default=[], type=parse_assignment,
-                     metavar="KEY=VALUE", help="stage.field=value for one stage (evaluate.limit=10), or one of "
-                     "profile, seed, model, embedder, data_dir for every stage (repeatable)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        type=parse_assignment,
+        metavar="KEY=VALUE",
+        help="stage.field=value for one stage (evaluate.limit=10), or one of "
+        "profile, seed, model, embedder, data_dir for every stage (repeatable)",
+    )
     run.add_argument("--stages", default="", help="comma-separated stage names to run (default: all)")
     run.add_argument("--force", action="store_true", help="re-run stages that already finished")
     run.add_argument("--runs-root", default="runs", help="parent folder of run folders")
@@ -127,8 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     params = sub.add_parser("params", help="list a notebook's parameters with types and help")
     params.add_argument("notebook", type=Path, nargs="?")
-    params.add_argument("--sync", action="store_true",
-                        help="rewrite every notebook's parameters cell from its stage config (after editing a config)")
+    params.add_argument(
+        "--sync",
+        action="store_true",
+        help="rewrite every notebook's parameters cell from its stage config (after editing a config)",
+    )
     params.set_defaults(func=_cmd_params)
     data = sub.add_parser("data", help="find (or download) LoCoMo and print its checksum and counts")
     data.add_argument("--path", default="", help="explicit file or folder")
@@ -143,10 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     verl.add_argument("--offline", action="store_true", help="never download")
     verl.add_argument("--limit", type=int, default=0, help="first N questions per split (answer task)")
     verl.set_defaults(func=_cmd_export_verl)
-    train = sub.add_parser("train", help="train one agent without a notebook (GRPO for answer/manager works under accelerate launch)")
+    train = sub.add_parser(
+        "train", help="train one agent without a notebook (GRPO for answer/manager works under accelerate launch)"
+    )
     train.add_argument("agent", choices=["answer", "manager", "mem1"])
-    train.add_argument("-p", "--param", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
-                       help="a field of AnswerTrainConfig / ManagerTrainConfig / Mem1TrainConfig (repeatable)")
+    train.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        type=parse_assignment,
+        metavar="KEY=VALUE",
+        help="a field of AnswerTrainConfig / ManagerTrainConfig / Mem1TrainConfig (repeatable)",
+    )
     train.add_argument("--dry-run", action="store_true", help="validate the parameters; train nothing")
     train.set_defaults(func=_cmd_train)
     return parser

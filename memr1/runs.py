@@ -68,15 +68,19 @@ class StageResult:
         return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("transient")]
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": f"{type(self).__name__}/{self.SCHEMA}",
-                **{name: to_plain(getattr(self, name)) for name in self.json_fields()}}
+        return {
+            "schema": f"{type(self).__name__}/{self.SCHEMA}",
+            **{name: to_plain(getattr(self, name)) for name in self.json_fields()},
+        }
 
     @classmethod
     def from_json(cls: type[R], obj: dict[str, Any]) -> R:
         want = f"{cls.__name__}/{cls.SCHEMA}"
         if obj.get("schema") != want:
-            raise ResultError(f"{cls.__name__}: schema {obj.get('schema')!r}, expected {want!r}; rerun the stage "
-                              "with --force to rewrite it")
+            raise ResultError(
+                f"{cls.__name__}: schema {obj.get('schema')!r}, expected {want!r}; rerun the stage "
+                "with --force to rewrite it"
+            )
         names = cls.json_fields()
         body = {k: v for k, v in obj.items() if k != "schema"}
         if unknown := sorted(set(body) - set(names)):
@@ -94,8 +98,12 @@ def provenance() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "machine": platform.machine(), "packages": versions}
+    return {
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "packages": versions,
+    }
 
 
 def save_result(run_dir: str | os.PathLike, result: StageResult, config: Any) -> Path:
@@ -124,6 +132,8 @@ def read_result(path: str | os.PathLike, result_type: type[R]) -> SavedStage:
     except (OSError, json.JSONDecodeError) as exc:
         raise ResultError(f"{path}: cannot read a stage result ({type(exc).__name__}: {exc})") from None
     if not isinstance(body, dict) or set(body) != {"result", "config", "provenance"}:
-        raise ResultError(f"{path}: expected keys result, config, provenance; got "
-                          f"{sorted(body) if isinstance(body, dict) else type(body).__name__}")
+        raise ResultError(
+            f"{path}: expected keys result, config, provenance; got "
+            f"{sorted(body) if isinstance(body, dict) else type(body).__name__}"
+        )
     return SavedStage(result_type.from_json(body["result"]), body["config"], body["provenance"])

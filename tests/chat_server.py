@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 @dataclass
@@ -27,9 +28,13 @@ Handle = Callable[[Request], tuple[int, bytes, str]]
 
 
 def completion(text: str, model: str, n: int = 1, usage: dict | None = None, finish: str = "stop") -> bytes:
-    out: dict[str, Any] = {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": model,
-                           "choices": [{"index": 0, "finish_reason": finish,
-                                        "message": {"role": "assistant", "content": text}}]}
+    out: dict[str, Any] = {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}],
+    }
     if usage is not None:
         out["usage"] = usage
     return json.dumps(out).encode()

@@ -6,14 +6,20 @@ import re
 
 import pytest
 
-from memr1.agents.answer import (ANSWER_MARKER, ANSWER_PROMPT_VERSION, SELECTION_HEADER, AnswerAgent,
-                                 answer_messages, parse_answer_output, render_context)
+from memr1.agents.answer import (
+    ANSWER_MARKER,
+    ANSWER_PROMPT_VERSION,
+    SELECTION_HEADER,
+    AnswerAgent,
+    answer_messages,
+    parse_answer_output,
+    render_context,
+)
 from memr1.agents.baselines import FullContextAnswerer, RagAnswerer, session_blocks
-from memr1.llm.generate import count_words
 from memr1.errors import ConfigError
 from memr1.eval.metrics import score
 from memr1.eval.tables import category_table
-from memr1.llm.generate import Sampling, ScriptedGenerator
+from memr1.llm.generate import Sampling, ScriptedGenerator, count_words
 from memr1.memory.embed import make_embedder
 from memr1.memory.replay import replay_observations
 
@@ -63,11 +69,12 @@ def speaker_blocks(content: str, speakers) -> dict[str, list[str]]:
 
 # --------------------------------------------------------------------------- prompt and parser
 
+
 def test_prompt_has_30_timestamped_lines_per_speaker_and_the_question(conv, questions, banks):
     assert ANSWER_PROMPT_VERSION and conv.speakers == ("Caroline", "Melanie")
     assert all(len(b) >= 30 for b in banks.values())
     q = questions[0]
-    (msgs, got), = AnswerAgent(ScriptedGenerator(str), k_per_speaker=30).prompts([q], banks)
+    ((msgs, got),) = AnswerAgent(ScriptedGenerator(str), k_per_speaker=30).prompts([q], banks)
     content = msgs[-1]["content"]
     assert question_of(msgs) == q.question
     assert SELECTION_HEADER in content and ANSWER_MARKER in content
@@ -76,9 +83,12 @@ def test_prompt_has_30_timestamped_lines_per_speaker_and_the_question(conv, ques
         assert len(blocks[sp]) == 30, sp
         assert all(TIMESTAMPED.match(line) for line in blocks[sp]), blocks[sp][:3]
         mine = [r.entry.as_context() for r in got if r.speaker == sp]
-        assert blocks[sp] == [f"- {m}" for m in mine]          # retrieval order, this speaker only
-    assert content.index("Memories of Caroline:") < content.index("Memories of Melanie:") \
+        assert blocks[sp] == [f"- {m}" for m in mine]  # retrieval order, this speaker only
+    assert (
+        content.index("Memories of Caroline:")
+        < content.index("Memories of Melanie:")
         < content.index(f"Question: {q.question}")
+    )
 
 
 def test_answer_messages_follow_the_speaker_order_and_mark_empty_banks():
@@ -88,23 +98,34 @@ def test_answer_messages_follow_the_speaker_order_and_mark_empty_banks():
     assert "between A and B" in content
 
 
-@pytest.mark.parametrize("raw, selected, answer", [
-    (f"{SELECTION_HEADER}\n- 8 May, 2023: Jon went to Paris\n- 9 May, 2023: Gina sold jackets\n"
-     f"{ANSWER_MARKER} Paris", ["8 May, 2023: Jon went to Paris", "9 May, 2023: Gina sold jackets"], "Paris"),
-    ("**Memories selected as relevant:**\n1. 8 May, 2023: a\n2) 9 May, 2023: b\n**Answer:** 7 May 2023",
-     ["8 May, 2023: a", "9 May, 2023: b"], "7 May 2023"),
-    ("* 8 May, 2023: a\n  • b\n**Answer:** yes\nextra line", ["8 May, 2023: a", "b"], "yes"),  # no header
-    ("Thinking:\n- not this\nMemories selected as relevant:\n- this\n**Answer**: x", ["this"], "x"),
-    (f"{SELECTION_HEADER}\n- 8 May, 2023: a\nParis", ["8 May, 2023: a"], f"{SELECTION_HEADER}"),  # no marker
-    ("", [], ""),
-    (None, [], ""),
-    ("**Answer:**", [], ""),
-])
+@pytest.mark.parametrize(
+    "raw, selected, answer",
+    [
+        (
+            f"{SELECTION_HEADER}\n- 8 May, 2023: Jon went to Paris\n- 9 May, 2023: Gina sold jackets\n"
+            f"{ANSWER_MARKER} Paris",
+            ["8 May, 2023: Jon went to Paris", "9 May, 2023: Gina sold jackets"],
+            "Paris",
+        ),
+        (
+            "**Memories selected as relevant:**\n1. 8 May, 2023: a\n2) 9 May, 2023: b\n**Answer:** 7 May 2023",
+            ["8 May, 2023: a", "9 May, 2023: b"],
+            "7 May 2023",
+        ),
+        ("* 8 May, 2023: a\n  • b\n**Answer:** yes\nextra line", ["8 May, 2023: a", "b"], "yes"),  # no header
+        ("Thinking:\n- not this\nMemories selected as relevant:\n- this\n**Answer**: x", ["this"], "x"),
+        (f"{SELECTION_HEADER}\n- 8 May, 2023: a\nParis", ["8 May, 2023: a"], f"{SELECTION_HEADER}"),  # no marker
+        ("", [], ""),
+        (None, [], ""),
+        ("**Answer:**", [], ""),
+    ],
+)
 def test_parse_answer_output(raw, selected, answer):
     assert parse_answer_output(raw) == (selected, answer)
 
 
 # --------------------------------------------------------------------------- plumbing proofs
+
 
 def _table(records, family):
     rows = [{"category": r.category, **score(r.answer, r.gold, r.category, family)} for r in records]
@@ -114,7 +135,7 @@ def _table(records, family):
 def test_gold_answering_policy_scores_100_and_empty_policy_scores_0(conv, questions, banks):
     assert len(questions) == 152
     gold = {q.question: q.answer for q in questions}
-    assert len(gold) == 152                                     # question text identifies the question
+    assert len(gold) == 152  # question text identifies the question
     oracle = ScriptedGenerator(lambda m: f"{SELECTION_HEADER}\n- x\n{ANSWER_MARKER} {gold[question_of(m)]}")
     records = AnswerAgent(oracle).answer(questions, banks)
     assert [r.qid for r in records] == [q.qid for q in questions]
@@ -168,6 +189,7 @@ def test_generator_returning_wrong_count_is_an_error(questions, banks):
 
 # --------------------------------------------------------------------------- baselines
 
+
 def test_full_context_truncation_keeps_the_latest_turns(conv, questions):
     turns = list(conv.turns())
     gen = CountingGenerator(lambda m: f"{ANSWER_MARKER} ok")
@@ -182,7 +204,7 @@ def test_full_context_truncation_keeps_the_latest_turns(conv, questions):
     assert [line for _, lines in blocks for line in lines] == [t.render() for t in turns[-kept:]]
     assert tokens == count_words(render_context(blocks)) <= 500
     # maximal: one more (older) turn would not fit
-    assert count_words(render_context(session_blocks(conv, turns[-kept - 1:]))) > 500
+    assert count_words(render_context(session_blocks(conv, turns[-kept - 1 :]))) > 500
     content = records[0].messages[-1]["content"]
     assert turns[-1].render() in content and f"Question: {questions[0].question}" in content
     assert conv.session_time(turns[-1].session) in content
@@ -190,7 +212,7 @@ def test_full_context_truncation_keeps_the_latest_turns(conv, questions):
 
 
 def test_full_context_with_a_tokenizer_like_counter_stays_within_budget(conv):
-    count = lambda s: len(s) // 4                               # noqa: E731  (sub-additive: estimate is low)
+    count = lambda s: len(s) // 4  # noqa: E731  (sub-additive: estimate is low)
     fc = FullContextAnswerer(ScriptedGenerator(str), count_tokens=count, max_context_tokens=700)
     blocks, note, kept = fc.context(conv)
     assert 0 < kept < 419 and count(render_context(blocks)) <= 700, note
@@ -198,9 +220,8 @@ def test_full_context_with_a_tokenizer_like_counter_stays_within_budget(conv):
 
 def test_full_context_with_a_huge_budget_drops_nothing(conv, questions):
     for budget in (None, 10**7):
-        fc = FullContextAnswerer(ScriptedGenerator(lambda m: f"{ANSWER_MARKER} ok"),
-                                 max_context_tokens=budget)
-        rec, = fc.answer(questions[:1], conv)
+        fc = FullContextAnswerer(ScriptedGenerator(lambda m: f"{ANSWER_MARKER} ok"), max_context_tokens=budget)
+        (rec,) = fc.answer(questions[:1], conv)
         assert rec.context_note.startswith("kept 419/419 turns (nothing dropped;"), rec.context_note
         content = rec.messages[-1]["content"]
         assert all(t.render() in content for t in conv.turns())
@@ -228,10 +249,11 @@ def test_rag_retrieves_the_evidence_turn_of_near_verbatim_questions(conv, questi
         assert r.context_note == "top 30 of 419 turns by similarity"
     index = rag._index["conv-26"]
     rag.answer(questions[:2], conv)
-    assert rag._index["conv-26"] is index                       # turns embedded once per conversation
+    assert rag._index["conv-26"] is index  # turns embedded once per conversation
 
 
 # --------------------------------------------------------------------------- tiny model
+
 
 def test_tiny_model_answers_end_to_end(questions, banks):
     backends = pytest.importorskip("memr1.llm.backends", reason="memr1.llm.backends not written yet")

@@ -13,9 +13,18 @@ from collections import Counter
 
 import pytest
 
-from memr1.agents import (EXTRACT_PROMPT_VERSION, MANAGER_PROMPT_VERSION, FactExtractor,
-                          HeuristicManager, MemoryManager, TurnAsFactExtractor, build_banks,
-                          manager_messages, parse_facts, related_memories)
+from memr1.agents import (
+    EXTRACT_PROMPT_VERSION,
+    MANAGER_PROMPT_VERSION,
+    FactExtractor,
+    HeuristicManager,
+    MemoryManager,
+    TurnAsFactExtractor,
+    build_banks,
+    manager_messages,
+    parse_facts,
+    related_memories,
+)
 from memr1.errors import ConfigError
 from memr1.llm.generate import GREEDY, ScriptedGenerator
 from memr1.memory.bank import MemoryBank
@@ -79,24 +88,27 @@ def observations(conv):
 
 @pytest.fixture(scope="module")
 def observation_extractor(observations):
-    return FactExtractor(ScriptedGenerator(
-        lambda m: json.dumps({"facts": observations[latest_turn(m)]})), batch_size=8)
+    return FactExtractor(ScriptedGenerator(lambda m: json.dumps({"facts": observations[latest_turn(m)]})), batch_size=8)
 
 
 # --------------------------------------------------------------------------- extraction
 
-@pytest.mark.parametrize("raw, facts, ok", [
-    ('{"facts": ["Ann likes tea", "Ann has a cat"]}', ["Ann likes tea", "Ann has a cat"], True),
-    ('Sure!\n```json\n{"facts": [" Ann likes tea "]}\n```\nHope it helps.', ["Ann likes tea"], True),
-    ('Here: {"facts": ["Ann likes tea"]} -- done', ["Ann likes tea"], True),
-    ('["Ann likes tea", "ann likes  TEA", "", "Bo runs"]', ["Ann likes tea", "Bo runs"], True),
-    ('{"facts": [1, null, {"x": "y"}, ["z"], true, "Ann likes tea"]}', ["Ann likes tea"], True),
-    ('{"facts": []}', [], True),
-    ("I could not find anything.", [], False),
-    ('{"facts": ["Ann likes', [], False),
-    ('{"facts": "Ann likes tea"}', [], False),
-    (None, [], False),
-])
+
+@pytest.mark.parametrize(
+    "raw, facts, ok",
+    [
+        ('{"facts": ["Ann likes tea", "Ann has a cat"]}', ["Ann likes tea", "Ann has a cat"], True),
+        ('Sure!\n```json\n{"facts": [" Ann likes tea "]}\n```\nHope it helps.', ["Ann likes tea"], True),
+        ('Here: {"facts": ["Ann likes tea"]} -- done', ["Ann likes tea"], True),
+        ('["Ann likes tea", "ann likes  TEA", "", "Bo runs"]', ["Ann likes tea", "Bo runs"], True),
+        ('{"facts": [1, null, {"x": "y"}, ["z"], true, "Ann likes tea"]}', ["Ann likes tea"], True),
+        ('{"facts": []}', [], True),
+        ("I could not find anything.", [], False),
+        ('{"facts": ["Ann likes', [], False),
+        ('{"facts": "Ann likes tea"}', [], False),
+        (None, [], False),
+    ],
+)
 def test_parse_facts(raw, facts, ok):
     assert parse_facts(raw) == (facts, ok)
 
@@ -146,6 +158,7 @@ def test_turn_as_fact_extractor(conv):
 
 # --------------------------------------------------------------------------- manager
 
+
 def test_manager_prompt_shows_memories_facts_and_time():
     view = [{"id": "0", "text": "Ann likes tea"}, {"id": "1", "text": "Ann has a cat"}]
     msgs = manager_messages(["Ann likes green tea"], view, "Ann", "1:56 pm on 8 May, 2023")
@@ -160,8 +173,13 @@ def test_manager_prompt_shows_memories_facts_and_time():
 
 def test_related_memories_dedupes_and_orders_by_best_score():
     bank = MemoryBank("Ann", make_embedder("hash"))
-    texts = ["Ann likes green tea", "Ann likes black coffee", "Ann has a cat named Tom",
-             "Ann has a dog", "Ann plays chess on Sundays"]
+    texts = [
+        "Ann likes green tea",
+        "Ann likes black coffee",
+        "Ann has a cat named Tom",
+        "Ann has a dog",
+        "Ann plays chess on Sundays",
+    ]
     bank.apply([Operation(OpKind.ADD, text=t) for t in texts], TurnContext(0))
     facts = ["Ann likes green tea a lot", "Ann has a cat"]
     got = related_memories(bank, facts, k_similar=2)
@@ -178,8 +196,9 @@ def test_update_keeps_the_id_and_changes_the_text():
     def fn(m):
         mems, facts = shown_memories(m), new_facts(m)
         if mems:
-            return json.dumps({"memory": [{"id": "0", "text": facts[0], "event": "UPDATE",
-                                           "old_memory": mems[0]["text"]}]})
+            return json.dumps(
+                {"memory": [{"id": "0", "text": facts[0], "event": "UPDATE", "old_memory": mems[0]["text"]}]}
+            )
         return json.dumps({"memory": [{"id": "0", "text": f, "event": "ADD"} for f in facts]})
 
     bank = MemoryBank("Caroline", make_embedder("hash"))
@@ -192,9 +211,15 @@ def test_update_keeps_the_id_and_changes_the_text():
     [after] = bank.entries()
     assert after.id == entry.id and after.text == "Caroline likes green tea"
     assert (after.created_turn, after.updated_turn, after.sources, after.session_time, after.last_op) == (
-        3, 7, ("D1:4", "D1:8"), "t2", OpKind.UPDATE)
+        3,
+        7,
+        ("D1:4", "D1:8"),
+        "t2",
+        OpKind.UPDATE,
+    )
     assert [(o.kind, o.old_text, o.new_text) for o in second.applied.ops] == [
-        (OpKind.UPDATE, "Caroline likes tea", "Caroline likes green tea")]
+        (OpKind.UPDATE, "Caroline likes tea", "Caroline likes green tea")
+    ]
 
 
 def test_step_rejects_two_items_on_one_bank_and_skips_items_without_facts():
@@ -222,17 +247,21 @@ def test_heuristic_manager_noop_update_add():
     shelter = "Caroline adopted a dog named Max in 2022 from a shelter"
     may = "Caroline adopted a dog named Max in May 2022"
     other = "Melanie painted a sunrise over the lake"
-    sim = {(a, b): float(emb.embed([a])[0] @ emb.embed([b])[0])
-           for a in (dog, violin) for b in (dog, shelter, may, other)}
-    assert sim[dog, dog] >= 0.92                       # identical → NOOP
-    assert 0.75 <= sim[dog, shelter] < 0.92            # near-duplicate → UPDATE
-    assert sim[dog, may] >= 0.75 > sim[violin, may]    # also hits the dog, which is taken → ADD
+    sim = {
+        (a, b): float(emb.embed([a])[0] @ emb.embed([b])[0]) for a in (dog, violin) for b in (dog, shelter, may, other)
+    }
+    assert sim[dog, dog] >= 0.92  # identical → NOOP
+    assert 0.75 <= sim[dog, shelter] < 0.92  # near-duplicate → UPDATE
+    assert sim[dog, may] >= 0.75 > sim[violin, may]  # also hits the dog, which is taken → ADD
     assert max(sim[dog, other], sim[violin, other]) < 0.75  # unrelated → ADD
     [s] = HeuristicManager().step([(bank, [dog, shelter, may, other, dog], TurnContext(5, "D2:1", "t"))])
     assert s.generation is None and s.result.ok and s.facts == (dog, shelter, may, other)
     assert [(o.kind, o.entry_id) for o in s.applied.ops] == [
-        (OpKind.NOOP, dog_id), (OpKind.UPDATE, dog_id), (OpKind.ADD, "caroline-2"),
-        (OpKind.ADD, "caroline-3")]
+        (OpKind.NOOP, dog_id),
+        (OpKind.UPDATE, dog_id),
+        (OpKind.ADD, "caroline-2"),
+        (OpKind.ADD, "caroline-3"),
+    ]
     assert parse_operations(s.raw, s.id_map).ops == s.result.ops
     assert new_facts(s.messages) == list(s.facts)
     assert [e.text for e in bank.entries()] == [shelter, violin, may, other]
@@ -242,12 +271,20 @@ def test_heuristic_manager_noop_update_add():
 
 # --------------------------------------------------------------------------- building banks
 
+
 @pytest.fixture(scope="module")
 def oracle_build(conv, observation_extractor, tmp_path_factory):
     store = tmp_path_factory.mktemp("agents-store")
     gen = Counting(oracle_manager)
-    res = build_banks(conv, observation_extractor, MemoryManager(gen), make_embedder("hash"),
-                      store_dir=store, until_turn=LAST, progress=False)
+    res = build_banks(
+        conv,
+        observation_extractor,
+        MemoryManager(gen),
+        make_embedder("hash"),
+        store_dir=store,
+        until_turn=LAST,
+        progress=False,
+    )
     return store, gen, res
 
 
@@ -264,8 +301,12 @@ def test_oracle_manager_fills_the_banks_with_every_fact(conv, observations, orac
         assert bank.committed_turns() == changed
     n_facts = sum(len(observations[t.render()]) for t in turns)
     shown = sum(len(s.id_map) for s in res.steps)
-    assert shown > 0 and res.op_counts() == {OpKind.ADD: n_facts, OpKind.UPDATE: 0, OpKind.DELETE: 0,
-                                             OpKind.NOOP: shown}
+    assert shown > 0 and res.op_counts() == {
+        OpKind.ADD: n_facts,
+        OpKind.UPDATE: 0,
+        OpKind.DELETE: 0,
+        OpKind.NOOP: shown,
+    }
     assert res.rejections() == Counter() and all(s.result.ok for s in res.steps)
     with_facts = [s for s in res.steps if s.facts]
     assert res.manager_calls == len(gen.batches) and sum(gen.batches) == len(with_facts)
@@ -277,8 +318,15 @@ def test_oracle_manager_fills_the_banks_with_every_fact(conv, observations, orac
 def test_rerun_with_a_store_resumes_after_the_last_commit(conv, observation_extractor, oracle_build):
     store, _, first = oracle_build
     gen = Counting(oracle_manager)
-    again = build_banks(conv, observation_extractor, MemoryManager(gen), make_embedder("hash"),
-                        store_dir=store, until_turn=LAST, progress=False)
+    again = build_banks(
+        conv,
+        observation_extractor,
+        MemoryManager(gen),
+        make_embedder("hash"),
+        store_dir=store,
+        until_turn=LAST,
+        progress=False,
+    )
     assert again.resumed_from == {sp: b.committed_turns()[-1] for sp, b in first.banks.items()}
     assert set(again.op_counts().values()) == {0} and gen.batches == [] and again.manager_calls == 0
     assert all(s.turn > again.resumed_from[s.speaker] for s in again.steps)
@@ -299,23 +347,28 @@ def test_partial_build_then_resume_equals_one_go(conv, observation_extractor, tm
         assert rest.banks[sp] == full.banks[sp] and len(full.banks[sp]) > 0
 
 
-@pytest.mark.parametrize("output, kind", [
-    ("I would add all of these facts.", RejectKind.malformed_json),
-    ('{"memory": [{"id": "7", "text": "x", "event": "DELETE"}]}', RejectKind.unknown_id),
-    ('{"memory": [{"id": "0", "text": "Caroline likes tea", "event": "MERGE"}]}', RejectKind.unknown_event),
-])
+@pytest.mark.parametrize(
+    "output, kind",
+    [
+        ("I would add all of these facts.", RejectKind.malformed_json),
+        ('{"memory": [{"id": "7", "text": "x", "event": "DELETE"}]}', RejectKind.unknown_id),
+        ('{"memory": [{"id": "0", "text": "Caroline likes tea", "event": "MERGE"}]}', RejectKind.unknown_event),
+    ],
+)
 def test_rejected_outputs_change_nothing_and_count_one_per_call(conv, output, kind):
     gen = Counting(lambda m: output)
-    res = build_banks(conv, TurnAsFactExtractor(), MemoryManager(gen), make_embedder("hash"),
-                      until_turn=LAST, progress=False)
+    res = build_banks(
+        conv, TurnAsFactExtractor(), MemoryManager(gen), make_embedder("hash"), until_turn=LAST, progress=False
+    )
     assert all(len(b) == 0 for b in res.banks.values()) and all(s.applied is None for s in res.steps)
     assert res.rejections() == Counter({kind: LAST + 1}) and sum(gen.batches) == LAST + 1
     assert set(res.op_counts().values()) == {0}
 
 
 def test_heuristic_build_accounts_for_every_fact(conv):
-    res = build_banks(conv, TurnAsFactExtractor(), HeuristicManager(), make_embedder("hash"),
-                      until_turn=LAST, progress=False)
+    res = build_banks(
+        conv, TurnAsFactExtractor(), HeuristicManager(), make_embedder("hash"), until_turn=LAST, progress=False
+    )
     counts = res.op_counts()
     assert sum(counts.values()) == LAST + 1 and counts[OpKind.DELETE] == 0
     assert sum(len(b) for b in res.banks.values()) == counts[OpKind.ADD] and res.rejections() == Counter()
@@ -323,10 +376,10 @@ def test_heuristic_build_accounts_for_every_fact(conv):
 
 def test_only_turns_that_changed_a_bank_are_committed(conv, tmp_path):
     speaker_of = lambda m: re.search(r"^Speaker: (.+)$", m[-1]["content"], re.M).group(1)  # noqa: E731
-    same_fact = FactExtractor(ScriptedGenerator(
-        lambda m: json.dumps({"facts": [f"{speaker_of(m)} likes tea"]})))
-    res = build_banks(conv, same_fact, HeuristicManager(), make_embedder("hash"), store_dir=tmp_path,
-                      until_turn=9, progress=False)
+    same_fact = FactExtractor(ScriptedGenerator(lambda m: json.dumps({"facts": [f"{speaker_of(m)} likes tea"]})))
+    res = build_banks(
+        conv, same_fact, HeuristicManager(), make_embedder("hash"), store_dir=tmp_path, until_turn=9, progress=False
+    )
     assert res.op_counts() == {OpKind.ADD: 2, OpKind.UPDATE: 0, OpKind.DELETE: 0, OpKind.NOOP: 8}
     for sp, bank in res.banks.items():
         first = next(t.position for t in conv.turns() if t.speaker == sp)
@@ -349,8 +402,9 @@ def test_tiny_model_extracts_and_manages_end_to_end(conv):
     assert [x.turn for x in extracted] == turns
     assert all(x.generation is not None and x.generation.completion_tokens <= 12 for x in extracted)
     assert all(x.ok or x.facts == () for x in extracted)
-    res = build_banks(conv, TurnAsFactExtractor(), MemoryManager(gen, short), make_embedder("hash"),
-                      until_turn=3, progress=False)
+    res = build_banks(
+        conv, TurnAsFactExtractor(), MemoryManager(gen, short), make_embedder("hash"), until_turn=3, progress=False
+    )
     assert len(res.steps) == 4 and res.manager_calls == 2
     for s in res.steps:
         assert s.generation is not None and (s.applied is not None) == s.result.ok

@@ -8,7 +8,7 @@ import random
 from memr1.memory.apply import apply_manager_output
 from memr1.memory.bank import MemoryBank
 from memr1.memory.embed import HashEmbedder
-from memr1.memory.entry import OpKind, Operation, TurnContext
+from memr1.memory.entry import Operation, OpKind, TurnContext
 from memr1.memory.ops import RejectKind, remap_ids
 
 N_OUTPUTS = 10_000
@@ -17,8 +17,10 @@ EVENTS = ["ADD", "UPDATE", "DELETE", "NONE", "NOOP", "add", "MERGE", "", None, 3
 
 def _bank() -> MemoryBank:
     bank = MemoryBank("Ann", HashEmbedder(dim=32))
-    bank.apply([Operation(OpKind.ADD, text=t) for t in ("likes tea", "has a cat", "lives in Oslo")],
-               TurnContext(0, "D1:1", "1 Jan 2024"))
+    bank.apply(
+        [Operation(OpKind.ADD, text=t) for t in ("likes tea", "has a cat", "lives in Oslo")],
+        TurnContext(0, "D1:1", "1 Jan 2024"),
+    )
     return bank
 
 
@@ -30,8 +32,10 @@ def _random_output(rng: random.Random, n_ids: int) -> str:
         return json.dumps(rng.choice([None, 1, "x", [1, 2], {"memory": "no"}, {"mem": []}, {"memory": [1, None]}]))
     items = []
     for _ in range(rng.randint(0, 4)):  # valid-shaped JSON with wrong fields
-        item = {"id": rng.choice([str(rng.randint(-1, n_ids + 1)), rng.randint(0, n_ids), None, "x"]),
-                "event": rng.choice(EVENTS)}
+        item = {
+            "id": rng.choice([str(rng.randint(-1, n_ids + 1)), rng.randint(0, n_ids), None, "x"]),
+            "event": rng.choice(EVENTS),
+        }
         if rng.random() < 0.8:
             item["text"] = rng.choice(["", "   ", "likes coffee", "a" * 600, 5, "has two cats"])
         if rng.random() < 0.2:
@@ -48,8 +52,9 @@ def test_fuzzed_outputs_never_crash_and_rejected_ones_change_nothing():
     n_rejected = n_applied = 0
     for i in range(N_OUTPUTS):
         bank = base.fork()
-        result, applied = apply_manager_output(bank, _random_output(rng, len(id_map)), id_map,
-                                               TurnContext(1, "D1:2", "2 Jan 2024"))
+        result, applied = apply_manager_output(
+            bank, _random_output(rng, len(id_map)), id_map, TurnContext(1, "D1:2", "2 Jan 2024")
+        )
         if result.ok:
             n_applied += 1
             assert applied is not None and len(applied.ops) == len(result.ops)
@@ -67,6 +72,7 @@ def test_bank_side_rejection_is_counted_and_changes_nothing():
     bank.apply([Operation(OpKind.DELETE, gone)], TurnContext(1, "D1:2"))  # map is now stale
     before = bank.fork()
     result, applied = apply_manager_output(
-        bank, '{"memory": [{"id": "1", "text": "has two cats", "event": "UPDATE"}]}', id_map, TurnContext(2))
+        bank, '{"memory": [{"id": "1", "text": "has two cats", "event": "UPDATE"}]}', id_map, TurnContext(2)
+    )
     assert applied is None and result.rejections[RejectKind.unknown_id] == 1 and bank == before
     assert result.messages[-1].startswith("bank:")

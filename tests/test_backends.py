@@ -13,8 +13,18 @@ import pytest
 from chat_server import Request, completion, error, serve
 
 from memr1.errors import ConfigError
-from memr1.llm import (BackendError, Generation, Generator, OpenAIGenerator, Sampling, ScriptedGenerator,
-                       TransformersGenerator, UnslothGenerator, load_policy, make_generator)
+from memr1.llm import (
+    BackendError,
+    Generation,
+    Generator,
+    OpenAIGenerator,
+    Sampling,
+    ScriptedGenerator,
+    TransformersGenerator,
+    UnslothGenerator,
+    load_policy,
+    make_generator,
+)
 
 SECRET = "sk-test-SECRET-do-not-leak-5678"
 
@@ -62,8 +72,7 @@ def sharp():
 
 
 def template_ids(policy, messages) -> list[int]:
-    enc = policy.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)
+    enc = policy.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     return list(enc["input_ids"])
 
 
@@ -85,8 +94,9 @@ def test_greedy_is_the_same_alone_and_inside_a_padded_batch(sharp) -> None:
     batched = TransformersGenerator(sharp, batch_size=4).generate(PROMPTS, sampling)  # batches of 4 + 2
     alone = [TransformersGenerator(sharp).generate([p], sampling)[0] for p in PROMPTS]
     assert [g.text for g in batched] == [g.text for g in alone]
-    assert [(g.prompt_tokens, g.completion_tokens) for g in batched] == \
-        [(g.prompt_tokens, g.completion_tokens) for g in alone]
+    assert [(g.prompt_tokens, g.completion_tokens) for g in batched] == [
+        (g.prompt_tokens, g.completion_tokens) for g in alone
+    ]
     assert len({g.text for g in alone}) == len(PROMPTS)  # the texts depend on the prompt
     again = TransformersGenerator(sharp, batch_size=3).generate(PROMPTS[::-1], sampling)[::-1]
     assert [g.text for g in again] == [g.text for g in alone]
@@ -104,8 +114,7 @@ def test_sampling_repeats_with_a_seed_and_changes_with_another(sharp) -> None:
 
 
 def test_identical_prompts_in_one_sampled_batch_get_different_samples(sharp) -> None:
-    out = TransformersGenerator(sharp).generate([PROMPTS[0]] * 4, Sampling(max_new_tokens=8,
-                                                                            temperature=1.0, seed=0))
+    out = TransformersGenerator(sharp).generate([PROMPTS[0]] * 4, Sampling(max_new_tokens=8, temperature=1.0, seed=0))
     assert len({g.text for g in out}) > 1  # one RNG stream for the batch, not one seed per row
 
 
@@ -200,16 +209,16 @@ def test_from_model_wraps_a_model_in_memory(tiny) -> None:
     assert (gen.name, gen.backend, gen.batch_size, gen.note) == ("in-training", "transformers", 2, "")
     assert gen.tokenizer_name == "in-training tokenizer" and isinstance(gen, Generator)
     sampling = Sampling(max_new_tokens=5)
-    assert [g.text for g in gen.generate(PROMPTS[:3], sampling)] == \
-        [g.text for g in TransformersGenerator(tiny).generate(PROMPTS[:3], sampling)]
+    assert [g.text for g in gen.generate(PROMPTS[:3], sampling)] == [
+        g.text for g in TransformersGenerator(tiny).generate(PROMPTS[:3], sampling)
+    ]
 
 
 def test_generators_without_a_tokenizer_count_whitespace_words() -> None:
     remote = OpenAIGenerator("http://127.0.0.1:9/v1", "qwen2.5:7b")  # no request made
     for gen in (ScriptedGenerator(str), remote):
         assert isinstance(gen, Generator)
-        assert (gen.count_tokens("  two\twords \n"), gen.tokenizer_name, gen.context_window) == \
-            (2, "whitespace", None)
+        assert (gen.count_tokens("  two\twords \n"), gen.tokenizer_name, gen.context_window) == (2, "whitespace", None)
 
     class GenerateOnly:  # the protocol needs count_tokens, tokenizer_name and context_window too
         name, backend = "x", "scripted"
@@ -224,8 +233,9 @@ def test_make_generator_attaches_a_lora_adapter(tmp_path) -> None:
     from peft import LoraConfig, get_peft_model
 
     policy = load_policy("tiny")
-    lora = get_peft_model(policy.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                   init_lora_weights=False))  # non-zero: changes outputs
+    lora = get_peft_model(
+        policy.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )  # non-zero: changes outputs
     lora.save_pretrained(tmp_path)
     sampling = Sampling(max_new_tokens=6)
     base = make_generator("tiny", "transformers").generate(PROMPTS[:2], sampling)
@@ -289,8 +299,16 @@ def server():
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MEMR1_LLM_API_KEY", "OPENAI_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                 "http_proxy", "https_proxy", "all_proxy"):
+    for name in (
+        "MEMR1_LLM_API_KEY",
+        "OPENAI_API_KEY",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -310,15 +328,19 @@ def test_openai_results_keep_prompt_order_under_concurrency(server: ChatServer) 
 
 def test_openai_request_body_and_path(server: ChatServer) -> None:
     prompts = [chat("Be brief.", "a"), chat("b")]
-    out = client(server.base_url).generate(prompts, Sampling(max_new_tokens=2, temperature=0.7,
-                                                             top_p=0.9, seed=41))
+    out = client(server.base_url).generate(prompts, Sampling(max_new_tokens=2, temperature=0.7, top_p=0.9, seed=41))
     assert [g.finish_reason for g in out] == ["length", "length"]
     bodies = sorted((r["body"] for r in server.requests), key=lambda b: b["seed"])
     assert [r["path"] for r in server.requests] == ["/v1/chat/completions"] * 2
     for i, body in enumerate(bodies):
         assert body["messages"] == prompts[i]
-        assert (body["model"], body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == \
-            ("served-model", 2, 0.7, 0.9, 41 + i)
+        assert (body["model"], body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (
+            "served-model",
+            2,
+            0.7,
+            0.9,
+            41 + i,
+        )
     client(server.base_url).generate(prompts[:1])  # greedy, no seed: none is sent
     assert server.requests[-1]["body"]["temperature"] == 0 and "seed" not in server.requests[-1]["body"]
 
@@ -343,8 +365,7 @@ def test_openai_gives_up_after_retries(server: ChatServer) -> None:
     assert len(server.requests) == 3 and f"{server.base_url}/chat/completions" in str(err.value)
 
 
-def test_openai_client_error_fails_at_once_without_leaking_the_key(server: ChatServer,
-                                                                   monkeypatch) -> None:
+def test_openai_client_error_fails_at_once_without_leaking_the_key(server: ChatServer, monkeypatch) -> None:
     monkeypatch.setenv("MEMR1_LLM_API_KEY", SECRET)
     server.statuses = [400]
     gen = client(server.base_url, max_retries=3)

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from memr1.errors import ConfigError, OperationError, StoreError, UnknownIdError
-from memr1.memory import (CachedEmbedder, HashEmbedder, MemoryBank, MiniLMEmbedder, Operation,
-                          OpKind, ReadOnlyBankError, TurnContext)
+from memr1.memory import (
+    CachedEmbedder,
+    HashEmbedder,
+    MemoryBank,
+    MiniLMEmbedder,
+    Operation,
+    OpKind,
+    ReadOnlyBankError,
+    TurnContext,
+)
 
 EMB = HashEmbedder(64)
 
@@ -45,10 +53,8 @@ def stored(tmp_path) -> MemoryBank:
 
 def test_add_stamps_a_new_entry(bank):
     entry = bank.get("caroline-0")
-    assert (entry.text, entry.speaker, entry.session_time) == ("Caroline adopted a dog", "Caroline",
-                                                               "day 0")
-    assert (entry.sources, entry.created_turn, entry.updated_turn, entry.last_op) == (
-        ("D1:0",), 0, 0, OpKind.ADD)
+    assert (entry.text, entry.speaker, entry.session_time) == ("Caroline adopted a dog", "Caroline", "day 0")
+    assert (entry.sources, entry.created_turn, entry.updated_turn, entry.last_op) == (("D1:0",), 0, 0, OpKind.ADD)
     assert len(bank) == 2 and bank.next_id == 2
     assert np.isclose(np.linalg.norm(bank.vector("caroline-0")), 1.0)
 
@@ -79,14 +85,17 @@ def test_noop_changes_nothing(bank):
     assert bank == before and record.counts()[OpKind.NOOP] == 1
 
 
-@pytest.mark.parametrize("ops, error", [
-    ([add("new fact"), update("caroline-9", "x")], UnknownIdError),
-    ([add("new fact"), delete("caroline-0"), delete("caroline-0")], OperationError),
-    ([update("caroline-0", "a"), delete("caroline-0")], OperationError),
-    ([add("new fact"), Operation(OpKind.ADD)], OperationError),
-    ([add("new fact"), update("caroline-1", "   ")], OperationError),
-    ([delete("caroline-0"), Operation(OpKind.DELETE)], UnknownIdError),
-])
+@pytest.mark.parametrize(
+    "ops, error",
+    [
+        ([add("new fact"), update("caroline-9", "x")], UnknownIdError),
+        ([add("new fact"), delete("caroline-0"), delete("caroline-0")], OperationError),
+        ([update("caroline-0", "a"), delete("caroline-0")], OperationError),
+        ([add("new fact"), Operation(OpKind.ADD)], OperationError),
+        ([add("new fact"), update("caroline-1", "   ")], OperationError),
+        ([delete("caroline-0"), Operation(OpKind.DELETE)], UnknownIdError),
+    ],
+)
 def test_one_bad_op_changes_nothing(stored, ops, error):
     before = stored.fork()
     with pytest.raises(error):
@@ -240,8 +249,7 @@ def test_diff_and_history(stored):
     stored.commit(2)
     d = stored.diff(0, 2)
     assert [e.id for e in d.added] == ["caroline-2"] and [e.id for e in d.deleted] == ["caroline-1"]
-    assert [(o.text, n.text) for o, n in d.updated] == [("Caroline adopted a dog",
-                                                         "Caroline has two dogs")]
+    assert [(o.text, n.text) for o, n in d.updated] == [("Caroline adopted a dog", "Caroline has two dogs")]
     assert d.apply_to(stored.checkout(0)) == stored
     with pytest.raises(StoreError):
         d.apply_to(stored.checkout(2))

@@ -25,8 +25,7 @@ def batch(bank: MemoryBank, turn: int, part: int) -> list[Operation]:
     """The operations of one batch: a function of (turn, part) and the bank's state only."""
     rng = random.Random(turn * 10 + part)
     ids = [e.id for e in bank.entries()]
-    ops = [Operation(OpKind.ADD, text=" ".join(rng.sample(WORDS, 3)))
-           for _ in range(rng.randint(1, 3))]
+    ops = [Operation(OpKind.ADD, text=" ".join(rng.sample(WORDS, 3))) for _ in range(rng.randint(1, 3))]
     for eid in rng.sample(ids, min(len(ids), 2)):
         if rng.random() < 0.5:
             ops.append(Operation(OpKind.UPDATE, eid, f"{eid} revised at {turn}.{part}"))
@@ -55,8 +54,7 @@ def child(store: str) -> None:
 def run_and_kill(store: Path, rng: random.Random, log: Path) -> int:
     """Start a child, wait for three fresh commits, SIGKILL it; the last turn it printed."""
     with open(log, "a") as err:
-        proc = subprocess.Popen([sys.executable, __file__, str(store)], stdout=subprocess.PIPE,
-                                stderr=err, text=True)
+        proc = subprocess.Popen([sys.executable, __file__, str(store)], stdout=subprocess.PIPE, stderr=err, text=True)
     printed: list[int] = []
     try:
         while len(printed) < 3:

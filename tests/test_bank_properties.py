@@ -88,7 +88,7 @@ def test_random_turns_keep_invariants(drawn):
 
 def replay(drawn: list, upto: int) -> MemoryBank:
     bank = MemoryBank("Ann", EMB)
-    for index, turn in enumerate(drawn[:upto + 1]):
+    for index, turn in enumerate(drawn[: upto + 1]):
         play(bank, turn, index)
     return bank
 

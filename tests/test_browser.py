@@ -16,8 +16,15 @@ from memr1.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +39,14 @@ def exported(data_dir, tmp_path_factory):
     old = os.environ.get("MEMR1_DATA_DIR")
     os.environ["MEMR1_DATA_DIR"] = str(data_dir)
     try:
-        run = run_pipeline("smoke", name="browser", runs_root=tmp_path_factory.mktemp("runs"), progress=False,
-                           stages=["01_locomo_data", "02_build_memory_bank"],
-                           overrides={"embedder": "hash", "bank.focus_turn": 2})
+        run = run_pipeline(
+            "smoke",
+            name="browser",
+            runs_root=tmp_path_factory.mktemp("runs"),
+            progress=False,
+            stages=["01_locomo_data", "02_build_memory_bank"],
+            overrides={"embedder": "hash", "bank.focus_turn": 2},
+        )
     finally:
         os.environ.pop("MEMR1_DATA_DIR") if old is None else os.environ.__setitem__("MEMR1_DATA_DIR", old)
     out = {}

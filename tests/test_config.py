@@ -17,8 +17,9 @@ from memr1.stages import STAGES, TOUR, TRAINERS
 from memr1.stages.locomo_data import DataConfig
 
 
-@pytest.mark.parametrize("cls", [s.config for s in (*STAGES, TOUR)] + [c for c, _ in TRAINERS.values()],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [s.config for s in (*STAGES, TOUR)] + [c for c, _ in TRAINERS.values()], ids=lambda c: c.__name__
+)
 def test_every_field_has_a_docstring(cls):
     docs = cls.field_docs()
     assert [f.name for f in dataclasses.fields(cls)] == list(docs)

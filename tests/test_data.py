@@ -32,14 +32,24 @@ def test_adversarial_loadable_but_excluded(locomo):
     assert len(adv) == 446 and all(q.adversarial_answer is not None or q.answer for q in adv)
     assert all(q.category != 5 for q in split_questions(locomo, "test"))
     assert len(split_questions(locomo, "test", include_adversarial=True)) == 1307 + sum(
-        q.sample_id not in ("conv-26", "conv-30") for q in adv)
+        q.sample_id not in ("conv-26", "conv-30") for q in adv
+    )
 
 
 def test_category_names_both_schemes():
     assert [category_name(i) for i in (1, 2, 3, 4, 5)] == [
-        "multi-hop", "temporal", "open-domain", "single-hop", "adversarial"]
+        "multi-hop",
+        "temporal",
+        "open-domain",
+        "single-hop",
+        "adversarial",
+    ]
     assert [category_name(i, "memory-r1") for i in (1, 2, 3, 4)] == [
-        "Single Hop", "Temporal", "Multi-Hop", "Open Domain"]
+        "Single Hop",
+        "Temporal",
+        "Multi-Hop",
+        "Open Domain",
+    ]
     with pytest.raises(ConfigError, match="scheme"):
         category_name(1, "mem0")
     with pytest.raises(ConfigError, match="category 9"):
@@ -86,14 +96,28 @@ def _write(tmp_path, obj_or_text):
 
 
 def _tiny_conv(**overrides):
-    conv = {"sample_id": "conv-x", "conversation": {
-        "speaker_a": "A", "speaker_b": "B", "session_1_date_time": "1 Jan 2023",
-        "session_1": [{"speaker": "A", "dia_id": "D1:1", "text": "hi"},
-                      {"speaker": "B", "dia_id": "D1:2", "text": "I got a dog", "blip_caption": "a dog"}]},
-        "qa": [{"question": "What did B get?", "answer": "a dog", "evidence": ["D1:2", "D1:02", "D7:7", "X"],
-                "category": 4}],
+    conv = {
+        "sample_id": "conv-x",
+        "conversation": {
+            "speaker_a": "A",
+            "speaker_b": "B",
+            "session_1_date_time": "1 Jan 2023",
+            "session_1": [
+                {"speaker": "A", "dia_id": "D1:1", "text": "hi"},
+                {"speaker": "B", "dia_id": "D1:2", "text": "I got a dog", "blip_caption": "a dog"},
+            ],
+        },
+        "qa": [
+            {
+                "question": "What did B get?",
+                "answer": "a dog",
+                "evidence": ["D1:2", "D1:02", "D7:7", "X"],
+                "category": 4,
+            }
+        ],
         "observation": {"session_1_observation": {"B": [["B got a dog.", "D1:2"]]}},
-        "session_summary": {"session_1_summary": "They talk."}}
+        "session_summary": {"session_1_summary": "They talk."},
+    }
     conv.update(overrides)
     return conv
 

@@ -48,12 +48,15 @@ def overlap_reward(completions, gold, **kwargs):
     return out
 
 
-SHORT_ROWS = [{"prompt": chat(q), "gold": a} for q, a in [
-    ("Where did Caroline move from 4 years ago?", "Sweden"),
-    ("How many children does Melanie have?", "3"),
-    ("What instrument is Tim learning to play?", "violin"),
-    ("Where did Calvin attend a music festival in April 2023?", "Tokyo"),
-]]
+SHORT_ROWS = [
+    {"prompt": chat(q), "gold": a}
+    for q, a in [
+        ("Where did Caroline move from 4 years ago?", "Sweden"),
+        ("How many children does Melanie have?", "3"),
+        ("What instrument is Tim learning to play?", "violin"),
+        ("Where did Calvin attend a music festival in April 2023?", "Tokyo"),
+    ]
+]
 
 
 # ----------------------------------------------------------------------------- learning
@@ -64,8 +67,16 @@ SHORT_ROWS = [{"prompt": chat(q), "gold": a} for q, a in [
 # token is suppressed) and one token each, so a random 100k-parameter model hits the gold with
 # probability about 1/17 and GRPO gets a signal. The reward is the plain EM of the Answer-Agent
 # parser. What it can learn in 16 steps is mostly the answer prior ("two" and "beach" up).
-LEARN_QIDS = ("conv-41:q62", "conv-42:q52", "conv-47:q20", "conv-49:q3", "conv-49:q6",
-              "conv-41:q41", "conv-48:q40", "conv-49:q65")
+LEARN_QIDS = (
+    "conv-41:q62",
+    "conv-42:q52",
+    "conv-47:q20",
+    "conv-49:q3",
+    "conv-49:q6",
+    "conv-41:q41",
+    "conv-48:q40",
+    "conv-49:q65",
+)
 
 
 def one_token(tok, text: str) -> int | None:
@@ -90,8 +101,9 @@ def learning_task(locomo, tok):
                 memories[obs.speaker].append(f"{conv.session_time(obs.session)}: {obs.text}")
         token = one_token(tok, qa.answer)
         assert token is not None, f"{qid}: gold {qa.answer!r} is not one token of the tiny tokenizer"
-        rows.append({"prompt": answer_messages(qa.question, memories, list(conv.speakers)),
-                     "gold": qa.answer, "token": token})
+        rows.append(
+            {"prompt": answer_messages(qa.question, memories, list(conv.speakers)), "gold": qa.answer, "token": token}
+        )
     allowed = {one_token(tok, q.answer) for q in locomo.questions()} - {None}
     assert len(allowed) >= 8
     return rows, [i for i in range(len(tok)) if i not in allowed]
@@ -104,8 +116,9 @@ def gold_logps(model, tok, rows) -> list[float]:
     out = []
     with torch.no_grad():
         for row in rows:
-            enc = tok.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True,
-                                          return_dict=True, return_tensors="pt")
+            enc = tok.apply_chat_template(
+                row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
             logits = model(input_ids=enc["input_ids"]).logits[0, -1].float()
             out.append(torch.log_softmax(logits, -1)[row["token"]].item())
     return out
@@ -125,16 +138,28 @@ def test_grpo_raises_logp_of_rewarded_answers_only_when_it_learns(locomo, tmp_pa
     base = load_policy(path)
     rows, suppress = learning_task(locomo, base.tokenizer)
     before = gold_logps(base.model, base.tokenizer, rows)
-    cfg = GRPOSettings(**{**FAST, "model": path, "steps": 16, "learning_rate": lr, "num_generations": 8,
-                          "batch_size": 8, "max_completion_length": 1})
-    result = run_grpo(cfg, rows, [answer_em_reward], run_dir=tmp_path / "run", seed=0,
-                      generation_kwargs={"suppress_tokens": suppress})
+    cfg = GRPOSettings(
+        **{
+            **FAST,
+            "model": path,
+            "steps": 16,
+            "learning_rate": lr,
+            "num_generations": 8,
+            "batch_size": 8,
+            "max_completion_length": 1,
+        }
+    )
+    result = run_grpo(
+        cfg, rows, [answer_em_reward], run_dir=tmp_path / "run", seed=0, generation_kwargs={"suppress_tokens": suppress}
+    )
     trained = make_generator(path, "transformers", lora_path=str(result.adapter_path)).model
     after = gold_logps(trained, base.tokenizer, rows)
     rise = sum(after) / len(after) - sum(before) / len(before)
     rewards = [e["reward"] for e in result.step_logs()]
-    note = (f"lr={lr}: mean log p(gold) {sum(before) / 8:.3f} -> {sum(after) / 8:.3f} (rise {rise:+.3f}); "
-            f"mean reward first/last 8 steps {sum(rewards[:8]) / 8:.3f}/{sum(rewards[8:]) / 8:.3f}")
+    note = (
+        f"lr={lr}: mean log p(gold) {sum(before) / 8:.3f} -> {sum(after) / 8:.3f} (rise {rise:+.3f}); "
+        f"mean reward first/last 8 steps {sum(rewards[:8]) / 8:.3f}/{sum(rewards[8:]) / 8:.3f}"
+    )
     print(note)
     assert result.steps == 16 and len(rewards) == 16
     if lr > 0:
@@ -161,8 +186,17 @@ def resume_logs(tmp_path: Path, name: str):
 
     def cfg(**kw):
         # 4 rows, 1 prompt per step: an epoch is 4 steps, so the resume at 6 lands inside epoch 2
-        return GRPOSettings(**{**FAST, "steps": 8, "save_every": 2, "eval_every": 2, "learning_rate": 1e-2,
-                               "max_completion_length": 8, **kw})
+        return GRPOSettings(
+            **{
+                **FAST,
+                "steps": 8,
+                "save_every": 2,
+                "eval_every": 2,
+                "learning_rate": 1e-2,
+                "max_completion_length": 8,
+                **kw,
+            }
+        )
 
     def at(run):
         return dict(run_dir=tmp_path / name / run, seed=0)
@@ -213,13 +247,23 @@ def test_adapter_tensorboard_and_validation_em(tmp_path):
 
     def validator(model, tok):
         texts = greedy_completions(model, tok, [r["prompt"] for r in SHORT_ROWS], 8)
-        scores = answer_em_reward([[{"role": "assistant", "content": t}] for t in texts],
-                                  gold=[r["gold"] for r in SHORT_ROWS])
+        scores = answer_em_reward(
+            [[{"role": "assistant", "content": t}] for t in texts], gold=[r["gold"] for r in SHORT_ROWS]
+        )
         return {"eval/em": sum(scores) / len(scores)}
 
     run = tmp_path / "run"
-    cfg = GRPOSettings(**{**FAST, "steps": 4, "eval_every": 2, "save_every": 2, "learning_rate": 5e-2,
-                          "max_completion_length": 8, "verify_adapter": True})
+    cfg = GRPOSettings(
+        **{
+            **FAST,
+            "steps": 4,
+            "eval_every": 2,
+            "save_every": 2,
+            "learning_rate": 5e-2,
+            "max_completion_length": 8,
+            "verify_adapter": True,
+        }
+    )
     result = run_grpo(cfg, SHORT_ROWS, [overlap_reward], run_dir=run, seed=0, validator=validator)
 
     adapter = result.adapter_path
@@ -260,10 +304,21 @@ def teacher_store(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_answer_agent_on_conv26_validates_on_conv30(data_dir, tmp_path, teacher_store):
-    cfg = AnswerTrainConfig(**{**STAGE_FAST, "data_dir": str(data_dir), "run_dir": str(tmp_path / "aa"), "steps": 2,
-                               "store_dir": teacher_store,
-                               "eval_every": 2, "eval_limit": 3, "train_limit": 4, "k_per_speaker": 5,
-                               "max_completion_length": 8, "verify_adapter": True})
+    cfg = AnswerTrainConfig(
+        **{
+            **STAGE_FAST,
+            "data_dir": str(data_dir),
+            "run_dir": str(tmp_path / "aa"),
+            "steps": 2,
+            "store_dir": teacher_store,
+            "eval_every": 2,
+            "eval_limit": 3,
+            "train_limit": 4,
+            "k_per_speaker": 5,
+            "max_completion_length": 8,
+            "verify_adapter": True,
+        }
+    )
     result = train_answer.run(cfg)
     assert result.steps == 2 and (result.adapter_path / "adapter_model.safetensors").is_file()
     assert result.eval_history == [{"step": 2, "eval/em": result.eval_history[0]["eval/em"], "eval/n": 3.0}]
@@ -274,10 +329,20 @@ def test_train_answer_agent_on_conv26_validates_on_conv30(data_dir, tmp_path, te
 
 @pytest.mark.slow
 def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_path, teacher_store):
-    cfg = ManagerTrainConfig(**{**STAGE_FAST, "data_dir": str(data_dir), "run_dir": str(tmp_path / "mm"), "steps": 2,
-                                "store_dir": teacher_store,
-                                "eval_every": 2, "eval_limit": 2, "train_limit": 4, "k_per_speaker": 5,
-                                "max_completion_length": 8})
+    cfg = ManagerTrainConfig(
+        **{
+            **STAGE_FAST,
+            "data_dir": str(data_dir),
+            "run_dir": str(tmp_path / "mm"),
+            "steps": 2,
+            "store_dir": teacher_store,
+            "eval_every": 2,
+            "eval_limit": 2,
+            "train_limit": 4,
+            "k_per_speaker": 5,
+            "max_completion_length": 8,
+        }
+    )
     result = train_manager.run(cfg)
     assert result.steps == 2 and result.eval_history[0]["eval/n"] == 2.0
     assert all("rewards/manager_em/mean" in e for e in result.step_logs())
@@ -291,8 +356,17 @@ def test_memr1_train_manager_writes_the_op_mix_to_metrics_json(data_dir, tmp_pat
     from memr1.rl.rewards import OP_KINDS
 
     run_dir = tmp_path / "cli"
-    params = {**STAGE_FAST, "data_dir": data_dir, "run_dir": run_dir, "store_dir": teacher_store, "steps": 1,
-              "train_limit": 1, "eval_limit": 1, "k_per_speaker": 5, "max_completion_length": 8}
+    params = {
+        **STAGE_FAST,
+        "data_dir": data_dir,
+        "run_dir": run_dir,
+        "store_dir": teacher_store,
+        "steps": 1,
+        "train_limit": 1,
+        "eval_limit": 1,
+        "k_per_speaker": 5,
+        "max_completion_length": 8,
+    }
     assert main(["train", "manager", *[a for k, v in params.items() for a in ("-p", f"{k}={v}")]]) == 0
     saved = read_result(run_dir, ManagerTrainResult)
     mix = saved.result.op_mix
@@ -306,20 +380,23 @@ def test_memr1_train_manager_writes_the_op_mix_to_metrics_json(data_dir, tmp_pat
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"batch_size": 6, "num_generations": 4}, "multiple of num_generations"),
-    ({"num_generations": 1, "batch_size": 1}, "num_generations must be >= 2"),
-    ({"backend": "jax"}, "backend must be one of"),
-    ({"embedder": "bert"}, "embedder must be one of"),
-    ({"steps": 0}, "steps must be >= 1"),
-    ({"learning_rate": -1e-5}, "learning_rate must be >= 0"),
-    ({"temperature": 0.0}, "temperature must be > 0"),
-    ({"train_limit": -2}, "train_limit must be >= -1"),
-    ({"steps": "four"}, "steps must be int"),  # "4" is parsed as 4 (memr1.config.parse_value)
-    ({"resume": 1}, "resume must be bool"),
-    ({"profile": "huge"}, "unknown profile"),
-    ({"lr": 1e-5}, "no field"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"batch_size": 6, "num_generations": 4}, "multiple of num_generations"),
+        ({"num_generations": 1, "batch_size": 1}, "num_generations must be >= 2"),
+        ({"backend": "jax"}, "backend must be one of"),
+        ({"embedder": "bert"}, "embedder must be one of"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"learning_rate": -1e-5}, "learning_rate must be >= 0"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"train_limit": -2}, "train_limit must be >= -1"),
+        ({"steps": "four"}, "steps must be int"),  # "4" is parsed as 4 (memr1.config.parse_value)
+        ({"resume": 1}, "resume must be bool"),
+        ({"profile": "huge"}, "unknown profile"),
+        ({"lr": 1e-5}, "no field"),
+    ],
+)
 def test_config_errors(params, message):
     with pytest.raises(ConfigError, match=message):
         AnswerTrainConfig.from_params(params)
@@ -339,8 +416,9 @@ def test_config_docs_are_papermill_safe_and_errors_are_typed(tmp_path):
     with pytest.raises(TrainingError, match="no training rows"):
         run_grpo(GRPOSettings(**FAST), [], [overlap_reward], run_dir=tmp_path / "r", seed=0)
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):  # refused before any model is loaded
-        run_grpo(GRPOSettings(**{**FAST, "backend": "unsloth"}), SHORT_ROWS, [overlap_reward],
-                 run_dir=tmp_path / "u", seed=0)
+        run_grpo(
+            GRPOSettings(**{**FAST, "backend": "unsloth"}), SHORT_ROWS, [overlap_reward], run_dir=tmp_path / "u", seed=0
+        )
     with pytest.raises(ConfigError, match="neither an answer-agent run dir"):
         resolve_answer_model(str(tmp_path), "tiny")
     assert resolve_answer_model("", "tiny") == ("tiny", "")
@@ -348,7 +426,13 @@ def test_config_docs_are_papermill_safe_and_errors_are_typed(tmp_path):
 
 def test_defaults_resolve_to_a_smoke_run():
     cfg = AnswerTrainConfig().resolved()
-    assert (cfg.model, cfg.backend, cfg.train_limit, cfg.temperature, cfg.beta) == ("tiny", "transformers", 20, 1.0, 0.0)
+    assert (cfg.model, cfg.backend, cfg.train_limit, cfg.temperature, cfg.beta) == (
+        "tiny",
+        "transformers",
+        20,
+        1.0,
+        0.0,
+    )
     assert cfg.batch_size % cfg.num_generations == 0 and cfg.steps <= 8
     assert ManagerTrainConfig().run_dir != AnswerTrainConfig().run_dir
 
@@ -387,9 +471,24 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     script = tmp_path / "launch_grpo.py"
     script.write_text(textwrap.dedent(ACCELERATE_SCRIPT))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           "29571", str(script), str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29571",
+        str(script),
+        str(tmp_path / "run"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -6,14 +6,22 @@ import hashlib
 import json
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from chat_server import Request, completion, error, serve
 
 from memr1.errors import ConfigError, JudgeError
-from memr1.eval.judge import (JUDGE_PROMPT, PROMPT_VERSION, JudgeConfig, JudgeParseError, LLMJudge,
-                              Verdict, parse_verdict)
+from memr1.eval.judge import (
+    JUDGE_PROMPT,
+    PROMPT_VERSION,
+    JudgeConfig,
+    JudgeParseError,
+    LLMJudge,
+    Verdict,
+    parse_verdict,
+)
 
 SECRET = "sk-test-SECRET-do-not-leak-1234"
 OK_JSON = '{"reason": "Both say Paris.", "label": "CORRECT"}'
@@ -43,9 +51,18 @@ class ChatServer:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MEMR1_JUDGE_API_KEY", "OPENAI_API_KEY", "MEMR1_JUDGE_BASE_URL",
-                 "MEMR1_JUDGE_MODEL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
-                 "https_proxy", "all_proxy"):
+    for name in (
+        "MEMR1_JUDGE_API_KEY",
+        "OPENAI_API_KEY",
+        "MEMR1_JUDGE_BASE_URL",
+        "MEMR1_JUDGE_MODEL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -64,25 +81,34 @@ def make(base_url: str, **kw: Any) -> LLMJudge:
 # ----------------------------------------------------------------------------- parse_verdict
 
 
-@pytest.mark.parametrize("text, label, reason", [
-    ('{"reason": "Same fact.", "label": "CORRECT"}', "CORRECT", "Same fact."),
-    ('{"label": "wrong"}', "WRONG", ""),
-    ('Sure.\n```json\n{"reason": "Other city.", "label": "Wrong"}\n```\nHope it helps',
-     "WRONG", "Other city."),
-    ('{"Label": "CORRECT.", "Reason": "ok"}', "CORRECT", "ok"),
-    ('<think>maybe {"label": "WRONG"}</think>{"reason": "r", "label": "CORRECT"}', "CORRECT", "r"),
-    ("{'reason': 'same', 'label': 'correct'}", "CORRECT", ""),
-    ("label: wrong", "WRONG", ""),
-    ("The years differ.\nWRONG", "WRONG", "The years differ. WRONG"),
-])
+@pytest.mark.parametrize(
+    "text, label, reason",
+    [
+        ('{"reason": "Same fact.", "label": "CORRECT"}', "CORRECT", "Same fact."),
+        ('{"label": "wrong"}', "WRONG", ""),
+        ('Sure.\n```json\n{"reason": "Other city.", "label": "Wrong"}\n```\nHope it helps', "WRONG", "Other city."),
+        ('{"Label": "CORRECT.", "Reason": "ok"}', "CORRECT", "ok"),
+        ('<think>maybe {"label": "WRONG"}</think>{"reason": "r", "label": "CORRECT"}', "CORRECT", "r"),
+        ("{'reason': 'same', 'label': 'correct'}", "CORRECT", ""),
+        ("label: wrong", "WRONG", ""),
+        ("The years differ.\nWRONG", "WRONG", "The years differ. WRONG"),
+    ],
+)
 def test_parse_verdict_reads_label(text: str, label: str, reason: str) -> None:
     assert parse_verdict(text) == (label, reason)
 
 
-@pytest.mark.parametrize("text", [
-    "", "I am not sure.", "CORRECT or WRONG", '{"label": "maybe"}', '{"reason": "no label"}',
-    "the answer is correct",  # bare words count only in upper case
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "I am not sure.",
+        "CORRECT or WRONG",
+        '{"label": "maybe"}',
+        '{"reason": "no label"}',
+        "the answer is correct",  # bare words count only in upper case
+    ],
+)
 def test_parse_verdict_raises_when_it_cannot_tell(text: str) -> None:
     with pytest.raises(JudgeParseError):
         parse_verdict(text)
@@ -106,11 +132,14 @@ def test_correct_label_and_request_body(server: ChatServer) -> None:
         assert part in prompt
 
 
-@pytest.mark.parametrize("content, label", [
-    ('Here is my grade:\n```json\n{"reason": "Different year.", "label": "WRONG"}\n```', "WRONG"),
-    ('I think {"reason": "Same date.", "label": "correct"} is right.', "CORRECT"),
-    ('{"reason": "x", "label": "wrong"}', "WRONG"),
-])
+@pytest.mark.parametrize(
+    "content, label",
+    [
+        ('Here is my grade:\n```json\n{"reason": "Different year.", "label": "WRONG"}\n```', "WRONG"),
+        ('I think {"reason": "Same date.", "label": "correct"} is right.', "CORRECT"),
+        ('{"reason": "x", "label": "wrong"}', "WRONG"),
+    ],
+)
 def test_tolerant_replies(server: ChatServer, content: str, label: str) -> None:
     server.replies = [(200, content, 0.0)]
     v = make(server.base_url).judge("q", "gold", "pred")
@@ -144,10 +173,12 @@ def test_always_503_fails_after_retries(server: ChatServer) -> None:
     assert server.base_url in str(err.value)
 
 
-@pytest.mark.parametrize("status, hint", [(401, "MEMR1_JUDGE_API_KEY"), (403, "API key"),
-                                          (404, "base_url"), (400, "json_mode")])
-def test_client_error_fails_at_once_without_leaking_key(server: ChatServer, status: int,
-                                                        hint: str, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "status, hint", [(401, "MEMR1_JUDGE_API_KEY"), (403, "API key"), (404, "base_url"), (400, "json_mode")]
+)
+def test_client_error_fails_at_once_without_leaking_key(
+    server: ChatServer, status: int, hint: str, monkeypatch
+) -> None:
     monkeypatch.setenv("MEMR1_JUDGE_API_KEY", SECRET)
     server.replies = [(status, "Incorrect API key provided", 0.0)]
     judge = make(server.base_url, max_retries=3)
@@ -197,11 +228,14 @@ def test_unparseable_after_retries(server: ChatServer) -> None:
     assert len(server.requests) == 3
 
 
-@pytest.mark.parametrize("env, sent", [
-    ({"MEMR1_JUDGE_API_KEY": SECRET, "OPENAI_API_KEY": "sk-other"}, f"Bearer {SECRET}"),
-    ({"OPENAI_API_KEY": "sk-openai"}, "Bearer sk-openai"),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "env, sent",
+    [
+        ({"MEMR1_JUDGE_API_KEY": SECRET, "OPENAI_API_KEY": "sk-other"}, f"Bearer {SECRET}"),
+        ({"OPENAI_API_KEY": "sk-openai"}, "Bearer sk-openai"),
+        ({}, None),
+    ],
+)
 def test_authorization_header_from_env(server: ChatServer, monkeypatch, env, sent) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -216,8 +250,7 @@ def test_key_is_read_at_call_time(server: ChatServer, monkeypatch) -> None:
     assert server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
 
 
-def test_cache_hits_make_no_request_and_survive_a_new_instance(server, tmp_path,
-                                                               monkeypatch) -> None:
+def test_cache_hits_make_no_request_and_survive_a_new_instance(server, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MEMR1_JUDGE_API_KEY", SECRET)
     path = tmp_path / "sub" / "judge.sqlite"
     first = make(server.base_url, cache_path=str(path))
@@ -276,8 +309,7 @@ def test_config_from_env_and_validation(monkeypatch) -> None:
     monkeypatch.setenv("MEMR1_JUDGE_BASE_URL", "http://10.0.0.5:11434/v1")
     monkeypatch.setenv("MEMR1_JUDGE_MODEL", "qwen2.5:7b")
     cfg = JudgeConfig.from_env(max_retries=1)
-    assert (cfg.base_url, cfg.model, cfg.max_retries) == ("http://10.0.0.5:11434/v1",
-                                                          "qwen2.5:7b", 1)
+    assert (cfg.base_url, cfg.model, cfg.max_retries) == ("http://10.0.0.5:11434/v1", "qwen2.5:7b", 1)
     assert set(JudgeConfig.field_docs()) == {f for f in cfg.to_dict()}  # every field documented
     monkeypatch.delenv("MEMR1_JUDGE_MODEL")
     with pytest.raises(ConfigError, match="MEMR1_JUDGE_MODEL"):
@@ -289,7 +321,7 @@ def test_config_from_env_and_validation(monkeypatch) -> None:
 
 
 def test_prompt_is_our_own() -> None:
-    # Mem0's ACCURACY_PROMPT must not be copied (DESIGN §3 / brief); spot-check its phrasing.
+    # Mem0's ACCURACY_PROMPT must not be copied (docs/design.md §Metrics); spot-check its phrasing.
     assert "Your task is to label an answer" not in JUDGE_PROMPT
     assert "generous with your grading" not in JUDGE_PROMPT
     assert JUDGE_PROMPT.format(question="{x}", gold="g", prediction="p").count("{x}") == 1

@@ -14,10 +14,23 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "memr1"
 LAYERS = [
-    {"memr1", "memr1.errors", "memr1.paths", "memr1.files", "memr1.jsontext", "memr1.seeding", "memr1.config",
-     "memr1.runs"},
-    {"memr1.data"}, {"memr1.memory"}, {"memr1.llm"}, {"memr1.agents"}, {"memr1.rl", "memr1.eval"},
-    {"memr1.stages"}, {"memr1.pipeline", "memr1.cli"},
+    {
+        "memr1",
+        "memr1.errors",
+        "memr1.paths",
+        "memr1.files",
+        "memr1.jsontext",
+        "memr1.seeding",
+        "memr1.config",
+        "memr1.runs",
+    },
+    {"memr1.data"},
+    {"memr1.memory"},
+    {"memr1.llm"},
+    {"memr1.agents"},
+    {"memr1.rl", "memr1.eval"},
+    {"memr1.stages"},
+    {"memr1.pipeline", "memr1.cli"},
 ]
 
 
@@ -49,8 +62,11 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.split(".")[0] in ("memr1", "widgets"):
                 out.add(node.module)
-                out |= {f"{node.module}.{a.name}" for a in node.names
-                        if (PKG.parent / node.module.replace(".", "/") / f"{a.name}.py").exists()}
+                out |= {
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if (PKG.parent / node.module.replace(".", "/") / f"{a.name}.py").exists()
+                }
     return out
 
 
@@ -67,8 +83,10 @@ def test_no_upward_import(module):
     mine = layer_of(module)
     for target in sorted(GRAPH[module]):
         assert not target.startswith("widgets"), f"{module} imports {target}: memr1 never imports widgets"
-        assert layer_of(target) <= mine, (f"{module} (layer {mine}) imports {target} (layer {layer_of(target)}): "
-                                          "library modules take plain values and never reach up")
+        assert layer_of(target) <= mine, (
+            f"{module} (layer {mine}) imports {target} (layer {layer_of(target)}): "
+            "library modules take plain values and never reach up"
+        )
 
 
 def test_no_import_cycle():
@@ -81,7 +99,7 @@ def test_no_import_cycle():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                cycle = path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt, path + [nxt])

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from memr1.errors import ConfigError, ModelLoadError
-from memr1.llm import build_tiny_model, load_policy, tiny_model_path
-from memr1.llm import tiny, unsloth_guard
+from memr1.llm import build_tiny_model, load_policy, tiny, tiny_model_path, unsloth_guard
 from memr1.llm.load import resolve_backend
 
 TEXTS = [
@@ -57,7 +56,7 @@ def _greedy(path, prompt="Hello Caroline, how was 8 May 2023?", n=6):
     ids = tok(prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[0, ids["input_ids"].shape[1]:].tolist()
+    return out[0, ids["input_ids"].shape[1] :].tolist()
 
 
 # --------------------------------------------------------------------------- tiny model

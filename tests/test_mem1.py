@@ -9,15 +9,34 @@ import re
 
 import pytest
 
-from memr1.agents.mem1 import (WHITESPACE, Action, Episode, TurnRecord, build_context, format_docs,
-                               parse_action, render_turn, run_episode, task_prompt, turns_hint)
+from memr1.agents.mem1 import (
+    WHITESPACE,
+    Action,
+    Episode,
+    TurnRecord,
+    build_context,
+    format_docs,
+    parse_action,
+    render_turn,
+    run_episode,
+    task_prompt,
+    turns_hint,
+)
 from memr1.data.corpus import Corpus, Passage
-from memr1.memory.passages import make_retriever
 from memr1.data.tasks import Objective, Task, make_tasks
 from memr1.errors import ConfigError, DataFormatError, DataNotFoundError
-from memr1.eval.mem1_metrics import (GOLD, aggregate, dependency, episode_metrics, gold_max_turns, peak_ratio,
-                                     run_episodes, score_answer)
+from memr1.eval.mem1_metrics import (
+    GOLD,
+    aggregate,
+    dependency,
+    episode_metrics,
+    gold_max_turns,
+    peak_ratio,
+    run_episodes,
+    score_answer,
+)
 from memr1.llm.generate import ScriptedGenerator
+from memr1.memory.passages import make_retriever
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -33,14 +52,16 @@ def hotpot(data_dir):
 
 def _toy_task(n: int = 2) -> Task:
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
-    corpus = Corpus("toy", tuple(Passage(f"p{i}", w.title(), f"{w} fact number {i} about {w}s")
-                                 for i, w in enumerate(words)))
+    corpus = Corpus(
+        "toy", tuple(Passage(f"p{i}", w.title(), f"{w} fact number {i} about {w}s") for i, w in enumerate(words))
+    )
     objs = tuple(Objective(f"q{k}", f"What is {words[k]}?", (f"ans{k}",), (f"p{k}",)) for k in range(n))
     return Task("toy-task", "toy", objs, corpus)
 
 
 def _counting_policy(answer_turn: int) -> ScriptedGenerator:
     """Writes state and query numbered by turn (read back from its own last state), junk around them."""
+
     def act(messages):
         prev = parse_action(messages[-2]["content"]) if len(messages) >= 3 else Action("")
         t = int(prev.state.split()[-1]) + 1 if prev.state else 0
@@ -48,6 +69,7 @@ def _counting_policy(answer_turn: int) -> ScriptedGenerator:
             return f"<IS>state {t}</IS><answer>ans0 ; wrong</answer>"
         word = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"][t % 6]
         return f"thinking aloud {t} <IS>state {t}</IS>\n<query>{word}</query> trailing junk <info>fake</info>"
+
     return ScriptedGenerator(act, name="counting")
 
 
@@ -56,16 +78,17 @@ def _counting_policy(answer_turn: int) -> ScriptedGenerator:
 
 def test_mem1_context_holds_only_prompt_last_state_query_info():
     task = _toy_task()
-    ep = run_episode(task, _counting_policy(5), make_retriever(task.corpus), "mem1", max_turns=6,
-                     score=score_answer)
+    ep = run_episode(task, _counting_policy(5), make_retriever(task.corpus), "mem1", max_turns=6, score=score_answer)
     assert len(ep.turns) == 6 and ep.stop == "answer"
     prompt = task_prompt(task)
     assert ep.turns[0].context == [{"role": "user", "content": f"{prompt}\n\n[6 turns left]"}]
     for t in range(1, 6):
         prev = ep.turns[t - 1]
-        expected = [{"role": "user", "content": prompt},
-                    {"role": "assistant", "content": f"<IS>state {t - 1}</IS>\n<query>{prev.query}</query>"},
-                    {"role": "user", "content": f"<info>\n{prev.info}\n</info>\n{turns_hint(6 - t)}"}]
+        expected = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": f"<IS>state {t - 1}</IS>\n<query>{prev.query}</query>"},
+            {"role": "user", "content": f"<info>\n{prev.info}\n</info>\n{turns_hint(6 - t)}"},
+        ]
         assert ep.turns[t].context == expected
         assert prev.info == format_docs(make_retriever(task.corpus).search(prev.query, 3))
         text = "".join(m["content"] for m in ep.turns[t].context)
@@ -83,8 +106,9 @@ def test_full_mode_keeps_every_turn():
     ep = run_episode(task, _counting_policy(5), None, "full", max_turns=6, score=score_answer)
     for t, rec in enumerate(ep.turns):
         assert len(rec.context) == 1 + 2 * t
-        assert [m["content"] for m in rec.context[1::2]] == [render_turn(f"state {s}", ep.turns[s].query)
-                                                              for s in range(t)]
+        assert [m["content"] for m in rec.context[1::2]] == [
+            render_turn(f"state {s}", ep.turns[s].query) for s in range(t)
+        ]
         infos = [m["content"] for m in rec.context[2::2]]
         assert all(i.startswith(f"<info>\n{ep.turns[s].info}\n</info>") for s, i in enumerate(infos))
     mem1 = run_episode(task, _counting_policy(5), None, "mem1", max_turns=6, score=score_answer)
@@ -96,11 +120,12 @@ def test_truncate_keeps_newest_turns_within_budget():
     task = _toy_task()
     history = [(f"s{i}", f"q{i}", f"docs of turn {i} " * 5) for i in range(4)]
     full = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "full", history=history)
-    pair = lambda k: full[1 + 2 * k: 3 + 2 * k]  # noqa: E731
+    pair = lambda k: full[1 + 2 * k : 3 + 2 * k]  # noqa: E731
     cost = lambda msgs: sum(WHITESPACE(m["content"]) for m in msgs)  # noqa: E731
     budget = cost(full[:1]) + cost(pair(3)) + cost(pair(4)) + 1
-    got = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "truncate", history=history,
-                        budget_tokens=budget)
+    got = build_context(
+        task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "truncate", history=history, budget_tokens=budget
+    )
     assert got == full[:1] + pair(3) + pair(4) and cost(got) <= budget
     tiny = build_context(task, 5, "s4", "q4", "docs of turn 4 " * 5, 2, "truncate", history=history, budget_tokens=1)
     assert tiny == full[:1] + pair(4)  # the newest turn always stays
@@ -118,8 +143,9 @@ def test_build_context_is_pure():
     assert a == b and history == [("s0", "q0", "i0")]
     a[0]["content"] = "mutated"
     assert build_context(task, 2, "s1", "q1", "i1", 3, "full", history=history)[0]["content"] == task_prompt(task)
-    assert build_context(task, 2, "s1", "q1", "i1", 3, "mem1", history=[("junk", "junk", "junk")]) == \
-        build_context(task, 2, "s1", "q1", "i1", 3, "mem1")
+    assert build_context(task, 2, "s1", "q1", "i1", 3, "mem1", history=[("junk", "junk", "junk")]) == build_context(
+        task, 2, "s1", "q1", "i1", 3, "mem1"
+    )
 
 
 # --------------------------------------------------------------------------- tasks and retrieval
@@ -175,17 +201,28 @@ def test_bm25_finds_the_gold_paragraph_named_in_the_question(hotpot):
 def test_hotpotqa_loader_reads_official_layout_and_rejects_bad_files(tmp_path, monkeypatch):
     from memr1.data.hotpotqa import load_hotpotqa
 
-    official = [{"_id": "5a8b", "question": "Who?", "answer": "Ann", "type": "bridge", "level": "easy",
-                 "supporting_facts": [["B", 0], ["A", 1]],
-                 "context": [["A", ["Ann was born.", " She lives."]], ["B", ["B is a town."]]]}]
+    official = [
+        {
+            "_id": "5a8b",
+            "question": "Who?",
+            "answer": "Ann",
+            "type": "bridge",
+            "level": "easy",
+            "supporting_facts": [["B", 0], ["A", 1]],
+            "context": [["A", ["Ann was born.", " She lives."]], ["B", ["B is a town."]]],
+        }
+    ]
     path = tmp_path / "dev.json"
     path.write_text(json.dumps(official))
     hp = load_hotpotqa(path)
     assert hp.questions[0].qid == "5a8b" and hp.questions[0].gold_ids == ("B", "A")
     assert hp.corpus.get("A").text == "Ann was born. She lives."
-    for bad, match in (({"x": 1}, "expected a list"), ([{"question": "q"}], "missing key"),
-                       ([{**official[0], "context": [["A", "not a list"]]}], "sentence strings"),
-                       ([{**official[0], "context": {"title": ["A"]}}], "expected keys")):
+    for bad, match in (
+        ({"x": 1}, "expected a list"),
+        ([{"question": "q"}], "missing key"),
+        ([{**official[0], "context": [["A", "not a list"]]}], "sentence strings"),
+        ([{**official[0], "context": {"title": ["A"]}}], "expected keys"),
+    ):
         path.write_text(json.dumps(bad))
         with pytest.raises(DataFormatError, match=match):
             load_hotpotqa(path)
@@ -212,8 +249,7 @@ def test_gold_policy_solves_four_objective_tasks(hotpot, locomo):
 def test_peak_grows_far_less_under_mem1_than_full(hotpot):
     eps = []
     for n in (2, 8):
-        eps += run_episodes(make_tasks(hotpot, n, 4, seed=0), GOLD, ("mem1", "full"),
-                            max_turns=gold_max_turns(n, 6))
+        eps += run_episodes(make_tasks(hotpot, n, 4, seed=0), GOLD, ("mem1", "full"), max_turns=gold_max_turns(n, 6))
     table = aggregate(eps)
     assert (table.em == table.n_objectives).all()
     # measured: mem1 1.43, full 3.74 (peak_tokens); mem1 1.37, full 4.39 (peak_paper)
@@ -235,8 +271,20 @@ def test_measures_on_hand_computed_values():
     assert dependency([]) == 0
     assert dependency([(10, 3)]) == 10 + 11 + 12
     assert dependency([(10, 3), (100, 1), (7, 0)]) == 33 + 100
-    ep = Episode("t", "mem1", "p", "whitespace", 3, 6, [_record(0, 20, 15, 4), _record(1, 40, 15, 2)],
-                 answers=("a", "b", "c"), em=[1.0, 0.0, 1.0], f1=[1.0, 0.5, 1.0], stop="answer", wall_s=1.0)
+    ep = Episode(
+        "t",
+        "mem1",
+        "p",
+        "whitespace",
+        3,
+        6,
+        [_record(0, 20, 15, 4), _record(1, 40, 15, 2)],
+        answers=("a", "b", "c"),
+        em=[1.0, 0.0, 1.0],
+        f1=[1.0, 0.5, 1.0],
+        stop="answer",
+        wall_s=1.0,
+    )
     m = episode_metrics(ep)
     assert m["peak_tokens"] == 40 and m["peak_paper"] == max(20 - 15 + 4, 40 - 15 + 2) == 27
     assert m["dependency"] == (20 + 21 + 22 + 23) + (40 + 41) and m["em"] == 2.0 and m["f1"] == 2.5
@@ -247,17 +295,24 @@ def test_measures_on_hand_computed_values():
 
 def test_answers_are_scored_per_objective_by_position():
     task = _toy_task(3)
-    for text, em in (("<IS>x</IS><answer>1. ans0\n2. nope\n3. ans2</answer>", [1.0, 0.0, 1.0]),
-                     ("<IS>x</IS><answer>ans0; ans1</answer>", [1.0, 1.0, 0.0]),
-                     ("<IS>x</IS><answer>The ans0!</answer>", [1.0, 0.0, 0.0])):
-        ep = run_episode(task, ScriptedGenerator(lambda m, t=text: t), None, "mem1", max_turns=2,
-                         score=score_answer)
+    for text, em in (
+        ("<IS>x</IS><answer>1. ans0\n2. nope\n3. ans2</answer>", [1.0, 0.0, 1.0]),
+        ("<IS>x</IS><answer>ans0; ans1</answer>", [1.0, 1.0, 0.0]),
+        ("<IS>x</IS><answer>The ans0!</answer>", [1.0, 0.0, 0.0]),
+    ):
+        ep = run_episode(task, ScriptedGenerator(lambda m, t=text: t), None, "mem1", max_turns=2, score=score_answer)
         assert ep.em == em and ep.stop == "answer"
-    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags at all"), None, "mem1", max_turns=4,
-                     score=score_answer)
+    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags at all"), None, "mem1", max_turns=4, score=score_answer)
     assert ep.stop == "invalid" and len(ep.turns) == 1 and ep.em == [0.0] * 3
-    ep = run_episode(task, ScriptedGenerator(lambda m: "no tags"), None, "mem1", max_turns=3, stop_on_invalid=False,
-                     score=score_answer)
+    ep = run_episode(
+        task,
+        ScriptedGenerator(lambda m: "no tags"),
+        None,
+        "mem1",
+        max_turns=3,
+        stop_on_invalid=False,
+        score=score_answer,
+    )
     assert ep.stop == "max_turns" and len(ep.turns) == 3 and "Invalid turn" in ep.turns[1].context[-1]["content"]
 
 
@@ -267,18 +322,34 @@ def test_answers_are_scored_per_objective_by_position():
 def test_parse_action_reads_tolerant_forms():
     a = parse_action("  <IS> Q1=Paris </IS>\n<query>capital of Norway</query><answer>x</answer>")
     assert (a.kind, a.state, a.query, a.ok) == ("query", "Q1=Paris", "capital of Norway", True)
-    assert parse_action("<think>s</think><search>q</search>").query == "q"          # MEM1's own tags
+    assert parse_action("<think>s</think><search>q</search>").query == "q"  # MEM1's own tags
     assert parse_action("<IS>s</IS><query>unclosed at the end").query == "unclosed at the end"
-    assert parse_action("<is>s<answer>a ; b").answers == ("a", "b")                  # state closed by the action
+    assert parse_action("<is>s<answer>a ; b").answers == ("a", "b")  # state closed by the action
     assert parse_action("<IS>I will write <answer>x</answer> later</IS><query>q</query>").query == "q"
     assert parse_action("<IS>s</IS><answer>1) Paris\n(2) 1945\nQ3: yes</answer>").answers == ("Paris", "1945", "yes")
     assert parse_action("<IS>s</IS><answer>A; B</answer>", n_objectives=1).answers == ("A; B",)
     assert parse_action("<IS>s</IS><answer>1.5 million ; 2</answer>").answers == ("1.5 million", "2")
 
 
-MALFORMED = [None, 123, b"<IS>x</IS>", "", "   ", "<IS>", "<IS>only a state", "</IS></query>", "<query></query>",
-             "<answer>   </answer>", "<query><answer></answer></query>", "<<IS>>x<</IS>>", "<IS>a</IS><query>",
-             "\x00\xff<IS>\u202e</IS>", "<IS>" * 1000, "<answer>" + ";" * 500, "<query>" + "x" * 100_000]
+MALFORMED = [
+    None,
+    123,
+    b"<IS>x</IS>",
+    "",
+    "   ",
+    "<IS>",
+    "<IS>only a state",
+    "</IS></query>",
+    "<query></query>",
+    "<answer>   </answer>",
+    "<query><answer></answer></query>",
+    "<<IS>>x<</IS>>",
+    "<IS>a</IS><query>",
+    "\x00\xff<IS>\u202e</IS>",
+    "<IS>" * 1000,
+    "<answer>" + ";" * 500,
+    "<query>" + "x" * 100_000,
+]
 
 
 @pytest.mark.parametrize("text", MALFORMED, ids=range(len(MALFORMED)))
@@ -292,8 +363,27 @@ def test_parse_action_never_raises_on_malformed_output(text):
 
 def test_parse_action_fuzz():
     rng = random.Random(0)
-    pieces = ["<IS>", "</IS>", "<query>", "</query>", "<answer>", "</answer>", "<think>", "<search>", ";", "\n",
-              "1.", "Q2:", " ", "x", "<", ">", "/", "é", "<info>"]
+    pieces = [
+        "<IS>",
+        "</IS>",
+        "<query>",
+        "</query>",
+        "<answer>",
+        "</answer>",
+        "<think>",
+        "<search>",
+        ";",
+        "\n",
+        "1.",
+        "Q2:",
+        " ",
+        "x",
+        "<",
+        ">",
+        "/",
+        "é",
+        "<info>",
+    ]
     for _ in range(2000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
         a = parse_action(text, n_objectives=rng.choice([None, 1, 2]))
@@ -310,15 +400,23 @@ def test_context_widget_and_stage_registration():
     from widgets.mem1_context import context_figure, peak_figure
 
     task = _toy_task()
-    eps = [run_episode(task, _counting_policy(3), None, mode, max_turns=6, score=score_answer)
-           for mode in ("mem1", "full")]
+    eps = [
+        run_episode(task, _counting_policy(3), None, mode, max_turns=6, score=score_answer) for mode in ("mem1", "full")
+    ]
     fig = context_figure(eps)
     assert len(fig.data) == 2 and list(fig.data[0].x) == [0, 1, 2, 3]
     assert "state 2" in fig.data[0].customdata[2][0]
     assert len(peak_figure(aggregate(eps)).data) == 2
     assert any(s.name == "06_mem1" and s.config is Mem1Config and s.result is Mem1Result for s in STAGES)
-    assert Mem1Result.json_fields() == ["environment", "n_objectives", "tasks", "model", "tokenizer", "table",
-                                        "memory_r1_comparison"]
+    assert Mem1Result.json_fields() == [
+        "environment",
+        "n_objectives",
+        "tasks",
+        "model",
+        "tokenizer",
+        "table",
+        "memory_r1_comparison",
+    ]
     with pytest.raises(ConfigError, match="environment"):
         Mem1Config.from_params({"environment": "webshop"})
     with pytest.raises(ConfigError, match="n_objectives"):
@@ -343,8 +441,11 @@ def test_train_stage_writes_a_typed_result(tmp_path, data_dir, monkeypatch):
     from memr1.stages.mem1 import Mem1TrainConfig, Mem1TrainResult, train
 
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
-    result = train(Mem1TrainConfig(steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_new_tokens=4,
-                                   run_dir=str(tmp_path / "run")))
+    result = train(
+        Mem1TrainConfig(
+            steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_new_tokens=4, run_dir=str(tmp_path / "run")
+        )
+    )
     saved = read_result(tmp_path / "run", Mem1TrainResult)
     assert saved.result == result and saved.config["model"] == "tiny"  # "" resolved to the profile's model
     assert result.steps == 1 and [row["step"] for row in result.history] == [0]

@@ -14,8 +14,16 @@ import torch
 
 from memr1.rl.mem1_loss import loss_weights, policy_loss, train_step
 from memr1.rl.mem1_trainer import Mem1TrainSettings, encode_messages, sample_completion, train_mem1
-from memr1.rl.packing import (Trajectory, TrajectoryTurn, group_advantages, packed_rows, per_turn_rows,
-                              split_by_trajectory, token_logprobs, trajectory_logprobs)
+from memr1.rl.packing import (
+    Trajectory,
+    TrajectoryTurn,
+    group_advantages,
+    packed_rows,
+    per_turn_rows,
+    split_by_trajectory,
+    token_logprobs,
+    trajectory_logprobs,
+)
 
 EXACT = 1e-5  # fp32 tolerance for "the same log-prob"
 
@@ -206,8 +214,10 @@ def mean_logp(model, trajs, packed):
 @pytest.mark.parametrize("lr, packed, should_learn", [(1e-3, False, True), (1e-3, True, True), (0.0, False, False)])
 def test_training_raises_the_logprob_of_rewarded_trajectories(tiny_path, lr, packed, should_learn):
     model = load(tiny_path)
-    groups = [[synthetic(20 + i, (6, 4, 5), r) for i, r in enumerate((2.0, 0.0, 1.0, 0.0))],
-              [synthetic(30 + i, (3, 7), r) for i, r in enumerate((0.0, 0.0, 1.0, 0.0))]]
+    groups = [
+        [synthetic(20 + i, (6, 4, 5), r) for i, r in enumerate((2.0, 0.0, 1.0, 0.0))],
+        [synthetic(30 + i, (3, 7), r) for i, r in enumerate((0.0, 0.0, 1.0, 0.0))],
+    ]
     rewarded = [t for g in groups for t, a in zip(g, group_advantages([t.reward for t in g])) if a > 0]
     before = mean_logp(model, rewarded, packed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -226,10 +236,17 @@ def toy_task():
     from memr1.data.corpus import Corpus, Passage
     from memr1.data.tasks import Objective, Task
 
-    corpus = Corpus("toy", (Passage("p1", "France", "Paris is the capital of France."),
-                            Passage("p2", "Apollo 11", "Apollo 11 landed on the Moon in 1969.")))
-    objectives = (Objective("q1", "What is the capital of France?", ("Paris",), ("p1",)),
-                  Objective("q2", "When did Apollo 11 land?", ("1969", "July 1969"), ("p2",)))
+    corpus = Corpus(
+        "toy",
+        (
+            Passage("p1", "France", "Paris is the capital of France."),
+            Passage("p2", "Apollo 11", "Apollo 11 landed on the Moon in 1969."),
+        ),
+    )
+    objectives = (
+        Objective("q1", "What is the capital of France?", ("Paris",), ("p1",)),
+        Objective("q2", "When did Apollo 11 land?", ("1969", "July 1969"), ("p2",)),
+    )
     return Task("toy-0", "hotpotqa", objectives, corpus)
 
 
@@ -248,8 +265,11 @@ def test_rollout_group_keeps_ids_prunes_the_context_and_scores_by_em(tiny_path, 
 
     tok = AutoTokenizer.from_pretrained(tiny_path)
     final = ["Paris ; 1969", "Paris ; 1970"]  # member 0 gets both objectives, member 1 one
-    script = ["<IS>need both</IS><query>capital France</query>",
-              "<IS>Q1 Paris</IS><query>Apollo landing</query>", "<IS>done</IS><answer>{}</answer>"]
+    script = [
+        "<IS>need both</IS><query>capital France</query>",
+        "<IS>Q1 Paris</IS><query>Apollo landing</query>",
+        "<IS>done</IS><answer>{}</answer>",
+    ]
     seen, produced = [], []
 
     def scripted(model, tokenizer, prompt_ids, **kwargs):
@@ -261,8 +281,9 @@ def test_rollout_group_keeps_ids_prunes_the_context_and_scores_by_em(tiny_path, 
 
     monkeypatch.setattr(mem1_trainer, "sample_completion", scripted)
     task = toy_task()
-    trajs = mem1_trainer.rollout_group(task, None, tok, OneDocRetriever(), group_size=2, max_turns=4,
-                                       temperature=1.0, seed=0)
+    trajs = mem1_trainer.rollout_group(
+        task, None, tok, OneDocRetriever(), group_size=2, max_turns=4, temperature=1.0, seed=0
+    )
     assert [t.reward for t in trajs] == [2.0, 1.0]
     assert [len(t.turns) for t in trajs] == [3, 3]
     turns = [turn for t in trajs for turn in t.turns]
@@ -293,11 +314,14 @@ def toy_rollout(task, policy, tokenizer, retriever, *, group_size, max_turns, te
         for _ in range(group_size):
             turns, state = [], ""
             for _turn in range(max_turns):
-                messages = [{"role": "user", "content": f"Task {task}: answer two questions."},
-                            {"role": "assistant", "content": f"<IS>{state}</IS>"}]
+                messages = [
+                    {"role": "user", "content": f"Task {task}: answer two questions."},
+                    {"role": "assistant", "content": f"<IS>{state}</IS>"},
+                ]
                 prompt = encode_messages(tokenizer, messages)
-                completion = sample_completion(policy, tokenizer, prompt, max_new_tokens=max_new_tokens,
-                                               temperature=temperature)
+                completion = sample_completion(
+                    policy, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature
+                )
                 turns.append(TrajectoryTurn(prompt, completion))
                 state = tokenizer.decode(completion, skip_special_tokens=True)[-20:]
             trajs.append(Trajectory(turns, float(sum(t.completion_ids[0] % 2 == 0 for t in turns))))
@@ -305,10 +329,25 @@ def toy_rollout(task, policy, tokenizer, retriever, *, group_size, max_turns, te
 
 
 def run(tmp_path, name, steps, lora_r):
-    settings = Mem1TrainSettings(model="tiny", steps=steps, tasks_per_step=1, group_size=3, learning_rate=1e-3,
-                                 max_turns=2, max_new_tokens=4, lora_r=lora_r, packed=True)
-    return train_mem1(settings, run_dir=tmp_path / name, seed=4, tasks=["alpha", "beta", "gamma"], retriever=object(),
-                      rollout=toy_rollout)
+    settings = Mem1TrainSettings(
+        model="tiny",
+        steps=steps,
+        tasks_per_step=1,
+        group_size=3,
+        learning_rate=1e-3,
+        max_turns=2,
+        max_new_tokens=4,
+        lora_r=lora_r,
+        packed=True,
+    )
+    return train_mem1(
+        settings,
+        run_dir=tmp_path / name,
+        seed=4,
+        tasks=["alpha", "beta", "gamma"],
+        retriever=object(),
+        rollout=toy_rollout,
+    )
 
 
 @pytest.mark.parametrize("lora_r", [0, 4])
@@ -320,8 +359,10 @@ def test_resumed_run_continues_exactly(tmp_path, lora_r):
     assert (first.resumed_from, second.resumed_from, len(second.history)) == (0, 1, 1)
     a, b = straight.history[-1], second.history[0]
     assert straight.history[0]["logp_mean"] != a["logp_mean"]  # step 1 saw a trained model
-    print(f"lora_r={lora_r} step 1: loss {a['loss']:.3g} vs {b['loss']:.3g}, "
-          f"logp {a['logp_mean']:.7f} vs {b['logp_mean']:.7f}, grad norm {a['grad_norm']:.7f} vs {b['grad_norm']:.7f}")
+    print(
+        f"lora_r={lora_r} step 1: loss {a['loss']:.3g} vs {b['loss']:.3g}, "
+        f"logp {a['logp_mean']:.7f} vs {b['logp_mean']:.7f}, grad norm {a['grad_norm']:.7f} vs {b['grad_norm']:.7f}"
+    )
     assert a["reward_mean"] == b["reward_mean"] and a["loss_tokens"] == b["loss_tokens"]
     for key in ("loss", "logp_mean", "grad_norm"):
         assert abs(a[key] - b[key]) <= 1e-6, key
@@ -330,4 +371,3 @@ def test_resumed_run_continues_exactly(tmp_path, lora_r):
     assert max(float((weights[0][n] - weights[1][n]).abs().max()) for n in weights[0]) <= 1e-6
     lines = [json.loads(x) for x in (second.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1]
-

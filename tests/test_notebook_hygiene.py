@@ -33,12 +33,17 @@ def test_parameters_cell_mirrors_config(stage):
     for node in ast.parse(source).body:
         assert isinstance(node, ast.AnnAssign), f"only annotated literals in the parameters cell: {ast.dump(node)}"
         line = source.splitlines()[node.lineno - 1]
-        found[node.target.id] = (ast.unparse(node.annotation), ast.literal_eval(node.value),
-                                 line.split("#", 1)[1].strip() if "#" in line else "")
+        found[node.target.id] = (
+            ast.unparse(node.annotation),
+            ast.literal_eval(node.value),
+            line.split("#", 1)[1].strip() if "#" in line else "",
+        )
     hints = typing.get_type_hints(stage.config)
     docs = stage.config.field_docs()
-    expected = {f.name: (getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, docs[f.name])
-                for f in dataclasses.fields(stage.config)}
+    expected = {
+        f.name: (getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, docs[f.name])
+        for f in dataclasses.fields(stage.config)
+    }
     assert found == expected
     assert list(found) == list(expected)  # same order as the dataclass
 
@@ -60,8 +65,11 @@ def test_papermill_sees_every_parameter(stage):
     """papermill's own parser must read each line (a help text with '=' or a quote can break it)."""
     from memr1.pipeline import notebook_params, parameters_source
 
-    tagged = [c for c in nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4).cells
-              if "parameters" in c.metadata.get("tags", [])]
+    tagged = [
+        c
+        for c in nbformat.read(notebooks_dir() / f"{stage.name}.ipynb", as_version=4).cells
+        if "parameters" in c.metadata.get("tags", [])
+    ]
     assert tagged[0].source == parameters_source(stage.config)  # regenerate the cell with parameters_source
 
     params = notebook_params(notebooks_dir() / f"{stage.name}.ipynb")

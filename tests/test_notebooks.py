@@ -25,23 +25,47 @@ def test_notebook_01_papermill_cli(data_dir, tmp_path):
     """The exact command a user would type, with -p overrides."""
     out = tmp_path / "out.ipynb"
     run_dir = tmp_path / "stage01"
-    cmd = [sys.executable, "-m", "papermill", str(notebooks_dir() / "01_locomo_data.ipynb"), str(out),
-           "-p", "conversation", "conv-30", "-p", "run_dir", str(run_dir), "-p", "seed", "1", "-k", "python3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(notebooks_dir() / "01_locomo_data.ipynb"),
+        str(out),
+        "-p",
+        "conversation",
+        "conv-30",
+        "-p",
+        "run_dir",
+        str(run_dir),
+        "-p",
+        "seed",
+        "1",
+        "-k",
+        "python3",
+    ]
     subprocess.run(cmd, check=True, env=_env(data_dir), capture_output=True, timeout=300)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["result"]["splits"]["test"]["total"] == 1307
     assert metrics["config"]["conversation"] == "conv-30"
-    html = "".join(o.get("data", {}).get("text/html", "") for c in nbformat.read(out, 4).cells
-                   for o in c.get("outputs", []) if isinstance(o.get("data", {}).get("text/html", ""), str))
+    html = "".join(
+        o.get("data", {}).get("text/html", "")
+        for c in nbformat.read(out, 4).cells
+        for o in c.get("outputs", [])
+        if isinstance(o.get("data", {}).get("text/html", ""), str)
+    )
     assert "conv-30: turns per session" in html and "plotly" in html  # static figures were rendered
 
 
 def test_wrong_parameter_type_fails_with_config_error(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
     with pytest.raises(pm.PapermillExecutionError, match=r"ConfigError.*seed must be int, got str"):
-        pm.execute_notebook(str(notebooks_dir() / "01_locomo_data.ipynb"), str(tmp_path / "o.ipynb"),
-                            parameters={"seed": "abc", "run_dir": str(tmp_path)}, kernel_name="python3",
-                            progress_bar=False)
+        pm.execute_notebook(
+            str(notebooks_dir() / "01_locomo_data.ipynb"),
+            str(tmp_path / "o.ipynb"),
+            parameters={"seed": "abc", "run_dir": str(tmp_path)},
+            kernel_name="python3",
+            progress_bar=False,
+        )
 
 
 def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
@@ -55,8 +79,15 @@ def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
     assert "Every model number in this report comes from a tiny random model" in report
     assert all(f"({s.name})" in report for s in STAGES if not s.always)  # one section per finished stage
     assert all(v["status"] == "done" for v in json.loads((run_dir / "run.json").read_text())["stages"].values())
-    run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, force=True,
-                 stages=[STAGES[0].name], overrides={"embedder": "hash"})
+    run_pipeline(
+        "smoke",
+        name="t",
+        runs_root=tmp_path,
+        progress=False,
+        force=True,
+        stages=[STAGES[0].name],
+        overrides={"embedder": "hash"},
+    )
     assert (run_dir / STAGES[0].name / "metrics.json").stat().st_mtime_ns != first[STAGES[0].name]
 
 
@@ -64,8 +95,13 @@ def test_failed_stage_keeps_notebook_and_reports_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMR1_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("MEMR1_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(StageError, match=r"01_locomo_data failed in cell \d+: DataNotFoundError"):
-        run_pipeline("smoke", name="bad", runs_root=tmp_path, progress=False,
-                     overrides={"data_dir": str(tmp_path / "no-data" / "x.json")})
+        run_pipeline(
+            "smoke",
+            name="bad",
+            runs_root=tmp_path,
+            progress=False,
+            overrides={"data_dir": str(tmp_path / "no-data" / "x.json")},
+        )
     assert (tmp_path / "bad" / "01_locomo_data.ipynb").exists()
     assert not (tmp_path / "bad" / "01_locomo_data" / "metrics.json").exists()
     assert json.loads((tmp_path / "bad" / "run.json").read_text())["stages"]["01_locomo_data"]["status"] == "failed"
@@ -75,11 +111,19 @@ def test_notebook_02_timeline_shows_a_real_turn_diff(data_dir, tmp_path, monkeyp
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
     monkeypatch.setenv("MEMR1_STATIC_WIDGETS", "1")
     out, run_dir = tmp_path / "out02.ipynb", tmp_path / "stage02"
-    pm.execute_notebook(str(notebooks_dir() / "02_build_memory_bank.ipynb"), str(out),
-                        parameters={"run_dir": str(run_dir), "focus_turn": 2}, kernel_name="python3",
-                        progress_bar=False)
-    html = "".join(o["data"]["text/html"] for c in nbformat.read(out, 4).cells for o in c.get("outputs", [])
-                   if "text/html" in o.get("data", {}))
+    pm.execute_notebook(
+        str(notebooks_dir() / "02_build_memory_bank.ipynb"),
+        str(out),
+        parameters={"run_dir": str(run_dir), "focus_turn": 2},
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    html = "".join(
+        o["data"]["text/html"]
+        for c in nbformat.read(out, 4).cells
+        for o in c.get("outputs", [])
+        if "text/html" in o.get("data", {})
+    )
     assert "D1:3" in html and "ADD <b>caroline-0</b>: Caroline attended an LGBTQ support group" in html
     metrics = json.loads((run_dir / "metrics.json").read_text())["result"]
     assert metrics["replay"]["entries"] == {"Caroline": 102, "Melanie": 82}
@@ -90,9 +134,13 @@ def test_notebook_02_timeline_shows_a_real_turn_diff(data_dir, tmp_path, monkeyp
 def test_quickstart_runs_on_cpu(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
     monkeypatch.setenv("MEMR1_STATIC_WIDGETS", "1")
-    pm.execute_notebook(str(notebooks_dir() / "00_quickstart.ipynb"), str(tmp_path / "qs.ipynb"),
-                        parameters={"run_dir": str(tmp_path / "qs"), "embedder": "hash", "until_turn": 60},
-                        kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(
+        str(notebooks_dir() / "00_quickstart.ipynb"),
+        str(tmp_path / "qs.ipynb"),
+        parameters={"run_dir": str(tmp_path / "qs"), "embedder": "hash", "until_turn": 60},
+        kernel_name="python3",
+        progress_bar=False,
+    )
     metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())["result"]
     assert metrics["answers"] == 5 and metrics["grpo_steps"] == 2 and metrics["completions_logged"] == 8
     assert sum(metrics["replay"]["entries"].values()) > 0

@@ -31,8 +31,11 @@ def kinds(res: ParseResult) -> list[tuple[str, str | None, str | None]]:
 
 
 def test_remap_ids_small_ids_and_map_back():
-    entries = [MemoryEntry("uuid-9", "Likes tea", "Ann", "t"), MemoryEntry("uuid-3", "Has a cat", "Ann", "t"),
-               MemoryEntry("uuid-9", "Likes tea", "Ann", "t")]  # retrieved twice: shown once
+    entries = [
+        MemoryEntry("uuid-9", "Likes tea", "Ann", "t"),
+        MemoryEntry("uuid-3", "Has a cat", "Ann", "t"),
+        MemoryEntry("uuid-9", "Likes tea", "Ann", "t"),
+    ]  # retrieved twice: shown once
     view, id_map = remap_ids(entries)
     assert view == [{"id": "0", "text": "Likes tea"}, {"id": "1", "text": "Has a cat"}]
     assert id_map == {"0": "uuid-9", "1": "uuid-3"}
@@ -45,17 +48,20 @@ def test_remap_ids_small_ids_and_map_back():
 UPD0 = {"id": "0", "text": "Loves tea", "event": "UPDATE"}
 
 
-@pytest.mark.parametrize("raw", [
-    out(UPD0),
-    f"```json\n{out(UPD0)}\n```",
-    f"```\n{out(UPD0)}```",
-    f"Sure! Here is the result:\n```JSON\n{out(UPD0)}\n```\nLet me know.",
-    f"I think {{this}} is it: {out(UPD0)} -- done {{",
-    f"{{\"note\": 1}} then {out(UPD0)}",  # an earlier dict without `memory` loses
-    f"{{\"answer\": {out(UPD0)}}}",  # nested under another key
-    "\n  " + out(UPD0) + "  \n",
-    out(UPD0).encode(),  # bytes are decoded as utf-8
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        out(UPD0),
+        f"```json\n{out(UPD0)}\n```",
+        f"```\n{out(UPD0)}```",
+        f"Sure! Here is the result:\n```JSON\n{out(UPD0)}\n```\nLet me know.",
+        f"I think {{this}} is it: {out(UPD0)} -- done {{",
+        f'{{"note": 1}} then {out(UPD0)}',  # an earlier dict without `memory` loses
+        f'{{"answer": {out(UPD0)}}}',  # nested under another key
+        "\n  " + out(UPD0) + "  \n",
+        out(UPD0).encode(),  # bytes are decoded as utf-8
+    ],
+)
 def test_extraction_from_fences_and_prose(raw):
     res = parse_operations(raw, MAP)
     assert res.ok and kinds(res) == [("UPDATE", "mem-a", "Loves tea")]
@@ -81,31 +87,50 @@ def test_empty_memory_list_is_ok_and_empty():
 
 
 def test_int_and_str_ids_are_the_same():
-    res = parse_operations(out({"id": 1, "event": "DELETE"}, {"id": " 2 ", "event": "NONE"},
-                               {"id": "3", "event": "DELETE"}), MAP)
+    res = parse_operations(
+        out({"id": 1, "event": "DELETE"}, {"id": " 2 ", "event": "NONE"}, {"id": "3", "event": "DELETE"}), MAP
+    )
     assert res.ok
     assert kinds(res) == [("DELETE", "mem-b", None), ("NOOP", "mem-c", None), ("DELETE", "mem-d", None)]
 
 
-@pytest.mark.parametrize("event,kind", [
-    ("add", "ADD"), ("Add", "ADD"), ("uPdAtE", "UPDATE"), (" delete ", "DELETE"),
-    ("none", "NOOP"), ("NONE", "NOOP"), ("noop", "NOOP"), ("NoOp", "NOOP"),
-])
+@pytest.mark.parametrize(
+    "event,kind",
+    [
+        ("add", "ADD"),
+        ("Add", "ADD"),
+        ("uPdAtE", "UPDATE"),
+        (" delete ", "DELETE"),
+        ("none", "NOOP"),
+        ("NONE", "NOOP"),
+        ("noop", "NOOP"),
+        ("NoOp", "NOOP"),
+    ],
+)
 def test_events_case_insensitive_and_noop_alias(event, kind):
     res = parse_operations(out({"id": "0", "text": "t", "event": event}), MAP)
     assert res.ok and res.ops[0].kind == OpKind(kind)
 
 
 def test_add_id_ignored_and_old_memory_only_for_update():
-    res = parse_operations(out({"id": "999", "text": "a", "event": "ADD", "old_memory": "x"},
-                               {"id": [1], "text": "b", "event": "ADD"},
-                               {"text": " c ", "event": "ADD"},
-                               {"id": "1", "text": "d", "event": "UPDATE", "old_memory": "was d"},
-                               {"id": "2", "text": "e", "event": "DELETE", "old_memory": "e"}), MAP)
+    res = parse_operations(
+        out(
+            {"id": "999", "text": "a", "event": "ADD", "old_memory": "x"},
+            {"id": [1], "text": "b", "event": "ADD"},
+            {"text": " c ", "event": "ADD"},
+            {"id": "1", "text": "d", "event": "UPDATE", "old_memory": "was d"},
+            {"id": "2", "text": "e", "event": "DELETE", "old_memory": "e"},
+        ),
+        MAP,
+    )
     assert res.ok
-    assert res.ops == (Operation(OpKind.ADD, None, "a"), Operation(OpKind.ADD, None, "b"),
-                       Operation(OpKind.ADD, None, "c"), Operation(OpKind.UPDATE, "mem-b", "d", "was d"),
-                       Operation(OpKind.DELETE, "mem-c"))
+    assert res.ops == (
+        Operation(OpKind.ADD, None, "a"),
+        Operation(OpKind.ADD, None, "b"),
+        Operation(OpKind.ADD, None, "c"),
+        Operation(OpKind.UPDATE, "mem-b", "d", "was d"),
+        Operation(OpKind.DELETE, "mem-c"),
+    )
     assert res.counts_by_kind() == {OpKind.ADD: 3, OpKind.UPDATE: 1, OpKind.DELETE: 1, OpKind.NOOP: 0}
 
 
@@ -125,38 +150,90 @@ CASES = [  # (raw output, kind, expected messages)
     (b"\xff\xfe{", MJ, ["output: no JSON object found in 3 chars"]),
     ('{"memories": []}', BS, ["output: expected a 'memory' list, got no 'memory' key"]),
     ('{"memory": {"id": "0"}}', BS, ["output: expected a 'memory' list, got dict"]),
-    (out(1, "x", None), BS, ["item 0: expected an object, got int", "item 1: expected an object, got str",
-                             "item 2: expected an object, got NoneType"]),
+    (
+        out(1, "x", None),
+        BS,
+        [
+            "item 0: expected an object, got int",
+            "item 1: expected an object, got str",
+            "item 2: expected an object, got NoneType",
+        ],
+    ),
     (out({"id": "0", "text": "t"}), BS, ["item 0: 'event' must be a string, got NoneType"]),
     (out({"id": "0", "text": "t", "event": 1}), BS, ["item 0: 'event' must be a string, got int"]),
     (out({"id": "0", "text": 5, "event": "ADD"}), BS, ["item 0: 'text' must be a string, got int"]),
-    (out({"id": "0", "text": "t", "event": "UPDATE", "old_memory": ["x"]}), BS,
-     ["item 0: 'old_memory' must be a string, got list"]),
-    (out({"id": 1.0, "event": "DELETE"}, {"id": True, "event": "NONE"}, {"event": "UPDATE", "text": "t"}), BS,
-     ["item 0: 'id' must be a string or integer, got float",
-      "item 1: 'id' must be a string or integer, got bool",
-      "item 2: 'id' must be a string or integer, got NoneType"]),
-    ('{"memory": [{"id": "0", "text": NaN, "event": "ADD"}]}', BS,
-     ["item 0: 'text' must be a string, got float"]),
-    (out({"id": "0", "event": "NONE"}, {"id": "1", "event": "NONE"}, {"id": "7", "event": "DELETE"},
-         {"id": -1, "text": "t", "event": "update"}, {"id": "mem-a", "event": "DELETE"}), UI,
-     ["item 2: unknown id '7' (known: 0..3)", "item 3: unknown id '-1' (known: 0..3)",
-      "item 4: unknown id 'mem-a' (known: 0..3)"]),
-    (out({"id": "0", "text": "t", "event": "MERGE"}, {"id": "0", "event": ""}), UE,
-     ["item 0: unknown event 'MERGE' (use ADD, UPDATE, DELETE or NONE)",
-      "item 1: unknown event '' (use ADD, UPDATE, DELETE or NONE)"]),
-    (out({"id": "0", "event": "ADD"}, {"id": "1", "text": None, "event": "UPDATE"}), MT,
-     ["item 0: ADD needs a 'text'", "item 1: UPDATE needs a 'text'"]),
-    (out({"text": "", "event": "ADD"}, {"id": "1", "text": " \n\t ", "event": "UPDATE"}), ET,
-     ["item 0: ADD text is blank", "item 1: UPDATE text is blank"]),
-    (out({"text": "x" * 501, "event": "ADD"}, {"id": 0, "text": " " + "y" * 600, "event": "UPDATE"}), TL,
-     ["item 0: text too long (501 > 500 chars)", "item 1: text too long (600 > 500 chars)"]),
-    (out({"id": "0", "text": "t", "event": "UPDATE"}, {"id": 0, "event": "DELETE"}), DI,
-     ["item 0: duplicate id '0' (items 0, 1)", "item 1: duplicate id '0' (items 0, 1)"]),
-    (out({"id": "2", "event": "DELETE"}, {"id": "1", "event": "NONE"}, {"id": "2", "event": "DELETE"},
-         {"id": " 2", "text": "t", "event": "UPDATE"}), DI,
-     ["item 0: duplicate id '2' (items 0, 2, 3)", "item 2: duplicate id '2' (items 0, 2, 3)",
-      "item 3: duplicate id '2' (items 0, 2, 3)"]),
+    (
+        out({"id": "0", "text": "t", "event": "UPDATE", "old_memory": ["x"]}),
+        BS,
+        ["item 0: 'old_memory' must be a string, got list"],
+    ),
+    (
+        out({"id": 1.0, "event": "DELETE"}, {"id": True, "event": "NONE"}, {"event": "UPDATE", "text": "t"}),
+        BS,
+        [
+            "item 0: 'id' must be a string or integer, got float",
+            "item 1: 'id' must be a string or integer, got bool",
+            "item 2: 'id' must be a string or integer, got NoneType",
+        ],
+    ),
+    ('{"memory": [{"id": "0", "text": NaN, "event": "ADD"}]}', BS, ["item 0: 'text' must be a string, got float"]),
+    (
+        out(
+            {"id": "0", "event": "NONE"},
+            {"id": "1", "event": "NONE"},
+            {"id": "7", "event": "DELETE"},
+            {"id": -1, "text": "t", "event": "update"},
+            {"id": "mem-a", "event": "DELETE"},
+        ),
+        UI,
+        [
+            "item 2: unknown id '7' (known: 0..3)",
+            "item 3: unknown id '-1' (known: 0..3)",
+            "item 4: unknown id 'mem-a' (known: 0..3)",
+        ],
+    ),
+    (
+        out({"id": "0", "text": "t", "event": "MERGE"}, {"id": "0", "event": ""}),
+        UE,
+        [
+            "item 0: unknown event 'MERGE' (use ADD, UPDATE, DELETE or NONE)",
+            "item 1: unknown event '' (use ADD, UPDATE, DELETE or NONE)",
+        ],
+    ),
+    (
+        out({"id": "0", "event": "ADD"}, {"id": "1", "text": None, "event": "UPDATE"}),
+        MT,
+        ["item 0: ADD needs a 'text'", "item 1: UPDATE needs a 'text'"],
+    ),
+    (
+        out({"text": "", "event": "ADD"}, {"id": "1", "text": " \n\t ", "event": "UPDATE"}),
+        ET,
+        ["item 0: ADD text is blank", "item 1: UPDATE text is blank"],
+    ),
+    (
+        out({"text": "x" * 501, "event": "ADD"}, {"id": 0, "text": " " + "y" * 600, "event": "UPDATE"}),
+        TL,
+        ["item 0: text too long (501 > 500 chars)", "item 1: text too long (600 > 500 chars)"],
+    ),
+    (
+        out({"id": "0", "text": "t", "event": "UPDATE"}, {"id": 0, "event": "DELETE"}),
+        DI,
+        ["item 0: duplicate id '0' (items 0, 1)", "item 1: duplicate id '0' (items 0, 1)"],
+    ),
+    (
+        out(
+            {"id": "2", "event": "DELETE"},
+            {"id": "1", "event": "NONE"},
+            {"id": "2", "event": "DELETE"},
+            {"id": " 2", "text": "t", "event": "UPDATE"},
+        ),
+        DI,
+        [
+            "item 0: duplicate id '2' (items 0, 2, 3)",
+            "item 2: duplicate id '2' (items 0, 2, 3)",
+            "item 3: duplicate id '2' (items 0, 2, 3)",
+        ],
+    ),
 ]
 
 
@@ -183,21 +260,28 @@ def test_strict_raises_first_rejection(raw, kind, messages):
 
 
 def test_mixed_output_keeps_valid_ops_in_order_and_counts_the_rest():
-    raw = out({"id": "0", "text": "Loves tea", "event": "UPDATE", "old_memory": "Likes tea"},
-              {"id": "9", "event": "DELETE"},
-              {"id": "x", "text": "New fact", "event": "add"},
-              {"id": "1", "text": "", "event": "UPDATE"},
-              {"id": "1", "event": "DELETE"},
-              {"id": 2, "text": "same", "event": "none"},
-              {"id": "3", "event": "remove"})
+    raw = out(
+        {"id": "0", "text": "Loves tea", "event": "UPDATE", "old_memory": "Likes tea"},
+        {"id": "9", "event": "DELETE"},
+        {"id": "x", "text": "New fact", "event": "add"},
+        {"id": "1", "text": "", "event": "UPDATE"},
+        {"id": "1", "event": "DELETE"},
+        {"id": 2, "text": "same", "event": "none"},
+        {"id": "3", "event": "remove"},
+    )
     res = parse_operations(raw, MAP)
-    assert res.ops == (Operation(OpKind.UPDATE, "mem-a", "Loves tea", "Likes tea"),
-                       Operation(OpKind.ADD, None, "New fact"),
-                       Operation(OpKind.DELETE, "mem-b"),  # the blank UPDATE of "1" is no duplicate
-                       Operation(OpKind.NOOP, "mem-c"))
+    assert res.ops == (
+        Operation(OpKind.UPDATE, "mem-a", "Loves tea", "Likes tea"),
+        Operation(OpKind.ADD, None, "New fact"),
+        Operation(OpKind.DELETE, "mem-b"),  # the blank UPDATE of "1" is no duplicate
+        Operation(OpKind.NOOP, "mem-c"),
+    )
     assert res.rejections == {UI: 1, ET: 1, UE: 1}
-    assert res.messages == ("item 1: unknown id '9' (known: 0..3)", "item 3: UPDATE text is blank",
-                            "item 6: unknown event 'remove' (use ADD, UPDATE, DELETE or NONE)")
+    assert res.messages == (
+        "item 1: unknown id '9' (known: 0..3)",
+        "item 3: UPDATE text is blank",
+        "item 6: unknown event 'remove' (use ADD, UPDATE, DELETE or NONE)",
+    )
     assert res.counts_by_kind() == {OpKind.ADD: 1, OpKind.UPDATE: 1, OpKind.DELETE: 1, OpKind.NOOP: 1}
     with pytest.raises(OperationError) as info:
         parse_operations(raw, MAP, strict=True)
@@ -213,26 +297,37 @@ def test_strict_first_rejection_is_by_item_order_duplicates_included():
 
 def test_not_duplicates():
     # NOOP next to an UPDATE of the same id, several ADDs, several NONEs: all fine
-    res = parse_operations(out({"id": "0", "event": "NONE"}, {"id": "0", "text": "t", "event": "UPDATE"},
-                               {"id": "0", "event": "NONE"}, {"text": "a", "event": "ADD"},
-                               {"text": "a", "event": "ADD"}), MAP)
+    res = parse_operations(
+        out(
+            {"id": "0", "event": "NONE"},
+            {"id": "0", "text": "t", "event": "UPDATE"},
+            {"id": "0", "event": "NONE"},
+            {"text": "a", "event": "ADD"},
+            {"text": "a", "event": "ADD"},
+        ),
+        MAP,
+    )
     assert res.ok and len(res.ops) == 5
     # two small ids mapped to one real id do clash
-    res = parse_operations(out({"id": "0", "event": "DELETE"}, {"id": "1", "event": "DELETE"}),
-                           {"0": "same", "1": "same"})
+    res = parse_operations(
+        out({"id": "0", "event": "DELETE"}, {"id": "1", "event": "DELETE"}), {"0": "same", "1": "same"}
+    )
     assert res.rejections == {DI: 2} and res.ops == ()
 
 
 def test_text_cap_is_after_strip_and_configurable():
     assert parse_operations(out({"text": " " + "x" * 500 + " ", "event": "ADD"}), MAP).ok
-    res = parse_operations(out({"text": "abcd", "event": "ADD"}, {"text": "abc", "event": "ADD"}), MAP,
-                           max_text_chars=3)
+    res = parse_operations(
+        out({"text": "abcd", "event": "ADD"}, {"text": "abc", "event": "ADD"}), MAP, max_text_chars=3
+    )
     assert res.rejections == {TL: 1} and res.messages == ("item 0: text too long (4 > 3 chars)",)
     assert kinds(res) == [("ADD", None, "abc")]
 
 
-@pytest.mark.parametrize("id_map,known", [({}, "none"), ({"0": "a"}, "0"), ({"0": "a", "1": "b"}, "0..1"),
-                                           ({"5": "a", "10": "b", "x": "c"}, "5, 10, x")])
+@pytest.mark.parametrize(
+    "id_map,known",
+    [({}, "none"), ({"0": "a"}, "0"), ({"0": "a", "1": "b"}, "0..1"), ({"5": "a", "10": "b", "x": "c"}, "5, 10, x")],
+)
 def test_unknown_id_message_lists_known_ids(id_map, known):
     res = parse_operations(out({"id": "42", "event": "DELETE"}), id_map)
     assert res.messages == (f"item 0: unknown id '42' (known: {known})",)
@@ -244,21 +339,37 @@ def test_result_is_frozen_and_rejections_is_a_counter():
         res.ops = ()  # type: ignore[misc]
     assert res.rejections["malformed_json"] == 1 and res.rejections[RejectKind.unknown_id] == 0
     assert str(RejectKind.malformed_json) == "malformed_json"
-    assert {k.value for k in RejectKind} == {"malformed_json", "bad_schema", "unknown_id", "unknown_event",
-                                             "missing_text", "empty_text", "text_too_long", "duplicate_id"}
+    assert {k.value for k in RejectKind} == {
+        "malformed_json",
+        "bad_schema",
+        "unknown_id",
+        "unknown_event",
+        "missing_text",
+        "empty_text",
+        "text_too_long",
+        "duplicate_id",
+        "truncated",
+    }
 
 
 # --------------------------------------------------------------------------- render / round trip
 
 
 def test_render_shape_and_unknown_id():
-    ops = (Operation(OpKind.UPDATE, "mem-b", "Loves tea", "Likes tea"), Operation(OpKind.NOOP, "mem-a"),
-           Operation(OpKind.ADD, None, "x"), Operation(OpKind.ADD, None, "y"))
-    assert json.loads(render_operations(ops, MAP)) == {"memory": [
-        {"id": "1", "text": "Loves tea", "event": "UPDATE", "old_memory": "Likes tea"},
-        {"id": "0", "event": "NONE"},
-        {"id": "4", "text": "x", "event": "ADD"},
-        {"id": "5", "text": "y", "event": "ADD"}]}
+    ops = (
+        Operation(OpKind.UPDATE, "mem-b", "Loves tea", "Likes tea"),
+        Operation(OpKind.NOOP, "mem-a"),
+        Operation(OpKind.ADD, None, "x"),
+        Operation(OpKind.ADD, None, "y"),
+    )
+    assert json.loads(render_operations(ops, MAP)) == {
+        "memory": [
+            {"id": "1", "text": "Loves tea", "event": "UPDATE", "old_memory": "Likes tea"},
+            {"id": "0", "event": "NONE"},
+            {"id": "4", "text": "x", "event": "ADD"},
+            {"id": "5", "text": "y", "event": "ADD"},
+        ]
+    }
     with pytest.raises(OperationError) as info:
         render_operations([Operation(OpKind.DELETE, "nowhere")], MAP)
     assert info.value.kind is UI
@@ -273,8 +384,13 @@ def valid_ops(draw: st.DrawFn, id_map: dict[str, str]) -> tuple[Operation, ...]:
     for real in draw(st.lists(st.sampled_from(reals), unique=True)):
         update = st.builds(Operation, st.just(OpKind.UPDATE), st.just(real), texts, st.none() | st.text())
         ops.append(draw(st.just(Operation(OpKind.DELETE, real)) | update))
-    ops += draw(st.lists(texts.map(lambda t: Operation(OpKind.ADD, None, t))
-                         | st.sampled_from(reals).map(lambda r: Operation(OpKind.NOOP, r)), max_size=6))
+    ops += draw(
+        st.lists(
+            texts.map(lambda t: Operation(OpKind.ADD, None, t))
+            | st.sampled_from(reals).map(lambda r: Operation(OpKind.NOOP, r)),
+            max_size=6,
+        )
+    )
     return tuple(draw(st.permutations(ops)))
 
 
@@ -294,8 +410,7 @@ def test_round_trip_render_parse(ops, fenced):
 # --------------------------------------------------------------------------- fuzzing
 
 
-def check_invariants(raw: object, id_map: dict[str, str], cap: int,
-                     n_items: int | None = None) -> ParseResult:
+def check_invariants(raw: object, id_map: dict[str, str], cap: int, n_items: int | None = None) -> ParseResult:
     """Counting mode never raises and returns only well-formed ops; strict mode agrees with it."""
     res = parse_operations(raw, id_map, max_text_chars=cap)
     reals = set(id_map.values())
@@ -334,8 +449,28 @@ def check_strict(raw: object, id_map: dict[str, str], cap: int, res: ParseResult
 def random_json(rng: random.Random, depth: int = 0) -> object:
     r = rng.random()
     if depth > 3 or r < 0.45:
-        return rng.choice([None, True, False, 0, -1, 7, 2**40, 1.5, float("nan"), float("inf"), "", "ADD",
-                           "none", "0", "1", " 2 ", "x" * rng.randint(0, 12), "\u00e9\u4e2d\U0001F600"])
+        return rng.choice(
+            [
+                None,
+                True,
+                False,
+                0,
+                -1,
+                7,
+                2**40,
+                1.5,
+                float("nan"),
+                float("inf"),
+                "",
+                "ADD",
+                "none",
+                "0",
+                "1",
+                " 2 ",
+                "x" * rng.randint(0, 12),
+                "\u00e9\u4e2d\U0001f600",
+            ]
+        )
     if r < 0.7:
         return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
     keys = ["memory", "id", "text", "event", "old_memory", "facts", ""]
@@ -343,17 +478,49 @@ def random_json(rng: random.Random, depth: int = 0) -> object:
 
 
 IDS = [0, 1, 2, 3, 5, -1, "0", "1", " 2 ", "3", "9", "x", "", None, 1.0, True, [], {}, 10**20, "mem-a"]
-TEXTS = ["Likes tea", " padded ", "", "   ", "\n", None, 7, ["t"], {"t": 1}, "x" * 50, "x" * 51,
-         "\u00e9t\u00e9 \U0001F600"]
-EVENTS = ["ADD", "add", "UPDATE", "Update", "DELETE", "delete", "NONE", "none", "NOOP", "noop", " ADD ",
-          "MERGE", "", None, 1, ["ADD"]]
+TEXTS = [
+    "Likes tea",
+    " padded ",
+    "",
+    "   ",
+    "\n",
+    None,
+    7,
+    ["t"],
+    {"t": 1},
+    "x" * 50,
+    "x" * 51,
+    "\u00e9t\u00e9 \U0001f600",
+]
+EVENTS = [
+    "ADD",
+    "add",
+    "UPDATE",
+    "Update",
+    "DELETE",
+    "delete",
+    "NONE",
+    "none",
+    "NOOP",
+    "noop",
+    " ADD ",
+    "MERGE",
+    "",
+    None,
+    1,
+    ["ADD"],
+]
 
 
 def random_item(rng: random.Random) -> object:
     if rng.random() < 0.05:
         return random_json(rng)
-    item = {"id": rng.choice(IDS), "text": rng.choice(TEXTS), "event": rng.choice(EVENTS),
-            "old_memory": rng.choice(TEXTS)}
+    item = {
+        "id": rng.choice(IDS),
+        "text": rng.choice(TEXTS),
+        "event": rng.choice(EVENTS),
+        "old_memory": rng.choice(TEXTS),
+    }
     for key in list(item):
         if rng.random() < 0.2:
             del item[key]
@@ -416,12 +583,21 @@ def test_fuzz_seeded_bulk_never_raises():
 
 
 PATHOLOGICAL = [
-    "[" * 100_000, "{" * 100_000, '{"a":' * 50_000, '{"memory": ' + "[" * 20_000 + "]" * 20_000 + "}",
-    '{"memory": [' + "[" * 5000 + "]" * 5000 + "]}", "NaN", "Infinity",
+    "[" * 100_000,
+    "{" * 100_000,
+    '{"a":' * 50_000,
+    '{"memory": ' + "[" * 20_000 + "]" * 20_000 + "}",
+    '{"memory": [' + "[" * 5000 + "]" * 5000 + "]}",
+    "NaN",
+    "Infinity",
     '{"memory": [NaN, Infinity, -Infinity]}',
-    '{"memory": [{"id": ' + "1" * 5000 + ', "event": "DELETE"}]}', "```" * 1000, "```json\n" * 500 + "{",
-    '{"memory": [{"event": "ADD", "text": "' + "x" * 200_000 + '"}]}', "\x00\ud800{\"memory\": []}",
-    '{"memory": "' + "{" * 1000 + '"}', "}" * 1000 + "{" * 1000,
+    '{"memory": [{"id": ' + "1" * 5000 + ', "event": "DELETE"}]}',
+    "```" * 1000,
+    "```json\n" * 500 + "{",
+    '{"memory": [{"event": "ADD", "text": "' + "x" * 200_000 + '"}]}',
+    '\x00\ud800{"memory": []}',
+    '{"memory": "' + "{" * 1000 + '"}',
+    "}" * 1000 + "{" * 1000,
     '{"memory": [{"id": "0", "event": "DELETE"}]' * 300,
 ]
 
@@ -433,12 +609,20 @@ def test_pathological_outputs_never_raise(raw):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
     | st.sampled_from(["ADD", "update", "NONE", "noop", "DELETE", "0", "1", "3"]),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(
-        st.sampled_from(["memory", "id", "text", "event", "old_memory"]) | st.text(max_size=5), children,
-        max_size=5),
-    max_leaves=25)
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(["memory", "id", "text", "event", "old_memory"]) | st.text(max_size=5), children, max_size=5
+        )
+    ),
+    max_leaves=25,
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -451,13 +635,18 @@ def test_fuzz_hypothesis_json_values(value, under_memory, template):
     check_strict(raw, MAP, 30, res)
 
 
-item_shapes = st.fixed_dictionaries({}, optional={
-    "id": st.integers(-2, 6) | st.sampled_from(["0", " 1", "3 ", "9", "x", ""]) | st.none() | st.floats(),
-    "text": st.text(max_size=40) | st.none() | st.integers(),
-    "event": st.sampled_from(["ADD", "add", "UPDATE", "DELETE", "delete", "NONE", "NOOP", "noop", "merge"])
-    | st.text(max_size=6) | st.none() | st.integers(),
-    "old_memory": st.text(max_size=10) | st.none() | st.booleans(),
-})
+item_shapes = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.integers(-2, 6) | st.sampled_from(["0", " 1", "3 ", "9", "x", ""]) | st.none() | st.floats(),
+        "text": st.text(max_size=40) | st.none() | st.integers(),
+        "event": st.sampled_from(["ADD", "add", "UPDATE", "DELETE", "delete", "NONE", "NOOP", "noop", "merge"])
+        | st.text(max_size=6)
+        | st.none()
+        | st.integers(),
+        "old_memory": st.text(max_size=10) | st.none() | st.booleans(),
+    },
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -468,8 +657,11 @@ def test_fuzz_hypothesis_item_shapes(items, noise):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list('{}[]":,0123456789 memoryidtextevent') + list(string.printable)),
-               max_size=200))
+@given(
+    st.text(
+        alphabet=st.sampled_from(list('{}[]":,0123456789 memoryidtextevent') + list(string.printable)), max_size=200
+    )
+)
 def test_fuzz_hypothesis_jsonish_text(raw):
     res = check_invariants(raw, MAP, 500)
     check_strict(raw, MAP, 500, res)

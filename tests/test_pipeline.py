@@ -40,8 +40,9 @@ def test_steps_no_longer_switches_on_mem1_training():
 def test_global_keys_reach_every_stage_that_has_them():
     planned = plan("smoke", {"seed": "5", "embedder": "hash"}, run_dir=RUN)
     assert all(p.config.seed == 5 for p in planned)
-    assert {p.name for p in planned if getattr(p.config, "embedder", None) == "hash"} == \
-        {s.name for s in STAGES if "embedder" in s.fields()}
+    assert {p.name for p in planned if getattr(p.config, "embedder", None) == "hash"} == {
+        s.name for s in STAGES if "embedder" in s.fields()
+    }
     assert set(GLOBAL_KEYS) == {"profile", "seed", "model", "embedder", "data_dir"}
 
 
@@ -83,7 +84,7 @@ def _readme_commands() -> list[list[str]]:
             if words and Path(words[0]).name == "memr1" and not words[0].endswith("/"):
                 out.append(words[1:])
             elif "memr1.cli" in words:
-                out.append(words[words.index("memr1.cli") + 1:])
+                out.append(words[words.index("memr1.cli") + 1 :])
     return out
 
 

@@ -52,8 +52,11 @@ def test_each_committed_turn_checks_out_as_the_prefix_of_the_schedule(stored, co
         expected = [o.text for p in sorted(schedule) if p <= t for o in schedule[p] if o.speaker == "Melanie"]
         assert [e.text for e in bank.checkout(t).entries()] == expected
     d = bank.diff(turns[0], turns[1])
-    assert not d.updated and not d.deleted and [e.text for e in d.added] == [
-        o.text for o in schedule[turns[1]] if o.speaker == "Melanie"]
+    assert (
+        not d.updated
+        and not d.deleted
+        and [e.text for e in d.added] == [o.text for o in schedule[turns[1]] if o.speaker == "Melanie"]
+    )
 
 
 def test_rerun_resumes_after_last_commit_without_duplicates(stored, conv):

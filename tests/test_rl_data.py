@@ -27,8 +27,7 @@ from memr1.memory.bank import MemoryBank
 from memr1.memory.embed import make_embedder
 from memr1.memory.entry import Operation, OpKind, TurnContext
 from memr1.memory.replay import schedule_observations
-from memr1.rl.datasets import (answer_agent_rows, linked_questions, manager_rows, open_teacher_bank,
-                               snapshot)
+from memr1.rl.datasets import answer_agent_rows, linked_questions, manager_rows, open_teacher_bank, snapshot
 from memr1.rl.export_verl import ANSWER_SOURCE, MANAGER_SOURCE, VERL_COLUMNS
 from memr1.rl.rewards import ManagerReward, answer_em_reward, op_mix, read_op_log
 
@@ -52,8 +51,7 @@ def mrows(locomo, emb, store):
 
 @pytest.fixture(scope="module")
 def arows(locomo, emb, store, mrows):  # after mrows: the conv-26 store then only reopens
-    return {split: answer_agent_rows(locomo, split, emb, store_dir=store)
-            for split in ("train", "validation")}
+    return {split: answer_agent_rows(locomo, split, emb, store_dir=store) for split in ("train", "validation")}
 
 
 def memory_blocks(content: str) -> dict[str, list[str]]:
@@ -74,6 +72,7 @@ def bank_lines(bank: MemoryBank) -> set[str]:
 
 
 # --------------------------------------------------------------------------- answer rows
+
 
 def test_answer_rows_show_60_teacher_memories_and_the_question(arows, locomo, emb, store):
     assert len(arows["train"]) == 152 and len(arows["validation"]) == 81
@@ -98,28 +97,35 @@ def test_answer_rows_show_60_teacher_memories_and_the_question(arows, locomo, em
 def test_answer_rows_from_given_banks(locomo, emb):
     conv = locomo.conversation("conv-30")
     banks = {sp: MemoryBank(sp, emb) for sp in conv.speakers}
-    banks["Jon"].apply([Operation(OpKind.ADD, text="Jon opened a dance studio")],
-                       TurnContext(0, "D1:1", "4:04 pm on 20 January, 2023"))
+    banks["Jon"].apply(
+        [Operation(OpKind.ADD, text="Jon opened a dance studio")], TurnContext(0, "D1:1", "4:04 pm on 20 January, 2023")
+    )
     rows = answer_agent_rows(locomo, "validation", emb, banks_by_conv={"conv-30": banks}, limit=3)
     assert len(rows) == 3
     assert memory_blocks(rows[0]["prompt"][0]["content"]) == {
-        "Jon": ["4:04 pm on 20 January, 2023: Jon opened a dance studio"], "Gina": []}
+        "Jon": ["4:04 pm on 20 January, 2023: Jon opened a dance studio"],
+        "Gina": [],
+    }
     with pytest.raises(ConfigError, match="store_dir"):
         answer_agent_rows(locomo, "validation", emb, limit=1)
     with pytest.raises(ConfigError, match="Gina"):
-        answer_agent_rows(locomo, "validation", emb, limit=1,
-                          banks_by_conv={"conv-30": {"Jon": banks["Jon"]}})
+        answer_agent_rows(locomo, "validation", emb, limit=1, banks_by_conv={"conv-30": {"Jon": banks["Jon"]}})
 
 
 # --------------------------------------------------------------------------- manager rows
+
 
 def test_manager_rows_link_questions_and_teacher_facts(mrows, locomo):
     conv = locomo.conversation("conv-26")
     schedule, _ = schedule_observations(conv)
     linked = linked_questions(conv)
-    expected = [(t.position, sp) for t in conv.turns() if t.position in linked
-                for sp in conv.speakers
-                if any(o.speaker == sp for o in schedule.get(t.position, []))]
+    expected = [
+        (t.position, sp)
+        for t in conv.turns()
+        if t.position in linked
+        for sp in conv.speakers
+        if any(o.speaker == sp for o in schedule.get(t.position, []))
+    ]
     assert [(r["turn"], r["speaker"]) for r in mrows] == expected and len(mrows) == 92
     qa = {q.qid: q for q in conv.qa}
     for row in mrows:
@@ -129,8 +135,7 @@ def test_manager_rows_link_questions_and_teacher_facts(mrows, locomo):
         for qid, question, answer in zip(row["qids"], row["questions"], row["answers"]):
             assert row["dia_id"] in qa[qid].evidence and qa[qid].category != 5
             assert (qa[qid].question, qa[qid].answer) == (question, answer)
-        facts = list(dict.fromkeys(o.text.strip() for o in schedule[row["turn"]]
-                                   if o.speaker == row["speaker"]))
+        facts = list(dict.fromkeys(o.text.strip() for o in schedule[row["turn"]] if o.speaker == row["speaker"]))
         assert row["facts"] == facts
         user = row["prompt"][1]["content"]
         assert json.loads(user.split("latest turn:\n")[1].split("\n\n")[0]) == facts
@@ -146,14 +151,14 @@ def test_manager_snapshot_is_the_bank_before_the_turn(mrows, locomo, emb, store)
     assert mrows[0]["snapshot_turn"] >= -1 and len(snapshot(opened["Caroline"], -1)) == 0
     for row in mrows:
         snap = snapshot(opened[row["speaker"]], row["snapshot_turn"])
-        earlier = [o.text for p in sorted(schedule) if p < row["turn"] for o in schedule[p]
-                   if o.speaker == row["speaker"]]
+        earlier = [
+            o.text for p in sorted(schedule) if p < row["turn"] for o in schedule[p] if o.speaker == row["speaker"]
+        ]
         assert [e.text for e in snap.entries()] == earlier
         id_map = json.loads(row["id_map"])
         shown = [snap.get(real) for real in id_map.values()]
         assert all(e.created_turn < row["turn"] for e in shown)
-        view = json.loads(row["prompt"][1]["content"].split("new facts:\n")[1].split("\n\n")[0]) \
-            if id_map else []
+        view = json.loads(row["prompt"][1]["content"].split("new facts:\n")[1].split("\n\n")[0]) if id_map else []
         assert [v["text"] for v in view] == [e.text for e in shown]
         for fact in row["facts"]:
             if fact in {e.text for e in shown}:
@@ -161,6 +166,7 @@ def test_manager_snapshot_is_the_bank_before_the_turn(mrows, locomo, emb, store)
 
 
 # --------------------------------------------------------------------------- rewards
+
 
 def test_answer_em_reward_reads_the_answer_span():
     plain = ["**Memories selected as relevant:**\n- x\n**Answer:** The Paris!", "Paris", "no", ""]
@@ -173,6 +179,7 @@ def test_answer_em_reward_reads_the_answer_span():
 
 def _gold_in_prompt_agent(golds: dict[str, str], calls: list[int]) -> AnswerAgent:
     """Answers the gold iff a memory line of its prompt contains it (case-insensitive)."""
+
     def answer(messages):
         content = messages[0]["content"]
         question = content.split("\n\nQuestion: ")[1].split("\n")[0]
@@ -218,49 +225,76 @@ def test_manager_reward_on_hand_made_completions(mrows, store, emb, tmp_path):
         shown = lines_of(_snapshots(row, store, emb, opened))
         return sum(any(g.lower() in ln.lower() for ln in shown) for g in row["answers"]) / len(row["answers"])
 
-    fresh = next(r for r in mrows if json.loads(r["id_map"]) and small(r) and em_by_hand(r) == 0
-                 and all(exact_match(g, g) for g in r["answers"]))
+    fresh = next(
+        r
+        for r in mrows
+        if json.loads(r["id_map"]) and small(r) and em_by_hand(r) == 0 and all(exact_match(g, g) for g in r["answers"])
+    )
     known = next(r for r in mrows if small(r) and em_by_hand(r) > 0)
     before = {id(r): _snapshots(r, store, emb) for r in (fresh, known)}
     view = json.loads(fresh["prompt"][1]["content"].split("new facts:\n")[1].split("\n\n")[0])
     said = "; ".join(fresh["answers"])
-    add = {"memory": [{"id": "0", "text": view[0]["text"], "event": "NONE"},
-                      {"id": str(len(view)), "text": f"{fresh['speaker']} said: {said}", "event": "ADD"}]}
-    update = {"memory": [{"id": "0", "text": f"{view[0]['text']} ({said})", "event": "UPDATE",
-                          "old_memory": view[0]["text"]}]}
+    add = {
+        "memory": [
+            {"id": "0", "text": view[0]["text"], "event": "NONE"},
+            {"id": str(len(view)), "text": f"{fresh['speaker']} said: {said}", "event": "ADD"},
+        ]
+    }
+    update = {
+        "memory": [{"id": "0", "text": f"{view[0]['text']} ({said})", "event": "UPDATE", "old_memory": view[0]["text"]}]
+    }
     noop = {"memory": [{"id": "0", "text": view[0]["text"], "event": "NONE"}]}
-    completions = [[{"role": "assistant", "content": json.dumps(add)}], json.dumps(update),
-                   "Sure! {memory: [oops", json.dumps(noop), json.dumps({"memory": []})]
+    completions = [
+        [{"role": "assistant", "content": json.dumps(add)}],
+        json.dumps(update),
+        "Sure! {memory: [oops",
+        json.dumps(noop),
+        json.dumps({"memory": []}),
+    ]
     rows = [fresh] * 4 + [known]
     calls: list[int] = []
     golds = {q: a for r in rows for q, a in zip(r["questions"], r["answers"])}
     reward = ManagerReward(_gold_in_prompt_agent(golds, calls), emb, log_dir=str(tmp_path))
     metrics: dict[str, float] = {}
-    got = reward(completions, **_trl_columns(rows), trainer_state=SimpleNamespace(global_step=7),
-                 log_metric=metrics.__setitem__)
+    got = reward(
+        completions, **_trl_columns(rows), trainer_state=SimpleNamespace(global_step=7), log_metric=metrics.__setitem__
+    )
     assert getattr(reward, "__name__") == "manager_em"
     assert got == [1.0, 1.0, 0.0, 0.0, em_by_hand(known)] and got[4] > 0
     assert len(calls) == 1  # one batched generate (duplicate greedy prompts asked once)
     for r in (fresh, known):  # the stored snapshots and the reward's cached ones are untouched
         again = _snapshots(r, store, emb)
         assert again == before[id(r)]
-        assert all(reward.snapshot(r["store"], r["sample_id"], sp, r["snapshot_turn"]) == again[sp]
-                   for sp in r["speakers"])
+        assert all(
+            reward.snapshot(r["store"], r["sample_id"], sp, r["snapshot_turn"]) == again[sp] for sp in r["speakers"]
+        )
     log = read_op_log(tmp_path)
     assert len(log) == 5 and set(log["step"]) == {7}
     assert log[["n_add", "n_update", "n_delete", "n_noop"]].values.tolist() == [
-        [1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+        [1, 0, 0, 1],
+        [0, 1, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 0, 1],
+        [0, 0, 0, 0],
+    ]
     assert log["valid"].tolist() == [True, True, False, True, True]
     assert "malformed_json" in log["rejections"][2] and log["rejections"][0] == ""
     assert log["reward"].tolist() == got and log["turn"].tolist() == [r["turn"] for r in rows]
-    assert metrics == {"ops/add_frac": 0.25, "ops/update_frac": 0.25, "ops/delete_frac": 0.0,
-                       "ops/noop_frac": 0.5, "ops/rejected_frac": 0.2}
+    assert metrics == {
+        "ops/add_frac": 0.25,
+        "ops/update_frac": 0.25,
+        "ops/delete_frac": 0.0,
+        "ops/noop_frac": 0.5,
+        "ops/rejected_frac": 0.2,
+    }
     reward([json.dumps(noop)], **_trl_columns([fresh]))  # no trainer_state: the call counter
     log = read_op_log(tmp_path)  # ordered by step, then call
     assert log[["step", "call", "from_trainer"]].values.tolist() == [[1, 1, False]] + [[7, 0, True]] * 5
     shares = {"add": 0.25, "update": 0.25, "delete": 0.0, "noop": 0.5, "rejected": 0.2, "completions": 5}
-    assert op_mix(log) == [{"phase": "first steps (7–7)", **shares},  # the same shares as logged to TRL;
-                           {"phase": "last steps (7–7)", **shares}]   # the validation call left out
+    assert op_mix(log) == [
+        {"phase": "first steps (7–7)", **shares},  # the same shares as logged to TRL;
+        {"phase": "last steps (7–7)", **shares},
+    ]  # the validation call left out
 
 
 def test_manager_reward_needs_the_speakers_column(mrows, emb):
@@ -272,6 +306,7 @@ def test_manager_reward_needs_the_speakers_column(mrows, emb):
 
 
 # --------------------------------------------------------------------------- verl export
+
 
 def _load_reward(path: Path):
     tree = ast.parse(path.read_text())
@@ -286,8 +321,20 @@ def _load_reward(path: Path):
 
 def test_export_verl_answer_round_trip(arows, store, data_dir, tmp_path, locomo):
     out = tmp_path / "verl"
-    code = main(["export-verl", "--out", str(out), "--store", str(store), "--embedder", "hash",
-                 "--data", str(data_dir), "--offline"])
+    code = main(
+        [
+            "export-verl",
+            "--out",
+            str(out),
+            "--store",
+            str(store),
+            "--embedder",
+            "hash",
+            "--data",
+            str(data_dir),
+            "--offline",
+        ]
+    )
     assert code == 0
     for split, filename in (("train", "train.parquet"), ("validation", "validation.parquet")):
         frame = pd.read_parquet(out / filename)
@@ -300,8 +347,16 @@ def test_export_verl_answer_round_trip(arows, store, data_dir, tmp_path, locomo)
     module = _load_reward(out / "reward.py")
     rng = random.Random(0)
     golds = [q.answer for q in locomo.questions()]
-    forms = ["**Answer:** {}", "**answer**: {}", "** Answer : ** {}\nmore", "{}", "**Answer:**\n{}",
-             "- x\n**Answer:** nope\n**Answer:** {}", "**Answer:**  The {}!", "**ANSWER:** {}, right"]
+    forms = [
+        "**Answer:** {}",
+        "**answer**: {}",
+        "** Answer : ** {}\nmore",
+        "{}",
+        "**Answer:**\n{}",
+        "- x\n**Answer:** nope\n**Answer:** {}",
+        "**Answer:**  The {}!",
+        "**ANSWER:** {}, right",
+    ]
     completions, targets = [], []
     for _ in range(200):
         gold = rng.choice(golds)
@@ -317,12 +372,28 @@ def test_export_verl_answer_round_trip(arows, store, data_dir, tmp_path, locomo)
 
 def test_export_verl_manager_task(mrows, store, data_dir, tmp_path):
     out = tmp_path / "verl-manager"
-    assert main(["export-verl", "--out", str(out), "--task", "manager", "--store", str(store),
-                 "--embedder", "hash", "--data", str(data_dir), "--offline"]) == 0
+    assert (
+        main(
+            [
+                "export-verl",
+                "--out",
+                str(out),
+                "--task",
+                "manager",
+                "--store",
+                str(store),
+                "--embedder",
+                "hash",
+                "--data",
+                str(data_dir),
+                "--offline",
+            ]
+        )
+        == 0
+    )
     frame = pd.read_parquet(out / "train.parquet")
     assert tuple(frame.columns) == VERL_COLUMNS and len(frame) == len(mrows) == 92
     extra = frame.iloc[0]["extra_info"]
-    assert (extra["turn"], extra["id_map"], extra["store"]) == (
-        mrows[0]["turn"], mrows[0]["id_map"], mrows[0]["store"])
+    assert (extra["turn"], extra["id_map"], extra["store"]) == (mrows[0]["turn"], mrows[0]["id_map"], mrows[0]["store"])
     assert list(frame.iloc[0]["reward_model"]["ground_truth"]) == mrows[0]["answers"]
     assert len(pd.read_parquet(out / "validation.parquet")) > 0

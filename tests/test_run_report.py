@@ -14,9 +14,17 @@ from memr1.stages.locomo_data import DataConfig, DataResult
 
 
 def _data_result() -> DataResult:
-    return DataResult(file="locomo10.json", sha256="ab" * 32, conversations=10, sessions=272, turns=5882,
-                      questions=1540, questions_with_adversarial=1986,
-                      splits={"train": {"1": 31, "total": 152}}, evidence_problems={"dangling": 2})
+    return DataResult(
+        file="locomo10.json",
+        sha256="ab" * 32,
+        conversations=10,
+        sessions=272,
+        turns=5882,
+        questions=1540,
+        questions_with_adversarial=1986,
+        splits={"train": {"1": 31, "total": 152}},
+        evidence_problems={"dangling": 2},
+    )
 
 
 @pytest.fixture()
@@ -33,11 +41,14 @@ def test_a_result_round_trips(run_folder):
     assert list(load_run(run_folder).stages) == ["01_locomo_data"]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r.pop("turns"), r"missing key\(s\) \['turns'\]"),
-    (lambda r: r.update(turns_total=1), r"unknown key\(s\) \['turns_total'\]"),
-    (lambda r: r.update(schema="DataResult/0"), r"schema 'DataResult/0', expected 'DataResult/1'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("turns"), r"missing key\(s\) \['turns'\]"),
+        (lambda r: r.update(turns_total=1), r"unknown key\(s\) \['turns_total'\]"),
+        (lambda r: r.update(schema="DataResult/0"), r"schema 'DataResult/0', expected 'DataResult/1'"),
+    ],
+)
 def test_a_renamed_or_missing_key_is_an_error_not_a_gap(run_folder, change, message):
     path = run_folder / "01_locomo_data" / "metrics.json"
     body = json.loads(path.read_text())

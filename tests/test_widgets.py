@@ -10,7 +10,7 @@ import pytest
 from memr1.data.locomo import Conversation, Session, Turn
 from memr1.memory.bank import MemoryBank
 from memr1.memory.embed import make_embedder
-from memr1.memory.entry import OpKind, Operation, TurnContext
+from memr1.memory.entry import Operation, OpKind, TurnContext
 from memr1.memory.replay import replay_observations
 from widgets.bank_timeline import BankTimeline, entry_versions
 from widgets.display import show, static_mode
@@ -25,14 +25,17 @@ def _conv(n: int) -> Conversation:
 def handmade(tmp_path):
     """Ann's bank: ADD a, b at turn 0; UPDATE a at 1; DELETE b, ADD c at 3; nothing at 2."""
     bank = MemoryBank.open(tmp_path, "Ann", make_embedder("hash"))
-    bank.apply([Operation(OpKind.ADD, text="likes tea"), Operation(OpKind.ADD, text="has a cat")],
-               TurnContext(0, "D1:1", "1 Jan 2024"))
+    bank.apply(
+        [Operation(OpKind.ADD, text="likes tea"), Operation(OpKind.ADD, text="has a cat")],
+        TurnContext(0, "D1:1", "1 Jan 2024"),
+    )
     bank.commit(0)
     a, b = (e.id for e in bank.entries())
     bank.apply([Operation(OpKind.UPDATE, a, "likes green tea")], TurnContext(1, "D1:2", "1 Jan 2024"))
     bank.commit(1)
-    bank.apply([Operation(OpKind.DELETE, b), Operation(OpKind.ADD, text="has a dog")],
-               TurnContext(3, "D1:4", "1 Jan 2024"))
+    bank.apply(
+        [Operation(OpKind.DELETE, b), Operation(OpKind.ADD, text="has a dog")], TurnContext(3, "D1:4", "1 Jan 2024")
+    )
     bank.commit(3)
     return bank, a, b
 
@@ -44,7 +47,10 @@ def test_versions_reproduce_every_checkout(handmade):
     for t in (0, 1, 2, 3):
         assert [v.text for v in tl.bank_at("Ann", t)] == [e.text for e in bank.checkout(t).entries()]
     versions = entry_versions("Ann", bank)
-    assert [(v.id, v.start, v.end, v.end_kind) for v in versions if v.id == a] == [(a, 0, 1, "UPDATE"), (a, 1, None, None)]
+    assert [(v.id, v.start, v.end, v.end_kind) for v in versions if v.id == a] == [
+        (a, 0, 1, "UPDATE"),
+        (a, 1, None, None),
+    ]
 
 
 def test_diff_panel_shows_update_and_delete(handmade):
@@ -70,7 +76,7 @@ def test_static_html_is_self_contained_and_opens_at_focus(handmade):
 def test_live_widget_follows_the_slider(handmade):
     bank, _, _ = handmade
     box = BankTimeline(_conv(4), {"Ann": bank}).widget()
-    (play, slider, label), _speaker, body = box.children[0].children, box.children[1], box.children[2]
+    (_play, slider, label), _speaker, body = box.children[0].children, box.children[1], box.children[2]
     assert "has a dog" in body.value and label.value.startswith("turn 3")
     slider.value = 0
     assert "has a cat" in body.value and "has a dog" not in body.value and label.value.startswith("turn 0")
@@ -95,17 +101,43 @@ def test_show_rejects_unknown_objects(monkeypatch):
 def _records():
     import pandas as pd
 
-    return pd.DataFrame([
-        {"qid": "conv-26:q0", "category": 2, "question": "When did Caroline go to the support group?",
-         "gold": "7 May 2023", "prediction": "7 May 2023", "f1": 1.0, "bleu1": 1.0, "em": 1.0,
-         "retrieved": ["Caroline · 8 May 2023: Caroline went to a support group (0.71)",
-                       "Melanie · 8 May 2023: Melanie paints (0.12)"],
-         "selected": ["8 May 2023: Caroline went to a support group"], "raw_output": "**Answer:** 7 May 2023",
-         "judge_label": "CORRECT", "judge_reason": "same date."},
-        {"qid": "conv-26:q1", "category": 1, "question": "What does Melanie paint?", "gold": "sunsets",
-         "prediction": "", "f1": 0.0, "bleu1": 0.0, "em": 0.0, "retrieved": [], "selected": [],
-         "raw_output": "", "judge_label": "WRONG", "judge_reason": "no answer."},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "qid": "conv-26:q0",
+                "category": 2,
+                "question": "When did Caroline go to the support group?",
+                "gold": "7 May 2023",
+                "prediction": "7 May 2023",
+                "f1": 1.0,
+                "bleu1": 1.0,
+                "em": 1.0,
+                "retrieved": [
+                    "Caroline · 8 May 2023: Caroline went to a support group (0.71)",
+                    "Melanie · 8 May 2023: Melanie paints (0.12)",
+                ],
+                "selected": ["8 May 2023: Caroline went to a support group"],
+                "raw_output": "**Answer:** 7 May 2023",
+                "judge_label": "CORRECT",
+                "judge_reason": "same date.",
+            },
+            {
+                "qid": "conv-26:q1",
+                "category": 1,
+                "question": "What does Melanie paint?",
+                "gold": "sunsets",
+                "prediction": "",
+                "f1": 0.0,
+                "bleu1": 0.0,
+                "em": 0.0,
+                "retrieved": [],
+                "selected": [],
+                "raw_output": "",
+                "judge_label": "WRONG",
+                "judge_reason": "no answer.",
+            },
+        ]
+    )
 
 
 def test_qa_inspector_static_and_live():

@@ -18,8 +18,8 @@ from __future__ import annotations
 import html
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 from memr1.data.locomo import Conversation
 from memr1.memory.bank import MemoryBank
@@ -65,8 +65,11 @@ def entry_versions(speaker: str, bank: MemoryBank) -> list[EntryVersion]:
 
     def close(eid: str, turn: int, kind: str) -> None:
         e, start, prev = alive.pop(eid)
-        out.append(EntryVersion(speaker, e.id, e.text, e.session_time, ", ".join(e.sources), e.last_op.value,
-                                start, turn, kind, prev))
+        out.append(
+            EntryVersion(
+                speaker, e.id, e.text, e.session_time, ", ".join(e.sources), e.last_op.value, start, turn, kind, prev
+            )
+        )
 
     for turn in bank.committed_turns():
         now = {e.id: e for e in bank.checkout(turn).entries()}
@@ -81,8 +84,11 @@ def entry_versions(speaker: str, bank: MemoryBank) -> list[EntryVersion]:
                 alive[eid] = (e, turn, old.text)
     for eid in list(alive):
         e, start, prev = alive.pop(eid)
-        out.append(EntryVersion(speaker, e.id, e.text, e.session_time, ", ".join(e.sources), e.last_op.value,
-                                start, None, None, prev))
+        out.append(
+            EntryVersion(
+                speaker, e.id, e.text, e.session_time, ", ".join(e.sources), e.last_op.value, start, None, None, prev
+            )
+        )
     return sorted(out, key=lambda v: (id_number(v.id), v.id, v.start))  # creation order, as the bank
 
 
@@ -109,45 +115,65 @@ class BankTimeline:
     # ---- one turn, in Python (live view and tests) --------------------------------------------
 
     def bank_at(self, speaker: str, turn: int) -> list[EntryVersion]:
-        return [v for v in self.versions if v.speaker == speaker and v.start <= turn
-                and (v.end is None or v.end > turn)]
+        return [
+            v for v in self.versions if v.speaker == speaker and v.start <= turn and (v.end is None or v.end > turn)
+        ]
 
     def changes_at(self, speaker: str, turn: int) -> list[tuple[str, EntryVersion]]:
         """("ADD" | "UPDATE" | "DELETE", version) for what happened to ``speaker``'s bank at ``turn``."""
         mine = [v for v in self.versions if v.speaker == speaker]
-        return ([("UPDATE" if v.prev_text is not None else "ADD", v) for v in mine if v.start == turn]
-                + [("DELETE", v) for v in mine if v.end == turn and v.end_kind == "DELETE"])
+        return [("UPDATE" if v.prev_text is not None else "ADD", v) for v in mine if v.start == turn] + [
+            ("DELETE", v) for v in mine if v.end == turn and v.end_kind == "DELETE"
+        ]
 
     def diff_html(self, speaker: str, turn: int) -> str:
         items = []
         for kind, v in self.changes_at(speaker, turn):
-            body = (f"<span class='old'>{_e(v.prev_text)}</span> → {_e(v.text)}" if kind == "UPDATE"
-                    else f"<span class='del'>{_e(v.text)}</span>" if kind == "DELETE" else _e(v.text))
+            body = (
+                f"<span class='old'>{_e(v.prev_text)}</span> → {_e(v.text)}"
+                if kind == "UPDATE"
+                else f"<span class='del'>{_e(v.text)}</span>"
+                if kind == "DELETE"
+                else _e(v.text)
+            )
             items.append(f"<li style='background:{OP_COLOURS[kind]}'>{kind} <b>{_e(v.id)}</b>: {body}</li>")
         return f"<ul>{''.join(items)}</ul>" if items else "<p><i>no change at this turn</i></p>"
 
     def table_html(self, speaker: str, turn: int) -> str:
-        rows = "".join(f"<tr class='{'now' if v.start == turn else ''}' style='background:{OP_COLOURS[v.last_op]}'>"
-                       f"<td>{_e(v.id)}</td><td>{_e(v.text)}</td><td>{_e(v.session_time)}</td>"
-                       f"<td>{_e(v.sources)}</td></tr>" for v in self.bank_at(speaker, turn))
-        return (f"<table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>{rows}</table>"
-                if rows else "<p><i>empty bank</i></p>")
+        rows = "".join(
+            f"<tr class='{'now' if v.start == turn else ''}' style='background:{OP_COLOURS[v.last_op]}'>"
+            f"<td>{_e(v.id)}</td><td>{_e(v.text)}</td><td>{_e(v.session_time)}</td>"
+            f"<td>{_e(v.sources)}</td></tr>"
+            for v in self.bank_at(speaker, turn)
+        )
+        return (
+            f"<table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>{rows}</table>"
+            if rows
+            else "<p><i>empty bank</i></p>"
+        )
 
     def turn_header(self, turn: int) -> str:
         t = self._turn.get(turn)
         if t is None:
             return f"<div class='turn'><b>turn {turn}</b></div>"
-        return (f"<div class='turn'><b>turn {turn}</b> · {_e(t.dia_id)} · {_e(self.conv.session_time(t.session))}"
-                f"<br><b>{_e(t.speaker)}</b>: {_e(t.text)}</div>")
+        return (
+            f"<div class='turn'><b>turn {turn}</b> · {_e(t.dia_id)} · {_e(self.conv.session_time(t.session))}"
+            f"<br><b>{_e(t.speaker)}</b>: {_e(t.text)}</div>"
+        )
 
     def frame_html(self, speaker: str, turn: int) -> str:
-        return (f"{self.turn_header(turn)}<h4>{_e(speaker)}: change at this turn</h4>{self.diff_html(speaker, turn)}"
-                f"<h4>{_e(speaker)}'s bank after this turn ({len(self.bank_at(speaker, turn))} entries)</h4>"
-                f"{self.table_html(speaker, turn)}")
+        return (
+            f"{self.turn_header(turn)}<h4>{_e(speaker)}: change at this turn</h4>{self.diff_html(speaker, turn)}"
+            f"<h4>{_e(speaker)}'s bank after this turn ({len(self.bank_at(speaker, turn))} entries)</h4>"
+            f"{self.table_html(speaker, turn)}"
+        )
 
     def _legend(self) -> str:
-        return "<div class='legend'>" + "".join(f"<span style='background:{c}'>{k}</span>"
-                                                 for k, c in OP_COLOURS.items()) + "</div>"
+        return (
+            "<div class='legend'>"
+            + "".join(f"<span style='background:{c}'>{k}</span>" for k, c in OP_COLOURS.items())
+            + "</div>"
+        )
 
     # ---- views --------------------------------------------------------------------------------
 
@@ -181,16 +207,19 @@ class BankTimeline:
         uid = uuid.uuid4().hex[:8]
         start = self._start_index(self.focus_turn if turn is None else turn)
         heads = {t: self.turn_header(t) for t in self.turns}
-        data = json.dumps({"turns": self.turns, "heads": heads, "colours": OP_COLOURS,
-                           "versions": [asdict(v) for v in self.versions]}).replace("</", "<\\/")
+        data = json.dumps(
+            {"turns": self.turns, "heads": heads, "colours": OP_COLOURS, "versions": [asdict(v) for v in self.versions]}
+        ).replace("</", "<\\/")
         first = self.speakers[0]
         options = "".join(f"<option>{_e(sp)}</option>" for sp in self.speakers)
-        return (f"{_CSS}<div class='m1-tl' id='tl{uid}'><b>{_e(self.conv.sample_id)}</b> memory banks · "
-                f"{len(self.turns)} committed turns <select>{options}</select> <button>▶</button> "
-                f"<input type='range' min='0' max='{len(self.turns) - 1}' value='{start}' style='width:45%'> "
-                f"<span class='lbl'></span>{self._legend()}<div class='frame'>{self.frame_html(first, self.turns[start])}"
-                f"</div></div><script type='application/json' id='d{uid}'>{data}</script>"
-                f"<script>{_JS.replace('UID', uid)}</script>")
+        return (
+            f"{_CSS}<div class='m1-tl' id='tl{uid}'><b>{_e(self.conv.sample_id)}</b> memory banks · "
+            f"{len(self.turns)} committed turns <select>{options}</select> <button>▶</button> "
+            f"<input type='range' min='0' max='{len(self.turns) - 1}' value='{start}' style='width:45%'> "
+            f"<span class='lbl'></span>{self._legend()}<div class='frame'>{self.frame_html(first, self.turns[start])}"
+            f"</div></div><script type='application/json' id='d{uid}'>{data}</script>"
+            f"<script>{_JS.replace('UID', uid)}</script>"
+        )
 
 
 # Mirrors BankTimeline.frame_html; the first frame is pre-rendered so the view is complete without JS.

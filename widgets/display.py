@@ -30,8 +30,9 @@ def static_mode() -> bool:
 
 def figure_html(fig: Any, *, include_plotlyjs: bool | str = True) -> str:
     """An HTML fragment for a plotly figure (embedding plotly.js unless told otherwise)."""
-    return fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs,
-                       config={"displaylogo": False, "responsive": True})
+    return fig.to_html(
+        full_html=False, include_plotlyjs=include_plotlyjs, config={"displaylogo": False, "responsive": True}
+    )
 
 
 def figure_fragment(fig: Any) -> str:

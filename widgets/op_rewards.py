@@ -33,8 +33,13 @@ def op_reward_figure(log: pd.DataFrame) -> go.Figure:
     """Top: mean reward per step for each kind of completion. Bottom: rejected share per step."""
     train = (log[log["from_trainer"]] if "from_trainer" in log else log).copy()
     train["kind"] = train.apply(completion_kind, axis=1)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35],
-                        subplot_titles=["mean reward by kind of completion", "rejected outputs (share)"])
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.65, 0.35],
+        subplot_titles=["mean reward by kind of completion", "rejected outputs (share)"],
+    )
     for kind, part in train.groupby("kind"):
         per_step = part.groupby("step")["reward"].mean()
         fig.add_trace(go.Scatter(x=per_step.index, y=per_step.values, mode="lines+markers", name=kind), row=1, col=1)
@@ -61,8 +66,11 @@ class OpRewardView:
         return self.mix.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}")
 
     def static_html(self) -> str:
-        return (figure_fragment(op_reward_figure(self.log))
-                + "<h4>Operation mix, first vs last steps</h4>" + self.table_html())
+        return (
+            figure_fragment(op_reward_figure(self.log))
+            + "<h4>Operation mix, first vs last steps</h4>"
+            + self.table_html()
+        )
 
     def widget(self):
         import ipywidgets as w

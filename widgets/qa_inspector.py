@@ -17,7 +17,8 @@ from memr1.data.splits import CATEGORIES
 
 _CSS = """<style>
 .m1-qa{font-family:system-ui,sans-serif;font-size:13px}.m1-qa details{border-bottom:1px solid #ddd;padding:4px 0}
-.m1-qa .sel{background:#e3f4e6}.m1-qa ol{margin:4px 0;padding-left:28px}.m1-qa pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}
+.m1-qa .sel{background:#e3f4e6}.m1-qa ol{margin:4px 0;padding-left:28px}
+.m1-qa pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}
 .m1-qa .ok{color:#1a7f37}.m1-qa .bad{color:#b42318}
 </style>"""
 
@@ -37,18 +38,22 @@ def question_html(rec: pd.Series) -> str:
     selected = list(rec.get("selected", []) or [])
     retrieved = list(rec.get("retrieved", []) or [])
     cat = CATEGORIES.get(int(rec["category"]))
-    scores = " · ".join(f"{k} {rec[k]:.2f}" for k in ("f1", "bleu1", "f1_locomo", "em") if k in rec and pd.notna(rec[k]))
+    scores = " · ".join(
+        f"{k} {rec[k]:.2f}" for k in ("f1", "bleu1", "f1_locomo", "em") if k in rec and pd.notna(rec[k])
+    )
     judge = ""
     if "judge_label" in rec and isinstance(rec["judge_label"], str) and rec["judge_label"]:
         cls = "ok" if rec["judge_label"] == "CORRECT" else "bad"
         judge = f"<br>judge: <b class='{cls}'>{_e(rec['judge_label'])}</b> — {_e(rec.get('judge_reason', ''))}"
     mems = "".join(f"<li class='{'sel' if _is_selected(m, selected) else ''}'>{_e(m)}</li>" for m in retrieved)
     note = f"<br><i>{_e(rec['context_note'])}</i>" if rec.get("context_note") else ""
-    return (f"<p><b>{_e(rec['qid'])}</b> · category {int(rec['category'])} {cat.locomo_name if cat else ''} "
-            f"({cat.memory_r1_name if cat else ''})<br><b>Q:</b> {_e(rec['question'])}<br><b>gold:</b> {_e(rec['gold'])}"
-            f"<br><b>answer:</b> {_e(rec['prediction'])}<br>{scores}{judge}{note}</p>"
-            f"<b>retrieved ({len(retrieved)}; selected ones shaded)</b><ol>{mems}</ol>"
-            f"<details><summary>raw output</summary><pre>{_e(rec.get('raw_output', ''))}</pre></details>")
+    return (
+        f"<p><b>{_e(rec['qid'])}</b> · category {int(rec['category'])} {cat.locomo_name if cat else ''} "
+        f"({cat.memory_r1_name if cat else ''})<br><b>Q:</b> {_e(rec['question'])}<br><b>gold:</b> {_e(rec['gold'])}"
+        f"<br><b>answer:</b> {_e(rec['prediction'])}<br>{scores}{judge}{note}</p>"
+        f"<b>retrieved ({len(retrieved)}; selected ones shaded)</b><ol>{mems}</ol>"
+        f"<details><summary>raw output</summary><pre>{_e(rec.get('raw_output', ''))}</pre></details>"
+    )
 
 
 class QAInspector:
@@ -72,12 +77,15 @@ class QAInspector:
         blocks = []
         for _, rec in order.head(self.max_static).iterrows():
             f1 = f"F1 {rec['f1']:.2f} · " if "f1" in rec else ""
-            blocks.append(f"<details><summary>{f1}{_e(rec['qid'])}: {_e(rec['question'])} → "
-                          f"<i>{_e(rec['prediction'])}</i> (gold: {_e(rec['gold'])})</summary>"
-                          f"{question_html(rec)}</details>")
+            blocks.append(
+                f"<details><summary>{f1}{_e(rec['qid'])}: {_e(rec['question'])} → "
+                f"<i>{_e(rec['prediction'])}</i> (gold: {_e(rec['gold'])})</summary>"
+                f"{question_html(rec)}</details>"
+            )
         more = len(self.records) - len(blocks)
         tail = f"<p><i>{more} more questions in records.parquet</i></p>" if more > 0 else ""
-        return f"{_CSS}<div class='m1-qa'><b>{len(self.records)} questions</b>, worst F1 first{''.join(blocks)}{tail}</div>"
+        head = f"<b>{len(self.records)} questions</b>, worst F1 first"
+        return f"{_CSS}<div class='m1-qa'>{head}{''.join(blocks)}{tail}</div>"
 
     def widget(self):
         import ipywidgets as w

@@ -8,7 +8,8 @@ one result type. plotly.js is embedded once, so ``report.html`` opens offline.
 from __future__ import annotations
 
 import html
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -39,8 +40,11 @@ def _e(x: Any) -> str:
 
 def _table(rows: list[dict] | pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    return df.to_html(index=False, border=0, na_rep="–",
-                      float_format=lambda v: floatfmt.format(v)) if len(df) else "<p><i>empty</i></p>"
+    return (
+        df.to_html(index=False, border=0, na_rep="–", float_format=lambda v: floatfmt.format(v))
+        if len(df)
+        else "<p><i>empty</i></p>"
+    )
 
 
 def _fig(fig: go.Figure) -> str:
@@ -49,16 +53,20 @@ def _fig(fig: go.Figure) -> str:
 
 def _data(r: DataResult) -> str:
     splits = pd.DataFrame([{"split": k, **v} for k, v in r.splits.items()])
-    return (f"<p>{r.conversations} conversations, {r.sessions} sessions, {r.turns} turns, {r.questions} questions "
-            f"without category 5 ({r.questions_with_adversarial} with it). Evidence ids needing attention: "
-            f"{_e(r.evidence_problems or 'none')}. File sha256 <code>{_e(r.sha256[:16])}…</code></p>{_table(splits)}")
+    return (
+        f"<p>{r.conversations} conversations, {r.sessions} sessions, {r.turns} turns, {r.questions} questions "
+        f"without category 5 ({r.questions_with_adversarial} with it). Evidence ids needing attention: "
+        f"{_e(r.evidence_problems or 'none')}. File sha256 <code>{_e(r.sha256[:16])}…</code></p>{_table(splits)}"
+    )
 
 
 def _bank(r: BankResult) -> str:
     recall = pd.DataFrame(r.recall)
-    out = (f"<p>Observation replay of {_e(r.replay['sample_id'])}: entries per speaker {_e(r.replay['entries'])}, "
-           f"committed turns {_e(r.replay['committed_turns'])}; embedder {_e(r.embedder)}; recall over "
-           f"{_e(r.recall_scope)} questions.</p>")
+    out = (
+        f"<p>Observation replay of {_e(r.replay['sample_id'])}: entries per speaker {_e(r.replay['entries'])}, "
+        f"committed turns {_e(r.replay['committed_turns'])}; embedder {_e(r.embedder)}; recall over "
+        f"{_e(r.recall_scope)} questions.</p>"
+    )
     return out + (_fig(recall_bars(recall)) + _table(recall) if len(recall) else "")
 
 
@@ -67,8 +75,14 @@ def _training(r: AnswerTrainResult | ManagerTrainResult) -> str:
     out = f"<p>{r.steps} steps; adapter saved at <code>{_e(r.adapter)}</code>.</p>"
     curves = [c for c in ("reward", "loss", "kl", "completions/mean_length", "eval/em") if c in hist]
     if curves:
-        fig = go.Figure([go.Scatter(x=hist.dropna(subset=[c])["step"], y=hist.dropna(subset=[c])[c],
-                                    mode="lines+markers", name=c) for c in curves])
+        fig = go.Figure(
+            [
+                go.Scatter(
+                    x=hist.dropna(subset=[c])["step"], y=hist.dropna(subset=[c])[c], mode="lines+markers", name=c
+                )
+                for c in curves
+            ]
+        )
         out += _fig(fig.update_layout(title="training curves", xaxis_title="step", height=360))
     if isinstance(r, ManagerTrainResult) and r.op_mix:
         out += "<h3>Memory operations sampled</h3>" + _table(r.op_mix)
@@ -79,17 +93,24 @@ def _evaluation(r: EvalResult) -> str:
     table = pd.DataFrame(r.table)
     cols = [c for c in ("f1", "bleu1", "f1_locomo", "em", "j") if c in table]
     judge = r.judge or "no judge configured (J not computed)"
-    return (f"<p>System <b>{_e(r.system)}</b>, model {_e(r.model)} ({_e(r.backend)}) {_e(r.model_note)}, split "
-            f"{_e(r.split)}, {r.questions} questions, metric family {_e(r.metric_family)}. Judge: {_e(judge)}.</p>"
-            + (_fig(category_bars(table, cols, title="scores per category")) if cols else "") + _table(table)
-            + f"<h3>Memory Manager operations</h3><p>applied {_e(r.operations['applied'])}; rejected outputs "
-              f"{_e(r.operations['rejected_outputs'] or 'none')}</p><h3>Latency (s)</h3>"
-            + _table(r.latency, "{:.4f}"))
+    return (
+        f"<p>System <b>{_e(r.system)}</b>, model {_e(r.model)} ({_e(r.backend)}) {_e(r.model_note)}, split "
+        f"{_e(r.split)}, {r.questions} questions, metric family {_e(r.metric_family)}. Judge: {_e(judge)}.</p>"
+        + (_fig(category_bars(table, cols, title="scores per category")) if cols else "")
+        + _table(table)
+        + f"<h3>Memory Manager operations</h3><p>applied {_e(r.operations['applied'])}; rejected outputs "
+        f"{_e(r.operations['rejected_outputs'] or 'none')}</p><h3>Outputs cut at the token cap</h3>"
+        + _table([{"role": role, **counts} for role, counts in r.truncated.items()], "{:.0f}")
+        + "<h3>Latency (s)</h3>"
+        + _table(r.latency, "{:.4f}")
+    )
 
 
 def _mem1(r: Mem1Result) -> str:
-    out = (f"<p>{_e(r.environment)} tasks with {r.n_objectives} objectives, model {_e(r.model)}; tokens counted "
-           f"with {_e(r.tokenizer)}.</p>" + _table(r.table))
+    out = (
+        f"<p>{_e(r.environment)} tasks with {r.n_objectives} objectives, model {_e(r.model)}; tokens counted "
+        f"with {_e(r.tokenizer)}.</p>" + _table(r.table)
+    )
     if r.memory_r1_comparison:
         out += "<h3>MEM1 beside Memory-R1 on the same LoCoMo questions</h3>" + _table(r.memory_r1_comparison)
     return out
@@ -111,24 +132,34 @@ def report_html(run_dir: str) -> str:
     run = load_run(run_dir)
     banner = f"Profile <b>{_e(run.profile)}</b>: {_e(run.profile_reason or 'chosen by the caller')}."
     if run.profile == "smoke":
-        banner += (" Every model number in this report comes from a tiny random model built locally (no download):"
-                   " it shows the pipeline runs end to end on real LoCoMo data and says nothing about the methods.")
+        banner += (
+            " Every model number in this report comes from a tiny random model built locally (no download):"
+            " it shows the pipeline runs end to end on real LoCoMo data and says nothing about the methods."
+        )
     elif run.profile in ("cpu", "paper"):
         banner += f" {_e(get_profile(run.profile).description)}."
-    body = [f"<h1>memr1 run <code>{_e(run.name)}</code></h1><div class='banner'>{banner}</div>",
-            "<h3>Stages</h3>" + _table([{"stage": k, **{kk: vv for kk, vv in v.items() if kk != 'error'}}
-                                         for k, v in run.status.items()])]
+    body = [
+        f"<h1>memr1 run <code>{_e(run.name)}</code></h1><div class='banner'>{banner}</div>",
+        "<h3>Stages</h3>"
+        + _table([{"stage": k, **{kk: vv for kk, vv in v.items() if kk != "error"}} for k, v in run.status.items()]),
+    ]
     for stage, saved in run.stages.items():
         if isinstance(saved.result, ReportResult):
             continue
         title, render = SECTIONS[type(saved.result)]
-        body.append(f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{render(saved.result)}"
-                    f"<details><summary>configuration</summary>{_table([saved.config])}</details>")
+        body.append(
+            f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{render(saved.result)}"
+            f"<details><summary>configuration</summary>{_table([saved.config])}</details>"
+        )
     prov = next((s.provenance for s in run.stages.values()), {})
-    body.append(f"<h2>Provenance</h2><p>python {_e(prov.get('python'))} on {_e(prov.get('machine'))}</p>"
-                + _table([prov.get("packages", {})]))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>memr1 {_e(run.name)}</title>"
-            f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
+    body.append(
+        f"<h2>Provenance</h2><p>python {_e(prov.get('python'))} on {_e(prov.get('machine'))}</p>"
+        + _table([prov.get("packages", {})])
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>memr1 {_e(run.name)}</title>"
+        f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def write_report(run_dir: str) -> str:

@@ -12,15 +12,20 @@ nothing is live, so ``show_final()`` renders the finished curves as static HTML.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from widgets.display import figure_fragment, show, static_mode
 
-PANELS = (("reward", "reward (mean over completions)"), ("loss", "loss"), ("kl", "KL to the reference"),
-          ("completions/mean_length", "completion length (tokens)"))
+PANELS = (
+    ("reward", "reward (mean over completions)"),
+    ("loss", "loss"),
+    ("kl", "KL to the reference"),
+    ("completions/mean_length", "completion length (tokens)"),
+)
 
 
 class TrainingCurves:
@@ -58,8 +63,9 @@ class TrainingCurves:
         fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in PANELS])
         for i, (key, _) in enumerate(PANELS):
             x, y = self.series(key)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key, showlegend=False),
-                          row=i // 2 + 1, col=i % 2 + 1)
+            fig.add_trace(
+                go.Scatter(x=x, y=y, mode="lines+markers", name=key, showlegend=False), row=i // 2 + 1, col=i % 2 + 1
+            )
         x, y = self.series("eval/em")
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="validation EM"), row=1, col=1)
         return fig.update_layout(height=520, title="GRPO training", legend={"orientation": "h"})

@@ -9,13 +9,31 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "memr1.agents.extractor": ("EXTRACT_PROMPT_VERSION", "ExtractedFacts", "FactExtractor",
-                               "TurnAsFactExtractor", "extraction_messages", "parse_facts"),
-    "memr1.agents.manager": ("MANAGER_PROMPT_VERSION", "HeuristicManager", "ManagerStep",
-                             "MemoryManager", "manager_messages", "related_memories"),
+    "memr1.agents.extractor": (
+        "EXTRACT_PROMPT_VERSION",
+        "ExtractedFacts",
+        "FactExtractor",
+        "TurnAsFactExtractor",
+        "extraction_messages",
+        "parse_facts",
+    ),
+    "memr1.agents.manager": (
+        "MANAGER_PROMPT_VERSION",
+        "HeuristicManager",
+        "ManagerStep",
+        "MemoryManager",
+        "manager_messages",
+        "related_memories",
+    ),
     "memr1.agents.builder": ("BuildResult", "build_banks"),
-    "memr1.agents.answer": ("ANSWER_PROMPT_VERSION", "AnswerAgent", "AnswerRecord", "answer_messages",
-                            "parse_answer_output", "qa_messages"),
+    "memr1.agents.answer": (
+        "ANSWER_PROMPT_VERSION",
+        "AnswerAgent",
+        "AnswerRecord",
+        "answer_messages",
+        "parse_answer_output",
+        "qa_messages",
+    ),
     "memr1.agents.baselines": ("FullContextAnswerer", "RagAnswerer"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -11,12 +11,19 @@ the dialogue ids of the turns it showed in ``AnswerRecord.sources`` (prompt orde
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from memr1.agents.answer import (EXCERPTS, TRANSCRIPT, AnswerRecord, generate_batched, make_record,
-                                 qa_messages, render_context)
+from memr1.agents.answer import (
+    EXCERPTS,
+    TRANSCRIPT,
+    AnswerRecord,
+    generate_batched,
+    make_record,
+    qa_messages,
+    render_context,
+)
 from memr1.data.locomo import QA, Conversation, Turn
 from memr1.errors import ConfigError
 from memr1.llm.generate import GREEDY, Generator, Sampling, count_words
@@ -28,8 +35,10 @@ Blocks = list[tuple[str, list[str]]]
 def _check_questions(questions: Sequence[QA], conv: Conversation) -> None:
     foreign = sorted({q.sample_id for q in questions if q.sample_id != conv.sample_id})
     if foreign:
-        raise ConfigError(f"questions of {foreign} were passed with conversation {conv.sample_id!r}; "
-                          "answer each conversation's questions with that conversation")
+        raise ConfigError(
+            f"questions of {foreign} were passed with conversation {conv.sample_id!r}; "
+            "answer each conversation's questions with that conversation"
+        )
 
 
 def session_blocks(conv: Conversation, turns: Sequence[Turn]) -> Blocks:
@@ -58,9 +67,14 @@ class FullContextAnswerer:
         batch_size: prompts per ``generate`` call.
     """
 
-    def __init__(self, generator: Generator, count_tokens: Callable[[str], int] | None = None,
-                 max_context_tokens: int | None = None, sampling: Sampling = GREEDY,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        generator: Generator,
+        count_tokens: Callable[[str], int] | None = None,
+        max_context_tokens: int | None = None,
+        sampling: Sampling = GREEDY,
+        batch_size: int = 8,
+    ):
         if max_context_tokens is not None and max_context_tokens < 0:
             raise ConfigError(f"max_context_tokens must be >= 0 or None, got {max_context_tokens}")
         self.generator, self.sampling, self.batch_size = generator, sampling, batch_size
@@ -121,8 +135,9 @@ class RagAnswerer:
         batch_size: prompts per ``generate`` call.
     """
 
-    def __init__(self, generator: Generator, embedder: Embedder, k: int = 30,
-                 sampling: Sampling = GREEDY, batch_size: int = 8):
+    def __init__(
+        self, generator: Generator, embedder: Embedder, k: int = 30, sampling: Sampling = GREEDY, batch_size: int = 8
+    ):
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         self.generator, self.embedder, self.k = generator, embedder, k
@@ -133,8 +148,10 @@ class RagAnswerer:
         """The conversation's turns and their embeddings (rows in turn order), cached."""
         if conv.sample_id not in self._index:
             turns = list(conv.turns())
-            self._index[conv.sample_id] = (turns, np.asarray(self.embedder.embed([t.render() for t in turns]),
-                                                             dtype=np.float32))
+            self._index[conv.sample_id] = (
+                turns,
+                np.asarray(self.embedder.embed([t.render() for t in turns]), dtype=np.float32),
+            )
         return self._index[conv.sample_id]
 
     def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
@@ -145,7 +162,7 @@ class RagAnswerer:
         qvecs = np.asarray(self.embedder.embed([q.question for q in questions]), dtype=np.float32)
         out = []
         for scores in qvecs @ mat.T:
-            order = np.lexsort((np.arange(len(turns)), -scores))[:self.k]
+            order = np.lexsort((np.arange(len(turns)), -scores))[: self.k]
             out.append([(turns[i], float(scores[i])) for i in order])
         return out
 
@@ -156,10 +173,16 @@ class RagAnswerer:
         prompts = []
         for q, top in zip(questions, tops):
             lines = [f"{conv.session_time(t.session)}: {t.render()}" for t, _ in top]
-            prompts.append(qa_messages(q.question, [("Conversation excerpts, most relevant first", lines)],
-                                       conv.speakers, EXCERPTS))
+            prompts.append(
+                qa_messages(
+                    q.question, [("Conversation excerpts, most relevant first", lines)], conv.speakers, EXCERPTS
+                )
+            )
         gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
         n = sum(1 for _ in conv.turns())
-        return [make_record(q, m, g, sources=[t.dia_id for t, _ in top],
-                            context_note=f"top {len(top)} of {n} turns by similarity")
-                for q, m, g, top in zip(questions, prompts, gens, tops)]
+        return [
+            make_record(
+                q, m, g, sources=[t.dia_id for t, _ in top], context_note=f"top {len(top)} of {n} turns by similarity"
+            )
+            for q, m, g, top in zip(questions, prompts, gens, tops)
+        ]

@@ -15,9 +15,10 @@ tables are compacted at the end.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
@@ -76,9 +77,17 @@ def _changed(step: ManagerStep) -> bool:
     return step.applied is not None and any(op.kind is not OpKind.NOOP for op in step.applied.ops)
 
 
-def build_banks(conv: Conversation, extractor: Extractor, manager: Manager, embedder: Embedder, *,
-                store_dir: str | Path | None = None, until_turn: int | None = None,
-                batch_turns: int = 16, progress: bool = True) -> BuildResult:
+def build_banks(
+    conv: Conversation,
+    extractor: Extractor,
+    manager: Manager,
+    embedder: Embedder,
+    *,
+    store_dir: str | Path | None = None,
+    until_turn: int | None = None,
+    batch_turns: int = 16,
+    progress: bool = True,
+) -> BuildResult:
     """Build (or resume) the per-speaker banks of ``conv``.
 
     Args:
@@ -102,23 +111,35 @@ def build_banks(conv: Conversation, extractor: Extractor, manager: Manager, embe
         resumed = dict.fromkeys(conv.speakers)
     unknown = {t.speaker for t in conv.turns()} - set(banks)
     if unknown:
-        raise ConfigError(f"{conv.sample_id}: turns by {sorted(unknown)}, who is not one of the "
-                          f"speakers {conv.speakers}")
-    todo = [t for t in conv.turns() if (until_turn is None or t.position <= until_turn)
-            and (resumed[t.speaker] is None or t.position > resumed[t.speaker])]
+        raise ConfigError(
+            f"{conv.sample_id}: turns by {sorted(unknown)}, who is not one of the speakers {conv.speakers}"
+        )
+    todo = [
+        t
+        for t in conv.turns()
+        if (until_turn is None or t.position <= until_turn)
+        and (resumed[t.speaker] is None or t.position > resumed[t.speaker])
+    ]
     out = BuildResult(conv, banks, resumed_from=resumed, store_dir=root)
     bar = tqdm(total=len(todo), desc=f"memory {conv.sample_id}", disable=not progress, unit="turn")
     for start in range(0, len(todo), batch_turns):
-        chunk = todo[start:start + batch_turns]
+        chunk = todo[start : start + batch_turns]
         extracted = extractor.extract(conv, chunk)
         if [x.turn for x in extracted] != chunk:
-            raise ConfigError(f"{type(extractor).__name__}.extract returned {len(extracted)} results "
-                              f"for {len(chunk)} turns, or not in turn order; it must return one per turn")
+            raise ConfigError(
+                f"{type(extractor).__name__}.extract returned {len(extracted)} results "
+                f"for {len(chunk)} turns, or not in turn order; it must return one per turn"
+            )
         out.extractions.extend(extracted)
         for group in _groups(extracted):
-            items = [(banks[x.speaker], x.facts, TurnContext(x.turn.position, x.turn.dia_id,
-                                                            conv.session_time(x.turn.session)))
-                     for x in group]
+            items = [
+                (
+                    banks[x.speaker],
+                    x.facts,
+                    TurnContext(x.turn.position, x.turn.dia_id, conv.session_time(x.turn.session)),
+                )
+                for x in group
+            ]
             steps = manager.step(items)
             out.manager_calls += any(x.facts for x in group)
             out.steps.extend(steps)

@@ -1,6 +1,6 @@
 """Fact extraction: what one dialogue turn reveals that is worth remembering (``LLMExtract``).
 
-Memory-R1 extracts facts per turn but prints no extraction prompt (research/memory-r1.md §1.2);
+Memory-R1 extracts facts per turn but prints no extraction prompt (docs/design.md §Entries);
 the one here is our own. It asks for self-contained sentences that name people (no pronouns) and
 carry absolute dates (relative ones resolved with the session date-time), as ``{"facts": [...]}``,
 with the previous ``context_turns`` turns of the same session shown only to make the current one
@@ -61,16 +61,19 @@ Answer: {{"facts": ["Jon opened a bakery with his sister Ana in February 2024", 
 Latest turn: "Jon: Haha thanks, talk soon!" Answer: {{"facts": []}}"""
 
 
-def extraction_messages(turn: Turn, session_time: str, context: Sequence[Turn] = (), *,
-                        max_facts: int = 8) -> Messages:
+def extraction_messages(turn: Turn, session_time: str, context: Sequence[Turn] = (), *, max_facts: int = 8) -> Messages:
     """The chat prompt asking for the facts of ``turn`` (``context``: the turns just before it)."""
     earlier = "\n".join(t.render() for t in context) if context else "(this turn opens the session)"
-    user = (f"Speaker: {turn.speaker}\nSession date-time: {session_time}\n\n"
-            f"Earlier in this session:\n{earlier}\n\n"
-            f"Latest turn:\n{turn.render()}\n\n"
-            f"Notes about {turn.speaker} from the latest turn, as JSON:")
-    return [{"role": "system", "content": _SYSTEM.format(speaker=turn.speaker, max_facts=max_facts)},
-            {"role": "user", "content": user}]
+    user = (
+        f"Speaker: {turn.speaker}\nSession date-time: {session_time}\n\n"
+        f"Earlier in this session:\n{earlier}\n\n"
+        f"Latest turn:\n{turn.render()}\n\n"
+        f"Notes about {turn.speaker} from the latest turn, as JSON:"
+    )
+    return [
+        {"role": "system", "content": _SYSTEM.format(speaker=turn.speaker, max_facts=max_facts)},
+        {"role": "user", "content": user},
+    ]
 
 
 def parse_facts(raw: str, max_facts: int = 8) -> tuple[list[str], bool]:
@@ -103,7 +106,7 @@ def parse_facts(raw: str, max_facts: int = 8) -> tuple[list[str], bool]:
         if key not in seen:
             seen.add(key)
             facts.append(item.strip())
-    return facts[:max(0, max_facts)], True
+    return facts[: max(0, max_facts)], True
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _previous(conv: Conversation, turns: Sequence[Turn], n: int) -> list[list[Tu
     for t in turns:
         session = by_session.get(t.session, ())
         i = next((j for j, u in enumerate(session) if u.position == t.position), 0)
-        out.append(list(session[max(0, i - n):i]))
+        out.append(list(session[max(0, i - n) : i]))
     return out
 
 
@@ -146,29 +149,41 @@ class FactExtractor:
         batch_size: turns per `generate` call.
     """
 
-    def __init__(self, generator: Generator, sampling: Sampling = GREEDY, max_facts: int = 8,
-                 context_turns: int = 2, batch_size: int = 16):
+    def __init__(
+        self,
+        generator: Generator,
+        sampling: Sampling = GREEDY,
+        max_facts: int = 8,
+        context_turns: int = 2,
+        batch_size: int = 16,
+    ):
         if max_facts < 1 or context_turns < 0 or batch_size < 1:
-            raise ConfigError(f"FactExtractor needs max_facts >= 1, context_turns >= 0 and "
-                              f"batch_size >= 1; got {max_facts}, {context_turns}, {batch_size}")
+            raise ConfigError(
+                f"FactExtractor needs max_facts >= 1, context_turns >= 0 and "
+                f"batch_size >= 1; got {max_facts}, {context_turns}, {batch_size}"
+            )
         self.generator, self.sampling = generator, sampling
         self.max_facts, self.context_turns, self.batch_size = max_facts, context_turns, batch_size
 
     def messages(self, conv: Conversation, turns: Sequence[Turn]) -> list[Messages]:
         """The prompts for ``turns`` (pure; what `extract` sends)."""
-        return [extraction_messages(t, conv.session_time(t.session), ctx, max_facts=self.max_facts)
-                for t, ctx in zip(turns, _previous(conv, turns, self.context_turns))]
+        return [
+            extraction_messages(t, conv.session_time(t.session), ctx, max_facts=self.max_facts)
+            for t, ctx in zip(turns, _previous(conv, turns, self.context_turns))
+        ]
 
     def extract(self, conv: Conversation, turns: Sequence[Turn]) -> list[ExtractedFacts]:
         """One `ExtractedFacts` per turn, in order."""
         turns = list(turns)
         out: list[ExtractedFacts] = []
         for start in range(0, len(turns), self.batch_size):
-            batch = turns[start:start + self.batch_size]
+            batch = turns[start : start + self.batch_size]
             gens = self.generator.generate(self.messages(conv, batch), self.sampling)
             if len(gens) != len(batch):
-                raise ConfigError(f"generator {getattr(self.generator, 'name', '?')!r} returned "
-                                  f"{len(gens)} completions for {len(batch)} prompts")
+                raise ConfigError(
+                    f"generator {getattr(self.generator, 'name', '?')!r} returned "
+                    f"{len(gens)} completions for {len(batch)} prompts"
+                )
             for turn, gen in zip(batch, gens):
                 facts, ok = parse_facts(gen.text, self.max_facts)
                 out.append(ExtractedFacts(turn, turn.speaker, tuple(facts), gen.text, ok, gen))

@@ -2,10 +2,10 @@
 
 For one speaker's turn, `related_memories` takes the top ``k_similar`` memories per new fact
 (deduplicated, best score first), `remap_ids` shows them to the model under small ids, and the
-model answers ``{"memory": [{"id", "text", "event", "old_memory"}]}`` (DESIGN §5). The output is
+model answers ``{"memory": [{"id", "text", "event", "old_memory"}]}`` (docs/design.md §Operations). The output is
 applied with `apply_manager_output`: all or nothing, rejections counted by kind, never an
 exception for bad model output. `manager_messages` is the pure prompt builder that the GRPO
-datasets reuse; the prompt is our own wording of what research/memory-r1.md §6 says it must convey.
+datasets reuse; the prompt is our own wording of what docs/design.md §Operations says it must convey.
 
 `MemoryManager` asks an LLM (one `generate` call per `step`, for a batch of items on distinct
 banks); `HeuristicManager` decides by similarity alone, for CPU baselines and smoke runs.
@@ -34,7 +34,8 @@ an id. You are given the stored memories most related to some new facts from {sp
 turn, and you decide how the memory should change. There are four operations:
 
 ADD: a fact says something no memory covers. Give it a fresh id (the next unused number).
-  Memory {{"id": "0", "text": "Jon works as a nurse"}}, fact "Jon has two daughters" -> keep 0 (NONE) and add {{"id": "1", "text": "Jon has two daughters", "event": "ADD"}}
+  Memory {{"id": "0", "text": "Jon works as a nurse"}}, fact "Jon has two daughters" -> keep 0 (NONE) and add \
+{{"id": "1", "text": "Jon has two daughters", "event": "ADD"}}
 UPDATE: a memory is about the same thing, but the fact adds detail or changes it. Keep the \
 memory's id, write the combined sentence as "text" and copy the previous one into "old_memory".
   Memory {{"id": "0", "text": "Jon plays tennis"}}, fact "Jon plays tennis with his sister every \
@@ -44,7 +45,8 @@ DELETE: a fact shows that a memory is wrong or no longer true. Give the memory's
   Memory {{"id": "0", "text": "Jon plans a trip to Rome in June 2024"}}, fact "Jon called off his \
 June trip to Rome" -> {{"id": "0", "text": "Jon plans a trip to Rome in June 2024", "event": "DELETE"}}
 NONE: leave a memory as it is, also when a fact only repeats it in other words.
-  Memory {{"id": "0", "text": "Jon has a dog named Rex"}}, fact "Jon owns a dog called Rex" -> {{"id": "0", "text": "Jon has a dog named Rex", "event": "NONE"}}
+  Memory {{"id": "0", "text": "Jon has a dog named Rex"}}, fact "Jon owns a dog called Rex" -> \
+{{"id": "0", "text": "Jon has a dog named Rex", "event": "NONE"}}
 
 Rules:
 - UPDATE, DELETE and NONE may only use ids shown to you; never make one up, never use one twice.
@@ -56,8 +58,7 @@ A fact that overturns a memory can be added after the DELETE if it is worth keep
 ("old_memory" only for UPDATE)."""
 
 
-def manager_messages(facts: Sequence[str], memories_view: Sequence[dict], speaker: str,
-                     session_time: str) -> Messages:
+def manager_messages(facts: Sequence[str], memories_view: Sequence[dict], speaker: str, session_time: str) -> Messages:
     """The manager's chat prompt (pure).
 
     Args:
@@ -70,12 +71,13 @@ def manager_messages(facts: Sequence[str], memories_view: Sequence[dict], speake
         shown = json.dumps(list(memories_view), ensure_ascii=False)
     else:
         shown = f"(none: {speaker}'s memory holds nothing related to these facts yet)"
-    user = (f"Session date-time: {session_time}\n\n"
-            f"Stored memories of {speaker} most related to the new facts:\n{shown}\n\n"
-            f"New facts from {speaker}'s latest turn:\n{json.dumps(list(facts), ensure_ascii=False)}\n\n"
-            'Reply with the {"memory": [...]} JSON object only.')
-    return [{"role": "system", "content": _SYSTEM.format(speaker=speaker)},
-            {"role": "user", "content": user}]
+    user = (
+        f"Session date-time: {session_time}\n\n"
+        f"Stored memories of {speaker} most related to the new facts:\n{shown}\n\n"
+        f"New facts from {speaker}'s latest turn:\n{json.dumps(list(facts), ensure_ascii=False)}\n\n"
+        'Reply with the {"memory": [...]} JSON object only.'
+    )
+    return [{"role": "system", "content": _SYSTEM.format(speaker=speaker)}, {"role": "user", "content": user}]
 
 
 def _search_facts(bank: MemoryBank, facts: Sequence[str], k: int) -> list[list[tuple[MemoryEntry, float]]]:
@@ -146,8 +148,10 @@ class _BaseManager:
         banks = [id(bank) for bank, _, _ in items]
         if len(set(banks)) != len(banks):
             who = [bank.speaker for bank, _, _ in items]
-            raise ConfigError(f"one step got two items for the same bank (speakers {who}); a bank's "
-                              "turns depend on each other, so give them to separate step calls")
+            raise ConfigError(
+                f"one step got two items for the same bank (speakers {who}); a bank's "
+                "turns depend on each other, so give them to separate step calls"
+            )
         out = []
         for bank, facts, ctx in items:
             facts = _clean(facts)
@@ -161,10 +165,15 @@ class _BaseManager:
         if not p.facts:
             result, applied = ParseResult(), None
         else:
-            result, applied = apply_manager_output(p.bank, raw, p.id_map, p.ctx,
-                                                   max_text_chars=self.max_text_chars)
-        return ManagerStep(p.bank.speaker, p.ctx.turn, p.facts, p.messages, p.id_map, raw, result,
-                           applied, gen)
+            result, applied = apply_manager_output(
+                p.bank,
+                raw,
+                p.id_map,
+                p.ctx,
+                max_text_chars=self.max_text_chars,
+                truncated=gen is not None and gen.finish_reason == "length",
+            )
+        return ManagerStep(p.bank.speaker, p.ctx.turn, p.facts, p.messages, p.id_map, raw, result, applied, gen)
 
 
 class MemoryManager(_BaseManager):
@@ -177,11 +186,13 @@ class MemoryManager(_BaseManager):
         max_text_chars: longer ADD / UPDATE texts reject the output (`RejectKind.text_too_long`).
     """
 
-    def __init__(self, generator: Generator, sampling: Sampling = GREEDY, k_similar: int = 5,
-                 max_text_chars: int = 500):
+    def __init__(
+        self, generator: Generator, sampling: Sampling = GREEDY, k_similar: int = 5, max_text_chars: int = 500
+    ):
         if k_similar < 1 or max_text_chars < 1:
-            raise ConfigError(f"MemoryManager needs k_similar >= 1 and max_text_chars >= 1, got "
-                              f"{k_similar} and {max_text_chars}")
+            raise ConfigError(
+                f"MemoryManager needs k_similar >= 1 and max_text_chars >= 1, got {k_similar} and {max_text_chars}"
+            )
         self.generator, self.sampling = generator, sampling
         self.k_similar, self.max_text_chars = k_similar, max_text_chars
 
@@ -197,8 +208,10 @@ class MemoryManager(_BaseManager):
         asked = [p for p in prepared if p.facts]
         gens = self.generator.generate([p.messages for p in asked], self.sampling) if asked else []
         if len(gens) != len(asked):
-            raise ConfigError(f"generator {getattr(self.generator, 'name', '?')!r} returned "
-                              f"{len(gens)} completions for {len(asked)} prompts")
+            raise ConfigError(
+                f"generator {getattr(self.generator, 'name', '?')!r} returned "
+                f"{len(gens)} completions for {len(asked)} prompts"
+            )
         by_item = dict(zip(map(id, asked), gens))
         out = []
         for p in prepared:
@@ -221,12 +234,13 @@ class HeuristicManager(_BaseManager):
 
     def __init__(self, k_similar: int = 5, noop_at: float = 0.92, update_at: float = 0.75):
         if k_similar < 1 or not update_at <= noop_at:
-            raise ConfigError(f"HeuristicManager needs k_similar >= 1 and update_at <= noop_at, got "
-                              f"{k_similar}, update_at={update_at}, noop_at={noop_at}")
+            raise ConfigError(
+                f"HeuristicManager needs k_similar >= 1 and update_at <= noop_at, got "
+                f"{k_similar}, update_at={update_at}, noop_at={noop_at}"
+            )
         self.k_similar, self.noop_at, self.update_at = k_similar, noop_at, update_at
 
-    def decide(self, facts: Sequence[str],
-               hits: Sequence[Sequence[tuple[MemoryEntry, float]]]) -> list[Operation]:
+    def decide(self, facts: Sequence[str], hits: Sequence[Sequence[tuple[MemoryEntry, float]]]) -> list[Operation]:
         """The operations for ``facts`` given each fact's (entry, score) candidates, best first."""
         ops: list[Operation] = []
         claimed: set[str] = set()

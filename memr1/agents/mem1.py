@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from memr1.data.corpus import Passage
-from memr1.memory.passages import Retriever, retriever_for
 from memr1.data.tasks import Task
 from memr1.errors import ConfigError
 from memr1.llm.generate import Generator, Messages, Sampling
+from memr1.memory.passages import Retriever, retriever_for
 
 MODES = ("mem1", "full", "truncate")
 ANSWER_SEPARATOR = " ; "
@@ -51,25 +52,29 @@ class TokenCounter:
 WHITESPACE = TokenCounter(lambda s: len(s.split()), "whitespace")
 
 
-
 def task_prompt(task: Task) -> str:
     """The task prompt (constant over an episode): the questions and the rules of the loop."""
     n = task.n_objectives
     qs = "\n".join(f"{i}. {o.question.strip()}" for i, o in enumerate(task.objectives, 1))
-    fmt = ("<answer>your answer</answer> to finish with one short answer"
-           if n == 1 else "<answer>answer 1 ; answer 2 ; ...</answer> to finish: one short answer per "
-           "question, in question order, separated by \" ; \" (or one numbered line per question)")
-    return (f"Answer {'this question' if n == 1 else f'these {n} questions'} by searching a document "
-            f"collection, one search per turn.\n\nQuestions:\n{qs}\n\nEvery turn, reply in this order:\n"
-            "1. <IS>...</IS>: your internal state, rewritten in full each turn. Next turn you will see only "
-            "this task, your latest state, your latest query and its results; all else is erased. Keep in "
-            "the state every answer found so far (by question number), what is still missing and your "
-            "next step. Keep it short.\n"
-            "2. Then exactly one of:\n"
-            "<query>search words</query> to search for one question; the top documents come back inside "
-            "<info>...</info>.\n"
-            f"{fmt}. Write unknown where you found nothing. You answer once, and that ends the task.\n"
-            "A bracketed line at the end of each message says how many turns are left.")
+    fmt = (
+        "<answer>your answer</answer> to finish with one short answer"
+        if n == 1
+        else "<answer>answer 1 ; answer 2 ; ...</answer> to finish: one short answer per "
+        'question, in question order, separated by " ; " (or one numbered line per question)'
+    )
+    return (
+        f"Answer {'this question' if n == 1 else f'these {n} questions'} by searching a document "
+        f"collection, one search per turn.\n\nQuestions:\n{qs}\n\nEvery turn, reply in this order:\n"
+        "1. <IS>...</IS>: your internal state, rewritten in full each turn. Next turn you will see only "
+        "this task, your latest state, your latest query and its results; all else is erased. Keep in "
+        "the state every answer found so far (by question number), what is still missing and your "
+        "next step. Keep it short.\n"
+        "2. Then exactly one of:\n"
+        "<query>search words</query> to search for one question; the top documents come back inside "
+        "<info>...</info>.\n"
+        f"{fmt}. Write unknown where you found nothing. You answer once, and that ends the task.\n"
+        "A bracketed line at the end of each message says how many turns are left."
+    )
 
 
 def turns_hint(turns_left: int) -> str:
@@ -91,9 +96,19 @@ def render_info(info: str, turns_left: int) -> str:
     return f"<info>\n{info}\n</info>\n{turns_hint(turns_left)}"
 
 
-def build_context(task: Task, turn: int, state: str, last_query: str | None, last_info: str,
-                  turns_left: int, mode: str = "mem1", *, history: Sequence[tuple[str, str | None, str]] = (),
-                  budget_tokens: int = 0, count_tokens: Callable[[str], int] = WHITESPACE) -> Messages:
+def build_context(
+    task: Task,
+    turn: int,
+    state: str,
+    last_query: str | None,
+    last_info: str,
+    turns_left: int,
+    mode: str = "mem1",
+    *,
+    history: Sequence[tuple[str, str | None, str]] = (),
+    budget_tokens: int = 0,
+    count_tokens: Callable[[str], int] = WHITESPACE,
+) -> Messages:
     """The messages the model sees at ``turn`` (a pure function: same arguments, same messages).
 
     ``turn`` is 0-based (turn 0 ignores state, last_query, last_info); state, last_query (None: no
@@ -110,12 +125,15 @@ def build_context(task: Task, turn: int, state: str, last_query: str | None, las
     if mode == "mem1":
         past = [(state, last_query, last_info)]
     elif len(history) != turn - 1:
-        raise ConfigError(f"mode {mode!r} at turn {turn} needs the {turn - 1} older turns in history, "
-                          f"got {len(history)}")
+        raise ConfigError(
+            f"mode {mode!r} at turn {turn} needs the {turn - 1} older turns in history, got {len(history)}"
+        )
     else:
         past = [*history, (state, last_query, last_info)]
-    pairs = [[{"role": "assistant", "content": render_turn(s, q)}, {"role": "user", "content": f"<info>\n{i}\n</info>"}]
-             for s, q, i in past]
+    pairs = [
+        [{"role": "assistant", "content": render_turn(s, q)}, {"role": "user", "content": f"<info>\n{i}\n</info>"}]
+        for s, q, i in past
+    ]
     pairs[-1][1]["content"] = render_info(last_info, turns_left)
     if mode == "truncate":
         if budget_tokens <= 0:
@@ -129,7 +147,6 @@ def build_context(task: Task, turn: int, state: str, last_query: str | None, las
             used += cost
         pairs = kept
     return [{"role": "user", "content": prompt}] + [m for pair in pairs for m in pair]
-
 
 
 @dataclass(frozen=True)
@@ -152,14 +169,17 @@ _STATE = re.compile(r"<\s*(IS|think)\s*>(.*?)<\s*/\s*\1\s*>", re.I | re.S)
 _OPEN_STATE = re.compile(r"<\s*(IS|think)\s*>(.*?)(?=<\s*(?:query|search|answer)\s*>|\Z)", re.I | re.S)
 _ACTION = re.compile(r"<\s*(query|search|answer)\s*>(.*?)(?:<\s*/\s*\1\s*>|\Z)", re.I | re.S)
 _STOP = re.compile(r"<\s*/\s*(?:query|search|answer)\s*>", re.I)
-_NUMBERING = re.compile(r"^\s*(?:\(\d{1,2}\)|\d{1,2}[.):](?=\s)|\d{1,2}\)|[QA]\d{1,2}\s*[:.)=-]|"
-                        r"answer\s*\d{1,2}\s*[:.)=-])\s*", re.I)
+_NUMBERING = re.compile(
+    r"^\s*(?:\(\d{1,2}\)|\d{1,2}[.):](?=\s)|\d{1,2}\)|[QA]\d{1,2}\s*[:.)=-]|"
+    r"answer\s*\d{1,2}\s*[:.)=-])\s*",
+    re.I,
+)
 
 
 def cut_at_stop(text: str) -> str:
     """The text up to its first ``</query>`` or ``</answer>`` (what decoding with MEM1's stop strings returns)."""
     m = _STOP.search(text)
-    return text[:m.end()] if m else text
+    return text[: m.end()] if m else text
 
 
 def _clean(text: str) -> str:
@@ -202,7 +222,6 @@ def parse_action(text: Any, n_objectives: int | None = None) -> Action:
     if act.group(1).lower() == "answer":
         return Action(state, answers=parse_answers(body, n_objectives), ok=True)
     return Action(state, query=body, ok=True)
-
 
 
 @dataclass
@@ -248,23 +267,54 @@ class Episode:
         return len(self.answers) == self.n_objectives
 
 
-def run_episode(task: Task, generator: Generator, retriever: Retriever | None = None, mode: str = "mem1",
-                max_turns: int = 6, sampling: Sampling = DEFAULT_SAMPLING,
-                count_tokens: Callable[[str], int] = WHITESPACE, *, score: Scorer, k: int = 3,
-                budget_tokens: int = 1024, stop_on_invalid: bool = True) -> Episode:
+def run_episode(
+    task: Task,
+    generator: Generator,
+    retriever: Retriever | None = None,
+    mode: str = "mem1",
+    max_turns: int = 6,
+    sampling: Sampling = DEFAULT_SAMPLING,
+    count_tokens: Callable[[str], int] = WHITESPACE,
+    *,
+    score: Scorer,
+    k: int = 3,
+    budget_tokens: int = 1024,
+    stop_on_invalid: bool = True,
+) -> Episode:
     """Run one task to an answer, an invalid turn or ``max_turns``; score the answers per objective.
 
     ``retriever`` None uses BM25 over the task's corpus (built once per corpus). ``count_tokens``
     gives every token number in the records; pass a ``TokenCounter`` so its name is recorded.
     """
-    return run_batch([task], generator, [retriever], mode, max_turns, sampling, count_tokens, score=score, k=k,
-                     budget_tokens=budget_tokens, stop_on_invalid=stop_on_invalid)[0]
+    return run_batch(
+        [task],
+        generator,
+        [retriever],
+        mode,
+        max_turns,
+        sampling,
+        count_tokens,
+        score=score,
+        k=k,
+        budget_tokens=budget_tokens,
+        stop_on_invalid=stop_on_invalid,
+    )[0]
 
 
-def run_batch(tasks: Sequence[Task], generator: Generator, retrievers: Sequence[Retriever | None] | None = None,
-              mode: str = "mem1", max_turns: int = 6, sampling: Sampling = DEFAULT_SAMPLING,
-              count_tokens: Callable[[str], int] = WHITESPACE, *, score: Scorer, k: int = 3,
-              budget_tokens: int = 1024, stop_on_invalid: bool = True) -> list[Episode]:
+def run_batch(
+    tasks: Sequence[Task],
+    generator: Generator,
+    retrievers: Sequence[Retriever | None] | None = None,
+    mode: str = "mem1",
+    max_turns: int = 6,
+    sampling: Sampling = DEFAULT_SAMPLING,
+    count_tokens: Callable[[str], int] = WHITESPACE,
+    *,
+    score: Scorer,
+    k: int = 3,
+    budget_tokens: int = 1024,
+    stop_on_invalid: bool = True,
+) -> list[Episode]:
     """``run_episode`` for several tasks in lockstep: one ``generate`` call per turn for all live episodes.
 
     A turn's wall time is its share of the batched generation plus its own retrieval.
@@ -272,17 +322,36 @@ def run_batch(tasks: Sequence[Task], generator: Generator, retrievers: Sequence[
     if mode not in MODES or max_turns < 1:
         raise ConfigError(f"need mode in {MODES} and max_turns >= 1, got {mode!r}, {max_turns}")
     rets = [r or retriever_for(t.corpus) for t, r in zip(tasks, retrievers or [None] * len(tasks))]
-    eps = [Episode(t.id, mode, getattr(generator, "name", "?"), getattr(count_tokens, "name", "custom"),
-                   t.n_objectives, max_turns) for t in tasks]
+    eps = [
+        Episode(
+            t.id,
+            mode,
+            getattr(generator, "name", "?"),
+            getattr(count_tokens, "name", "custom"),
+            t.n_objectives,
+            max_turns,
+        )
+        for t in tasks
+    ]
     pasts: list[list[tuple[str, str | None, str]]] = [[] for _ in tasks]
     live = list(range(len(tasks)))
     for turn in range(max_turns):
         if not live:
             break
         start = time.perf_counter()
-        contexts = [build_context(tasks[i], turn, *(pasts[i][-1] if pasts[i] else ("", None, "")), max_turns - turn,
-                                  mode, history=pasts[i][:-1], budget_tokens=budget_tokens, count_tokens=count_tokens)
-                    for i in live]
+        contexts = [
+            build_context(
+                tasks[i],
+                turn,
+                *(pasts[i][-1] if pasts[i] else ("", None, "")),
+                max_turns - turn,
+                mode,
+                history=pasts[i][:-1],
+                budget_tokens=budget_tokens,
+                count_tokens=count_tokens,
+            )
+            for i in live
+        ]
         outputs = generator.generate(contexts, sampling)
         share = (time.perf_counter() - start) / len(live)
         still = []
@@ -294,10 +363,23 @@ def run_batch(tasks: Sequence[Task], generator: Generator, retrievers: Sequence[
             info = format_docs(hits) if action.query is not None else ""
             if not action.ok and not stop_on_invalid:
                 info = f"Invalid turn ({action.error}). {INVALID_HINT}"
-            ep.turns.append(TurnRecord(turn, msgs, sum(count_tokens(m["content"]) for m in msgs),
-                                       count_tokens(task_prompt(task)), count_tokens(text), text, action.state,
-                                       action.query, action.answers, [p.id for p in hits], info, action.ok,
-                                       share + time.perf_counter() - t0))
+            ep.turns.append(
+                TurnRecord(
+                    turn,
+                    msgs,
+                    sum(count_tokens(m["content"]) for m in msgs),
+                    count_tokens(task_prompt(task)),
+                    count_tokens(text),
+                    text,
+                    action.state,
+                    action.query,
+                    action.answers,
+                    [p.id for p in hits],
+                    info,
+                    action.ok,
+                    share + time.perf_counter() - t0,
+                )
+            )
             if action.answers is not None or (not action.ok and stop_on_invalid):
                 ep.answers, ep.stop = action.answers or (), "answer" if action.answers is not None else "invalid"
             else:

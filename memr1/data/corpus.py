@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from memr1.errors import ConfigError, UnknownIdError
 
+
 @dataclass(frozen=True)
 class Passage:
     """One retrievable unit: a Wikipedia paragraph, or one dialogue turn."""

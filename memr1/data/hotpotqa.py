@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memr1.data.fetch import RemoteFile, resolve
 from memr1.data.corpus import Corpus, Passage
+from memr1.data.fetch import RemoteFile, resolve
 from memr1.errors import DataFormatError, DataNotFoundError
 
 HOTPOTQA_SAMPLE = RemoteFile(
@@ -73,14 +73,17 @@ def load_hotpotqa(path: str | Path | None = None) -> HotpotQA:
     try:
         file = resolve(HOTPOTQA_SAMPLE, path, allow_download=False)
     except DataNotFoundError as exc:
-        raise DataNotFoundError(f"{exc} The sample ships in the project's shared data folder "
-                                "(set MEMR1_DATA_DIR to it); a full official HotpotQA JSON file can be "
-                                "passed as an explicit path.") from None
+        raise DataNotFoundError(
+            f"{exc} The sample ships in the project's shared data folder "
+            "(set MEMR1_DATA_DIR to it); a full official HotpotQA JSON file can be "
+            "passed as an explicit path."
+        ) from None
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataFormatError(file, f"line {exc.lineno} column {exc.colno}",
-                              f"invalid or truncated JSON ({exc.msg})") from None
+        raise DataFormatError(
+            file, f"line {exc.lineno} column {exc.colno}", f"invalid or truncated JSON ({exc.msg})"
+        ) from None
     if not isinstance(raw, list):
         raise DataFormatError(file, "top level", f"expected a list of questions, got {type(raw).__name__}")
     passages: dict[tuple[str, str], Passage] = {}
@@ -97,8 +100,9 @@ def load_hotpotqa(path: str | Path | None = None) -> HotpotQA:
         facts = _pairs(file, f"{where}.supporting_facts", rec["supporting_facts"], "sent_id")
         pids, by_title = [], {}
         for title, sentences in paragraphs:
-            if not (isinstance(title, str) and isinstance(sentences, list)
-                    and all(isinstance(s, str) for s in sentences)):
+            if not (
+                isinstance(title, str) and isinstance(sentences, list) and all(isinstance(s, str) for s in sentences)
+            ):
                 raise DataFormatError(file, f"{where}.context", "expected a title and a list of sentence strings")
             text = "".join(sentences).strip()
             if (title, text) not in passages:
@@ -112,9 +116,18 @@ def load_hotpotqa(path: str | Path | None = None) -> HotpotQA:
         for key in ("question", "answer"):
             if not isinstance(rec[key], (str, int)):
                 raise DataFormatError(file, f"{where}.{key}", f"unexpected type {type(rec[key]).__name__}")
-        questions.append(HotpotQuestion(str(rec.get("_id") or f"hotpotqa:{i}"), str(rec["question"]),
-                                        str(rec["answer"]), str(rec.get("type", "")), str(rec.get("level", "")),
-                                        tuple((t, s) for t, s in facts), tuple(pids), gold))
+        questions.append(
+            HotpotQuestion(
+                str(rec.get("_id") or f"hotpotqa:{i}"),
+                str(rec["question"]),
+                str(rec["answer"]),
+                str(rec.get("type", "")),
+                str(rec.get("level", "")),
+                tuple((t, s) for t, s in facts),
+                tuple(pids),
+                gold,
+            )
+        )
     return HotpotQA(questions, Corpus(f"hotpotqa:{file.name}", tuple(passages.values())), file)
 
 

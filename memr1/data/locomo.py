@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from memr1.data.fetch import RemoteFile, resolve
 from memr1.errors import DataFormatError, UnknownIdError
@@ -113,13 +114,19 @@ class Conversation:
         try:
             return self._by_dia[dia_id]
         except KeyError:
-            raise UnknownIdError(f"{self.sample_id} has no turn {dia_id!r} "
-                                 f"(turns run D1:1 .. {self.sessions[-1].turns[-1].dia_id})") from None
+            raise UnknownIdError(
+                f"{self.sample_id} has no turn {dia_id!r} (turns run D1:1 .. {self.sessions[-1].turns[-1].dia_id})"
+            ) from None
 
     def questions_up_to(self, turn: int, include_adversarial: bool = False) -> list[QA]:
         """Questions whose evidence turns all lie at or before position ``turn`` (none without evidence)."""
-        return [q for q in self.qa if q.evidence and (include_adversarial or q.category != 5)
-                and max(self._by_dia[e].position for e in q.evidence) <= turn]
+        return [
+            q
+            for q in self.qa
+            if q.evidence
+            and (include_adversarial or q.category != 5)
+            and max(self._by_dia[e].position for e in q.evidence) <= turn
+        ]
 
     def session_time(self, session: int) -> str:
         for s in self.sessions:
@@ -175,8 +182,9 @@ def load_locomo(path: str | Path | None = None, *, allow_download: bool = True) 
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataFormatError(file, f"line {exc.lineno} column {exc.colno}",
-                              f"invalid or truncated JSON ({exc.msg})") from None
+        raise DataFormatError(
+            file, f"line {exc.lineno} column {exc.colno}", f"invalid or truncated JSON ({exc.msg})"
+        ) from None
     if not isinstance(raw, list):
         raise DataFormatError(file, "top level", f"expected a list of conversations, got {type(raw).__name__}")
     problems: list[EvidenceProblem] = []
@@ -208,9 +216,16 @@ def _conversation(file: Path, i: int, c: Any, problems: list[EvidenceProblem]) -
         for j, t in enumerate(_req(file, f"{where}.conversation", body, f"session_{idx}", list)):
             twhere = f"{swhere}[{j}]"
             caption = t.get("blip_caption") if isinstance(t, dict) else None
-            turns.append(Turn(_req(file, twhere, t, "dia_id", str), _req(file, twhere, t, "speaker", str),
-                              _req(file, twhere, t, "text", str), idx, position,
-                              caption if isinstance(caption, str) and caption else None))
+            turns.append(
+                Turn(
+                    _req(file, twhere, t, "dia_id", str),
+                    _req(file, twhere, t, "speaker", str),
+                    _req(file, twhere, t, "text", str),
+                    idx,
+                    position,
+                    caption if isinstance(caption, str) and caption else None,
+                )
+            )
             position += 1
         sessions.append(Session(idx, when, tuple(turns)))
     known = {t.dia_id for s in sessions for t in s.turns}
@@ -224,15 +239,24 @@ def _conversation(file: Path, i: int, c: Any, problems: list[EvidenceProblem]) -
         cat = _req(file, qwhere, q, "category", int)
         answer = q.get("answer")
         adv = q.get("adversarial_answer")
-        qa.append(QA(f"{sid}:q{j}", sid, _req(file, qwhere, q, "question", str),
-                     "" if answer is None else str(answer), cat,
-                     evidence(_req(file, qwhere, q, "evidence", list), qwhere),
-                     None if adv is None else str(adv)))
+        qa.append(
+            QA(
+                f"{sid}:q{j}",
+                sid,
+                _req(file, qwhere, q, "question", str),
+                "" if answer is None else str(answer),
+                cat,
+                evidence(_req(file, qwhere, q, "evidence", list), qwhere),
+                None if adv is None else str(adv),
+            )
+        )
     observations = []
     for key, per_speaker in _req(file, where, c, "observation", dict).items():
         m = re.match(r"^session_(\d+)_observation$", key)
         if not m or not isinstance(per_speaker, dict):
-            raise DataFormatError(file, f"{where}.observation.{key}", "expected session_<n>_observation: {speaker: [...]}")
+            raise DataFormatError(
+                file, f"{where}.observation.{key}", "expected session_<n>_observation: {speaker: [...]}"
+            )
         for speaker, facts in per_speaker.items():
             for k, fact in enumerate(facts):
                 fwhere = f"{where}.observation.{key}.{speaker}[{k}]"

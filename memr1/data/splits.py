@@ -3,9 +3,9 @@
 Category ids in ``locomo10.json`` mean (LoCoMo's own scorer): 1 multi-hop, 2 temporal, 3 open-domain,
 4 single-hop, 5 adversarial. Memory-R1 (following Mem0) prints id 1 as "Single Hop", 3 as
 "Multi-Hop" and 4 as "Open Domain"; its "Overall" is the count-weighted mean of the four columns.
-Results are keyed by id and print both names (DESIGN §2).
+Results are keyed by id and print both names (docs/design.md §Categories).
 
-The paper split is by conversation in file order with category 5 left out (DESIGN §1):
+The paper split is by conversation in file order with category 5 left out (docs/design.md §Split):
 train = conv-26 (152 questions), validation = conv-30 (81), test = the other 8 (1,307).
 
 >>> category_name(1, "locomo"), category_name(1, "memory-r1")
@@ -65,11 +65,9 @@ def split_conversations(data: LoCoMo, split: str) -> list[Conversation]:
     return [data.conversation(s) for s in PAPER_SPLIT[split]]
 
 
-def split_questions(data: LoCoMo, split: str, *, include_adversarial: bool = False,
-                    limit: int = 0) -> list[QA]:
+def split_questions(data: LoCoMo, split: str, *, include_adversarial: bool = False, limit: int = 0) -> list[QA]:
     """Questions of a split in file order; category 5 only on request; ``limit`` > 0 truncates."""
     if limit < 0:
         raise ConfigError(f"limit must be >= 0, got {limit}")
-    qs = [q for c in split_conversations(data, split) for q in c.qa
-          if include_adversarial or q.category != 5]
+    qs = [q for c in split_conversations(data, split) for q in c.qa if include_adversarial or q.category != 5]
     return qs[:limit] if limit else qs

@@ -19,18 +19,20 @@ def conversation_table(data: LoCoMo) -> pd.DataFrame:
     rows = []
     for c in data.conversations:
         turns = list(c.turns())
-        rows.append({
-            "sample_id": c.sample_id,
-            "split": held.get(c.sample_id, "test"),
-            "speakers": " / ".join(c.speakers),
-            "sessions": len(c.sessions),
-            "turns": len(turns),
-            "words": sum(len(t.text.split()) for t in turns),
-            "images": sum(t.image_caption is not None for t in turns),
-            "questions": sum(q.category != 5 for q in c.qa),
-            "adversarial": sum(q.category == 5 for q in c.qa),
-            "observations": len(c.observations),
-        })
+        rows.append(
+            {
+                "sample_id": c.sample_id,
+                "split": held.get(c.sample_id, "test"),
+                "speakers": " / ".join(c.speakers),
+                "sessions": len(c.sessions),
+                "turns": len(turns),
+                "words": sum(len(t.text.split()) for t in turns),
+                "images": sum(t.image_caption is not None for t in turns),
+                "questions": sum(q.category != 5 for q in c.qa),
+                "adversarial": sum(q.category == 5 for q in c.qa),
+                "observations": len(c.observations),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -74,14 +76,17 @@ def evidence_distance_table(data: LoCoMo) -> pd.DataFrame:
                 continue
             turns = [c.turn(e) for e in q.evidence]
             first = min(turns, key=lambda t: t.position)
-            rows.append({
-                "qid": q.qid, "category": q.category,
-                "category_name": f"{q.category} {CATEGORIES[q.category].locomo_name}",
-                "turns_back": last - first.position,
-                "sessions_back": last_session - first.session,
-                "span_turns": max(t.position for t in turns) - first.position,
-                "evidence": len(turns),
-            })
+            rows.append(
+                {
+                    "qid": q.qid,
+                    "category": q.category,
+                    "category_name": f"{q.category} {CATEGORIES[q.category].locomo_name}",
+                    "turns_back": last - first.position,
+                    "sessions_back": last_session - first.session,
+                    "span_turns": max(t.position for t in turns) - first.position,
+                    "evidence": len(turns),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -90,12 +95,18 @@ def dataset_summary(data: LoCoMo) -> dict:
     from memr1.data.fetch import sha256_of
 
     conv = conversation_table(data)
-    splits = {row["split"]: {k: int(v) for k, v in row.items() if k != "split"}
-              for row in split_category_table(data).to_dict("records")}
+    splits = {
+        row["split"]: {k: int(v) for k, v in row.items() if k != "split"}
+        for row in split_category_table(data).to_dict("records")
+    }
     return {
-        "file": str(data.path), "sha256": sha256_of(data.path),
-        "conversations": len(data.conversations), "sessions": int(conv.sessions.sum()),
-        "turns": int(conv.turns.sum()), "questions": len(data.questions()),
+        "file": str(data.path),
+        "sha256": sha256_of(data.path),
+        "conversations": len(data.conversations),
+        "sessions": int(conv.sessions.sum()),
+        "turns": int(conv.turns.sum()),
+        "questions": len(data.questions()),
         "questions_with_adversarial": len(data.questions(include_adversarial=True)),
-        "splits": splits, "evidence_problems": data.evidence_report(),
+        "splits": splits,
+        "evidence_problems": data.evidence_report(),
     }

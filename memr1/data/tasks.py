@@ -1,6 +1,6 @@
 """Multi-objective tasks: N questions asked together, answered in one go, scored per question.
 
-MEM1 (Zhou et al., arXiv 2506.15841, §4.1 of the digest) chains N questions of one source into one
+MEM1 (Zhou et al., arXiv 2506.15841; docs/design.md §MEM1 agent) chains N questions of one source into one
 task so that a long horizon needs memory: the agent must keep every found answer in its internal
 state until it answers all of them. Here a task is built from
 
@@ -74,9 +74,16 @@ class Task:
         return [self.corpus.get(pid) for pid in self.objectives[k].gold_ids]
 
 
-def make_tasks(source: Any, n_objectives: int, n_tasks: int, seed: int = 0, *,
-               data_dir: str | Path | None = None, conversation: str | None = None,
-               pool: int = 0) -> list[Task]:
+def make_tasks(
+    source: Any,
+    n_objectives: int,
+    n_tasks: int,
+    seed: int = 0,
+    *,
+    data_dir: str | Path | None = None,
+    conversation: str | None = None,
+    pool: int = 0,
+) -> list[Task]:
     """Build ``n_tasks`` tasks of ``n_objectives`` distinct questions each, reproducibly from ``seed``.
 
     Args:
@@ -103,22 +110,27 @@ def make_tasks(source: Any, n_objectives: int, n_tasks: int, seed: int = 0, *,
     else:
         convs = [c for c in data.conversations if conversation in (None, c.sample_id)]
         if not convs:
-            raise ConfigError(f"no LoCoMo conversation {conversation!r}; known: "
-                              f"{[c.sample_id for c in data.conversations]}")
-        groups = [(locomo_corpus(c), _distinct([_locomo_objective(q) for q in c.qa
-                                                if q.category != 5 and q.evidence])) for c in convs]
+            raise ConfigError(
+                f"no LoCoMo conversation {conversation!r}; known: {[c.sample_id for c in data.conversations]}"
+            )
+        groups = [
+            (locomo_corpus(c), _distinct([_locomo_objective(q) for q in c.qa if q.category != 5 and q.evidence]))
+            for c in convs
+        ]
     groups = [(corpus, objs[:pool] if pool else objs) for corpus, objs in groups]
     groups = [g for g in groups if len(g[1]) >= n_objectives]
     if not groups:
-        raise ConfigError(f"no {name} corpus has {n_objectives} eligible questions"
-                          + (f" among the first {pool}" if pool else "") + "; lower n_objectives or raise pool")
+        raise ConfigError(
+            f"no {name} corpus has {n_objectives} eligible questions"
+            + (f" among the first {pool}" if pool else "")
+            + "; lower n_objectives or raise pool"
+        )
     tasks = []
     for i in range(n_tasks):
         rng = random.Random(f"memr1-tasks|{name}|{n_objectives}|{seed}|{pool}|{conversation}|{i}")
         corpus, objs = groups[rng.randrange(len(groups))]
         chosen = rng.sample(range(len(objs)), n_objectives)
-        tasks.append(Task(f"{name}-n{n_objectives}-s{seed}-{i:04d}", name,
-                          tuple(objs[j] for j in chosen), corpus))
+        tasks.append(Task(f"{name}-n{n_objectives}-s{seed}-{i:04d}", name, tuple(objs[j] for j in chosen), corpus))
     return tasks
 
 

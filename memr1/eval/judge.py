@@ -1,4 +1,4 @@
-"""LLM-as-a-judge: label a generated answer CORRECT or WRONG against the gold answer (DESIGN §3).
+"""LLM-as-a-judge: label a generated answer CORRECT or WRONG against the gold answer (docs/design.md §Metrics).
 
 Works with any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, OpenAI). The API key is
 read from the environment at call time and never stored, logged, cached or put in an error message.
@@ -18,9 +18,10 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -57,8 +58,10 @@ never both. Reply with a single JSON object and nothing else:
 
 LABELS = ("CORRECT", "WRONG")
 _FALLBACK_KEY_ENV = "OPENAI_API_KEY"
-_SETUP_HINT = ("set MEMR1_JUDGE_BASE_URL / JudgeConfig.base_url to a running OpenAI-compatible "
-               "server, e.g. http://127.0.0.1:8000/v1 (vLLM) or http://127.0.0.1:11434/v1 (Ollama)")
+_SETUP_HINT = (
+    "set MEMR1_JUDGE_BASE_URL / JudgeConfig.base_url to a running OpenAI-compatible "
+    "server, e.g. http://127.0.0.1:8000/v1 (vLLM) or http://127.0.0.1:11434/v1 (Ollama)"
+)
 
 
 class JudgeParseError(JudgeError, ValueError):
@@ -91,23 +94,27 @@ class JudgeConfig(StageConfig):
     @classmethod
     def from_env(cls, **overrides: Any) -> JudgeConfig:
         """Build from MEMR1_JUDGE_BASE_URL and MEMR1_JUDGE_MODEL (unset ones keep defaults)."""
-        env = {"base_url": os.environ.get("MEMR1_JUDGE_BASE_URL"),
-               "model": os.environ.get("MEMR1_JUDGE_MODEL")}
+        env = {"base_url": os.environ.get("MEMR1_JUDGE_BASE_URL"), "model": os.environ.get("MEMR1_JUDGE_MODEL")}
         return cls.from_params({**{k: v for k, v in env.items() if v}, **overrides})
 
     def validate(self) -> None:
         """Check URL, model and numeric ranges; raise ConfigError saying what to set."""
         super().validate()
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"JudgeConfig.base_url must start with http:// or https://, got "
-                              f"{self.base_url!r}; {_SETUP_HINT}")
+            raise ConfigError(
+                f"JudgeConfig.base_url must start with http:// or https://, got {self.base_url!r}; {_SETUP_HINT}"
+            )
         if not self.model:
-            raise ConfigError("JudgeConfig.model is empty; set it or MEMR1_JUDGE_MODEL to the "
-                              "judge model's name on the server (e.g. gpt-4o-mini)")
+            raise ConfigError(
+                "JudgeConfig.model is empty; set it or MEMR1_JUDGE_MODEL to the "
+                "judge model's name on the server (e.g. gpt-4o-mini)"
+            )
         if min(self.max_retries, self.backoff_s, self.temperature) < 0 or self.timeout_s <= 0:
-            raise ConfigError("JudgeConfig needs timeout_s > 0 and max_retries, backoff_s, "
-                              f"temperature >= 0; got {self.timeout_s}, {self.max_retries}, "
-                              f"{self.backoff_s}, {self.temperature}")
+            raise ConfigError(
+                "JudgeConfig needs timeout_s > 0 and max_retries, backoff_s, "
+                f"temperature >= 0; got {self.timeout_s}, {self.max_retries}, "
+                f"{self.backoff_s}, {self.temperature}"
+            )
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,10 @@ class Verdict:
 
 
 _LABEL_RE = re.compile(r"""["']?label["']?\s*[:=]\s*["']?\W*(correct|wrong)\b""", re.IGNORECASE)
-_CREATE_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, label TEXT, "
-                 "reason TEXT, model TEXT, prompt_version TEXT, created REAL)")
+_CREATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, label TEXT, "
+    "reason TEXT, model TEXT, prompt_version TEXT, created REAL)"
+)
 _BARE_RE = re.compile(r"\b(CORRECT|WRONG)\b")  # upper case only: prose says "correct" too often
 
 
@@ -177,8 +186,15 @@ class LLMJudge:
         cfg.validate()
         self.cfg = cfg
         extra = {"response_format": {"type": "json_object"}} if cfg.json_mode else {}
-        self._llm = OpenAIGenerator(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
-                                    max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, extra_body=extra)
+        self._llm = OpenAIGenerator(
+            cfg.base_url,
+            cfg.model,
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            backoff_s=cfg.backoff_s,
+            extra_body=extra,
+        )
         if cfg.cache_path:
             self._db(lambda db: db.execute(_CREATE_TABLE))
 
@@ -197,29 +213,34 @@ class LLMJudge:
 
     def describe(self) -> dict[str, Any]:
         """What a report must record to identify this judge."""
-        return {"model": self.cfg.model, "base_url": self.cfg.base_url,
-                "prompt_version": PROMPT_VERSION, "temperature": self.cfg.temperature,
-                "prompt_sha256": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()}
+        return {
+            "model": self.cfg.model,
+            "base_url": self.cfg.base_url,
+            "prompt_version": PROMPT_VERSION,
+            "temperature": self.cfg.temperature,
+            "prompt_sha256": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest(),
+        }
 
     def judge(self, question: str, gold: str | int, prediction: str) -> Verdict:
         """Grade one answer; a cache hit makes no request. Raises JudgeError when it cannot."""
         gold = str(gold)
         key = cache_key(self.cfg.model, question, gold, prediction)
         if self.cfg.cache_path:
-            row = self._db(lambda db: db.execute(
-                "SELECT label, reason FROM verdicts WHERE key = ?", (key,)).fetchone())
+            row = self._db(lambda db: db.execute("SELECT label, reason FROM verdicts WHERE key = ?", (key,)).fetchone())
             if row:
                 return Verdict(row[0], row[1], row[0] == "CORRECT", cached=True)
         prompt = JUDGE_PROMPT.format(question=question, gold=gold, prediction=prediction)
         label, reason = self._ask(prompt)
         if self.cfg.cache_path:
-            self._db(lambda db: db.execute("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?)",
-                                           (key, label, reason, self.cfg.model, PROMPT_VERSION,
-                                            time.time())))
+            self._db(
+                lambda db: db.execute(
+                    "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?)",
+                    (key, label, reason, self.cfg.model, PROMPT_VERSION, time.time()),
+                )
+            )
         return Verdict(label, reason, label == "CORRECT", cached=False)
 
-    def judge_many(self, items: Iterable[tuple[str, str | int, str]],
-                   progress: bool = True) -> list[Verdict]:
+    def judge_many(self, items: Iterable[tuple[str, str | int, str]], progress: bool = True) -> list[Verdict]:
         """Grade ``(question, gold, prediction)`` triples in order, with a tqdm bar."""
         items = list(items)
         out: list[Verdict] = []
@@ -239,8 +260,9 @@ class LLMJudge:
             with contextlib.closing(sqlite3.connect(path)) as db, db:
                 return fn(db)
         except sqlite3.DatabaseError as exc:
-            raise JudgeError(f"judge cache {path} is unusable ({exc}); delete it or set another "
-                             "JudgeConfig.cache_path") from None
+            raise JudgeError(
+                f"judge cache {path} is unusable ({exc}); delete it or set another JudgeConfig.cache_path"
+            ) from None
 
     def _ask(self, prompt: str) -> tuple[str, str]:
         """Ask the model (HTTP retries happen in OpenAIGenerator); re-ask when the reply has no label."""
@@ -261,8 +283,9 @@ class LLMJudge:
                 return parse_verdict(reply)
             except JudgeParseError:
                 last = f"last reply {' '.join(reply.split())[:300]!r}"
-        raise JudgeParseError(f"judge model {cfg.model!r} at {self._llm.url} gave no CORRECT/WRONG "
-                              f"label after {tries} attempts; {last}")
+        raise JudgeParseError(
+            f"judge model {cfg.model!r} at {self._llm.url} gave no CORRECT/WRONG label after {tries} attempts; {last}"
+        )
 
     def _hint(self, error: str) -> str:
         if "HTTP 400" in error or "response_format" in error:

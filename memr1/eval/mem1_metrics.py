@@ -23,23 +23,35 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
-from memr1.agents.mem1 import (ANSWER_SEPARATOR, DEFAULT_SAMPLING, MODES, WHITESPACE, Action, Episode,
-                               TokenCounter, parse_action, run_batch, run_episode)
-from memr1.memory.passages import retriever_for
+from memr1.agents.mem1 import (
+    ANSWER_SEPARATOR,
+    DEFAULT_SAMPLING,
+    MODES,
+    WHITESPACE,
+    Action,
+    Episode,
+    TokenCounter,
+    parse_action,
+    run_batch,
+    run_episode,
+)
 from memr1.data.tasks import Task
 from memr1.errors import ConfigError
 from memr1.eval.metrics import exact_match, f1_mem0
 from memr1.llm.generate import Generator, Messages, Sampling, ScriptedGenerator
+from memr1.memory.passages import retriever_for
 
 GOLD = "gold"
 """Pass as ``policy`` to ``run_episodes`` for the scripted gold policy."""
 
 
 # --------------------------------------------------------------------------- measures
+
 
 def score_answer(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     """EM and set F1 (mem0 family) of one objective's answer, best over its gold aliases.
@@ -68,12 +80,23 @@ def peak_paper(ep: Episode) -> int:
 def episode_metrics(ep: Episode) -> dict[str, Any]:
     """One flat row of measures for an episode."""
     em, f1 = float(sum(ep.em)), float(sum(ep.f1))
-    return {"task_id": ep.task_id, "policy": ep.policy, "mode": ep.mode, "tokenizer": ep.tokenizer,
-            "n_objectives": ep.n_objectives, "turns": len(ep.turns), "stop": ep.stop, "em": em, "f1": f1,
-            "em_strict": em if ep.answer_count_ok else 0.0, "f1_strict": f1 if ep.answer_count_ok else 0.0,
-            "peak_tokens": peak_tokens(ep), "peak_paper": peak_paper(ep),
-            "dependency": dependency((t.context_tokens, t.generated_tokens) for t in ep.turns),
-            "wall_s": ep.wall_s}
+    return {
+        "task_id": ep.task_id,
+        "policy": ep.policy,
+        "mode": ep.mode,
+        "tokenizer": ep.tokenizer,
+        "n_objectives": ep.n_objectives,
+        "turns": len(ep.turns),
+        "stop": ep.stop,
+        "em": em,
+        "f1": f1,
+        "em_strict": em if ep.answer_count_ok else 0.0,
+        "f1_strict": f1 if ep.answer_count_ok else 0.0,
+        "peak_tokens": peak_tokens(ep),
+        "peak_paper": peak_paper(ep),
+        "dependency": dependency((t.context_tokens, t.generated_tokens) for t in ep.turns),
+        "wall_s": ep.wall_s,
+    }
 
 
 MEANS = ("em", "f1", "em_strict", "peak_tokens", "peak_paper", "dependency", "turns", "wall_s")
@@ -85,13 +108,17 @@ def aggregate(episodes: Sequence[Episode]) -> pd.DataFrame:
         raise ConfigError("aggregate needs at least one episode")
     df = pd.DataFrame([episode_metrics(e) for e in episodes])
     keys = ["policy", "mode", "n_objectives"]
-    out = df.groupby(keys, sort=False).agg(tasks=("task_id", "size"), tokenizer=("tokenizer", "first"),
-                                           **{m: (m, "mean") for m in MEANS}).reset_index()
+    out = (
+        df.groupby(keys, sort=False)
+        .agg(tasks=("task_id", "size"), tokenizer=("tokenizer", "first"), **{m: (m, "mean") for m in MEANS})
+        .reset_index()
+    )
     return out.sort_values(["policy", "mode", "n_objectives"], kind="stable", ignore_index=True)
 
 
-def peak_ratio(table: pd.DataFrame, mode: str, hi: int, lo: int, column: str = "peak_tokens",
-               policy: str | None = None) -> float:
+def peak_ratio(
+    table: pd.DataFrame, mode: str, hi: int, lo: int, column: str = "peak_tokens", policy: str | None = None
+) -> float:
     """``column`` at N = hi over N = lo for one mode (and policy) of an ``aggregate`` table."""
     rows = table[(table["mode"] == mode) & ((table["policy"] == policy) if policy else True)]
     at = dict(zip(rows["n_objectives"], rows[column]))
@@ -101,6 +128,7 @@ def peak_ratio(table: pd.DataFrame, mode: str, hi: int, lo: int, column: str = "
 
 
 # --------------------------------------------------------------------------- scripted gold policy
+
 
 def gold_policy(task: Task, name: str = "gold-scripted") -> ScriptedGenerator:
     """A scripted oracle that reads the gold passages, remembering progress *only* in its state.
@@ -131,8 +159,11 @@ def gold_policy(task: Task, name: str = "gold-scripted") -> ScriptedGenerator:
         if query:
             return f"{out}\n<query>{query}</query>"
         vals = [answers[k] for k in range(len(objs))]
-        body = ("\n".join(f"{i}. {a}" for i, a in enumerate(vals, 1)) if any(";" in a for a in vals)
-                else ANSWER_SEPARATOR.join(vals))
+        body = (
+            "\n".join(f"{i}. {a}" for i, a in enumerate(vals, 1))
+            if any(";" in a for a in vals)
+            else ANSWER_SEPARATOR.join(vals)
+        )
         return f"{out}\n<answer>{body}</answer>"
 
     def act(messages: Messages) -> str:
@@ -152,7 +183,7 @@ def gold_policy(task: Task, name: str = "gold-scripted") -> ScriptedGenerator:
             got |= {j for j, p in enumerate(task.gold_passages(k)) if f"(Title: {p.title}) {p.text}" in info}
             options = candidates(k)
             pos = [q for q, _ in options].index(prev.query) if prev.query in dict(options) else -1
-            left = [q for q, j in options[pos + 1:] if j not in got]
+            left = [q for q, j in options[pos + 1 :] if j not in got]
             if len(got) < len(objs[k].gold_ids) and left:
                 return render(answers, have, left[0])
             answers[k] = objs[k].answers[0] if len(got) == len(objs[k].gold_ids) else "unknown"
@@ -165,10 +196,20 @@ def gold_policy(task: Task, name: str = "gold-scripted") -> ScriptedGenerator:
 
 # --------------------------------------------------------------------------- running
 
-def run_episodes(tasks: Sequence[Task], policy: Generator | str, modes: Sequence[str] = ("mem1", "full"), *,
-                 max_turns: int = 6, count_tokens: Any = WHITESPACE, sampling: Sampling = DEFAULT_SAMPLING,
-                 retriever: str = "bm25", embedder: str = "hash", budget_tokens: int = 1024,
-                 stop_on_invalid: bool = True) -> list[Episode]:
+
+def run_episodes(
+    tasks: Sequence[Task],
+    policy: Generator | str,
+    modes: Sequence[str] = ("mem1", "full"),
+    *,
+    max_turns: int = 6,
+    count_tokens: Any = WHITESPACE,
+    sampling: Sampling = DEFAULT_SAMPLING,
+    retriever: str = "bm25",
+    embedder: str = "hash",
+    budget_tokens: int = 1024,
+    stop_on_invalid: bool = True,
+) -> list[Episode]:
     """Every task under every mode, with ``policy`` a generator or ``"gold"`` (``gold_policy`` per task)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -178,11 +219,14 @@ def run_episodes(tasks: Sequence[Task], policy: Generator | str, modes: Sequence
     for mode in modes:
         rets = [retriever_for(t.corpus, retriever, embedder) for t in tasks]
         if policy == GOLD:
-            episodes += [run_episode(t, gold_policy(t), r, mode, max_turns, sampling, count_tokens, score=score_answer,
-                                     **kw)
-                         for t, r in zip(tasks, rets)]
+            episodes += [
+                run_episode(t, gold_policy(t), r, mode, max_turns, sampling, count_tokens, score=score_answer, **kw)
+                for t, r in zip(tasks, rets)
+            ]
         else:  # one batched generate call per turn for all live tasks
-            episodes += run_batch(tasks, policy, rets, mode, max_turns, sampling, count_tokens, score=score_answer, **kw)
+            episodes += run_batch(
+                tasks, policy, rets, mode, max_turns, sampling, count_tokens, score=score_answer, **kw
+            )
     return episodes
 
 
@@ -194,8 +238,9 @@ def hf_token_counter(tokenizer: Any, name: str = "") -> TokenCounter:
 
         name, tokenizer = name or tokenizer, AutoTokenizer.from_pretrained(tokenizer)
     label = name or getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    return TokenCounter(functools.lru_cache(maxsize=1 << 16)(
-        lambda s: len(tokenizer(s, add_special_tokens=False).input_ids)), label)
+    return TokenCounter(
+        functools.lru_cache(maxsize=1 << 16)(lambda s: len(tokenizer(s, add_special_tokens=False).input_ids)), label
+    )
 
 
 def token_counter_for(generator: Generator) -> TokenCounter:
@@ -213,9 +258,20 @@ def tiny_token_counter() -> TokenCounter:
 
 def tasks_frame(tasks: Sequence[Task]) -> pd.DataFrame:
     """One row per objective: task, question, gold answers and gold passage ids."""
-    return pd.DataFrame([{"task": t.id, "k": k + 1, "question": o.question, "answers": " | ".join(o.answers),
-                          "gold_ids": ", ".join(o.gold_ids), "corpus": t.corpus_id}
-                         for t in tasks for k, o in enumerate(t.objectives)])
+    return pd.DataFrame(
+        [
+            {
+                "task": t.id,
+                "k": k + 1,
+                "question": o.question,
+                "answers": " | ".join(o.answers),
+                "gold_ids": ", ".join(o.gold_ids),
+                "corpus": t.corpus_id,
+            }
+            for t in tasks
+            for k, o in enumerate(t.objectives)
+        ]
+    )
 
 
 def gold_max_turns(n_objectives: int, max_turns: int) -> int:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 from memr1.errors import ConfigError
 
@@ -37,6 +37,7 @@ _PUNCT = set(string.punctuation)
 
 
 # --------------------------------------------------------------------------- EM (rewards)
+
 
 def normalize_em(text: str) -> str:
     """Lower-case, strip punctuation and English articles, collapse whitespace (SQuAD style)."""
@@ -52,6 +53,7 @@ def exact_match(prediction: str, gold: str | int) -> float:
 
 
 # --------------------------------------------------------------------------- mem0 family
+
 
 def _mem0_tokens(text: str) -> list[str]:
     text = str(text).lower()
@@ -89,6 +91,7 @@ def bleu1_mem0(prediction: str, gold: str | int) -> float:
 
 
 # --------------------------------------------------------------------------- locomo family
+
 
 @lru_cache(maxsize=1)
 def _stem() -> Callable[[str], str]:

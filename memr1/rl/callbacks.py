@@ -16,7 +16,8 @@ so an epoch's prompt order depends on the epoch number only.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from transformers import TrainerCallback
 

@@ -52,8 +52,10 @@ EMPTY_SNAPSHOT = -1
 
 # --------------------------------------------------------------------------- teacher banks
 
-def teacher_banks(conv: Conversation, embedder: Embedder, store_dir: str | Path, *,
-                  progress: bool = False) -> dict[str, MemoryBank]:
+
+def teacher_banks(
+    conv: Conversation, embedder: Embedder, store_dir: str | Path, *, progress: bool = False
+) -> dict[str, MemoryBank]:
     """The observation-replay teacher banks of ``conv``, persisted with a commit at every turn.
 
     The store lives in ``store_dir/<sample_id>``; a second call resumes after the last committed
@@ -69,13 +71,11 @@ def teacher_banks(conv: Conversation, embedder: Embedder, store_dir: str | Path,
     Returns:
         Final bank per speaker, in ``conv.speakers`` order (writable, persistent).
     """
-    rep = replay_observations(conv, embedder, store_dir=store_dir, commit=TEACHER_COMMIT,
-                              progress=progress)
+    rep = replay_observations(conv, embedder, store_dir=store_dir, commit=TEACHER_COMMIT, progress=progress)
     return {sp: rep.banks[sp] for sp in conv.speakers}
 
 
-def open_teacher_bank(store_dir: str | Path, sample_id: str, speaker: str,
-                      embedder: Embedder) -> MemoryBank:
+def open_teacher_bank(store_dir: str | Path, sample_id: str, speaker: str, embedder: Embedder) -> MemoryBank:
     """Reopen one speaker's teacher bank written by `teacher_banks` (as of its last commit).
 
     Raises:
@@ -83,8 +83,10 @@ def open_teacher_bank(store_dir: str | Path, sample_id: str, speaker: str,
     """
     root = Path(store_dir) / sample_id
     if not root.is_dir():
-        raise StoreError(f"no teacher store for {sample_id!r} in {Path(store_dir)}; build it with "
-                         "memr1.rl.datasets.teacher_banks (or manager_rows) first")
+        raise StoreError(
+            f"no teacher store for {sample_id!r} in {Path(store_dir)}; build it with "
+            "memr1.rl.datasets.teacher_banks (or manager_rows) first"
+        )
     return MemoryBank.open(root, speaker, embedder)
 
 
@@ -118,11 +120,19 @@ def _distinct(texts: Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- Answer Agent
 
-def answer_agent_rows(data: LoCoMo, split: str, embedder: Embedder, *,
-                      store_dir: str | Path | None = None, k_per_speaker: int = K_PER_SPEAKER,
-                      limit: int = 0,
-                      banks_by_conv: Mapping[str, Mapping[str, MemoryBank]] | None = None,
-                      progress: bool = False) -> list[dict]:
+
+def answer_agent_rows(
+    data: LoCoMo,
+    split: str,
+    embedder: Embedder,
+    *,
+    store_dir: str | Path | None = None,
+    k_per_speaker: int = K_PER_SPEAKER,
+    limit: int = 0,
+    banks_by_conv: Mapping[str, Mapping[str, MemoryBank]] | None = None,
+    progress: bool = False,
+    style: str = "distill",
+) -> list[dict]:
     """One Answer-Agent row per question of ``split`` (category 5 left out), in file order.
 
     Args:
@@ -156,25 +166,38 @@ def answer_agent_rows(data: LoCoMo, split: str, embedder: Embedder, *,
             given = banks_by_conv[sample_id]
             missing = [sp for sp in speakers if sp not in given]
             if missing:
-                raise ConfigError(f"banks_by_conv[{sample_id!r}] has no bank for {missing}; give "
-                                  f"one per speaker of {speakers}")
+                raise ConfigError(
+                    f"banks_by_conv[{sample_id!r}] has no bank for {missing}; give one per speaker of {speakers}"
+                )
             banks = {sp: given[sp] for sp in speakers}
         elif store_dir is None:
-            raise ConfigError(f"answer_agent_rows needs store_dir for the teacher banks of "
-                              f"{sample_id!r} (or its banks in banks_by_conv)")
+            raise ConfigError(
+                f"answer_agent_rows needs store_dir for the teacher banks of "
+                f"{sample_id!r} (or its banks in banks_by_conv)"
+            )
         else:
             banks = teacher_banks(conv, embedder, store_dir, progress=progress)
-        prompts = answer_prompts([(qa.question, banks) for qa in qs], k_per_speaker)
+        prompts = answer_prompts([(qa.question, banks) for qa in qs], k_per_speaker, style)
         for qa, (prompt, _) in zip(qs, prompts):
-            rows.append({"prompt": prompt, "gold": qa.answer, "qid": qa.qid, "category": qa.category,
-                         "sample_id": sample_id, "question": qa.question})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "gold": qa.answer,
+                    "qid": qa.qid,
+                    "category": qa.category,
+                    "sample_id": sample_id,
+                    "question": qa.question,
+                }
+            )
     return rows
 
 
 # --------------------------------------------------------------------------- Memory Manager
 
-def manager_rows(data: LoCoMo, split: str, embedder: Embedder, *, store_dir: str | Path,
-                 k_similar: int = 5, progress: bool = False) -> list[dict]:
+
+def manager_rows(
+    data: LoCoMo, split: str, embedder: Embedder, *, store_dir: str | Path, k_similar: int = 5, progress: bool = False
+) -> list[dict]:
     """One Memory-Manager row per (turn with linked questions, speaker with teacher facts there).
 
     Args:
@@ -199,25 +222,31 @@ def manager_rows(data: LoCoMo, split: str, embedder: Embedder, *, store_dir: str
         schedule, _ = schedule_observations(conv)
         linked = linked_questions(conv)
         turns = [t for t in conv.turns() if t.position in linked and t.position in schedule]
-        for turn in tqdm(turns, desc=f"manager rows {conv.sample_id}", unit="turn",
-                         disable=not progress):
+        for turn in tqdm(turns, desc=f"manager rows {conv.sample_id}", unit="turn", disable=not progress):
             qs = linked[turn.position]
             for speaker in conv.speakers:
                 facts = _distinct([o.text for o in schedule[turn.position] if o.speaker == speaker])
                 if not facts:
                     continue
                 before = turn.position - 1
-                view, id_map = remap_ids(related_memories(snapshot(banks[speaker], before), facts,
-                                                          k_similar))
+                view, id_map = remap_ids(related_memories(snapshot(banks[speaker], before), facts, k_similar))
                 session_time = conv.session_time(turn.session)
-                rows.append({
-                    "prompt": manager_messages(facts, view, speaker, session_time),
-                    "id_map": json.dumps(id_map), "store": str(store),
-                    "sample_id": conv.sample_id, "speaker": speaker,
-                    "speakers": list(conv.speakers), "turn": turn.position,
-                    "dia_id": turn.dia_id, "session_time": session_time,
-                    "snapshot_turn": before, "facts": facts,
-                    "questions": [q.question for q in qs], "answers": [q.answer for q in qs],
-                    "qids": [q.qid for q in qs],
-                })
+                rows.append(
+                    {
+                        "prompt": manager_messages(facts, view, speaker, session_time),
+                        "id_map": json.dumps(id_map),
+                        "store": str(store),
+                        "sample_id": conv.sample_id,
+                        "speaker": speaker,
+                        "speakers": list(conv.speakers),
+                        "turn": turn.position,
+                        "dia_id": turn.dia_id,
+                        "session_time": session_time,
+                        "snapshot_turn": before,
+                        "facts": facts,
+                        "questions": [q.question for q in qs],
+                        "answers": [q.answer for q in qs],
+                        "qids": [q.qid for q in qs],
+                    }
+                )
     return rows

@@ -90,12 +90,23 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
 
 def verl_answer_records(rows: list[dict], split: str) -> list[dict]:
     """`answer_agent_rows` output → verl rows (gold as ``ground_truth``)."""
-    return [{"data_source": ANSWER_SOURCE, "prompt": row["prompt"], "ability": "memory-qa",
-             "reward_model": {"style": "rule", "ground_truth": row["gold"]},
-             "extra_info": {"split": split, "index": i, "qid": row["qid"],
-                            "sample_id": row["sample_id"], "category": row["category"],
-                            "question": row["question"]}}
-            for i, row in enumerate(rows)]
+    return [
+        {
+            "data_source": ANSWER_SOURCE,
+            "prompt": row["prompt"],
+            "ability": "memory-qa",
+            "reward_model": {"style": "rule", "ground_truth": row["gold"]},
+            "extra_info": {
+                "split": split,
+                "index": i,
+                "qid": row["qid"],
+                "sample_id": row["sample_id"],
+                "category": row["category"],
+                "question": row["question"],
+            },
+        }
+        for i, row in enumerate(rows)
+    ]
 
 
 def verl_manager_records(rows: list[dict], split: str) -> list[dict]:
@@ -103,16 +114,30 @@ def verl_manager_records(rows: list[dict], split: str) -> list[dict]:
     out = []
     for i, row in enumerate(rows):
         extra = {k: v for k, v in row.items() if k != "prompt"}
-        out.append({"data_source": MANAGER_SOURCE, "prompt": row["prompt"],
-                    "ability": "memory-management",
-                    "reward_model": {"style": "rule", "ground_truth": list(row["answers"])},
-                    "extra_info": {"split": split, "index": i, **extra}})
+        out.append(
+            {
+                "data_source": MANAGER_SOURCE,
+                "prompt": row["prompt"],
+                "ability": "memory-management",
+                "reward_model": {"style": "rule", "ground_truth": list(row["answers"])},
+                "extra_info": {"split": split, "index": i, **extra},
+            }
+        )
     return out
 
 
-def export_verl(data: LoCoMo, out_dir: str | Path, embedder: Embedder, *, store_dir: str | Path,
-                task: str = "answer", k_per_speaker: int = 30, k_similar: int = 5, limit: int = 0,
-                progress: bool = False) -> dict[str, Path]:
+def export_verl(
+    data: LoCoMo,
+    out_dir: str | Path,
+    embedder: Embedder,
+    *,
+    store_dir: str | Path,
+    task: str = "answer",
+    k_per_speaker: int = 30,
+    k_similar: int = 5,
+    limit: int = 0,
+    progress: bool = False,
+) -> dict[str, Path]:
     """Write ``train.parquet``, ``validation.parquet`` and ``reward.py`` into ``out_dir``.
 
     Args:
@@ -139,12 +164,12 @@ def export_verl(data: LoCoMo, out_dir: str | Path, embedder: Embedder, *, store_
     paths: dict[str, Path] = {}
     for split, filename in SPLIT_FILES.items():
         if task == "answer":
-            rows = answer_agent_rows(data, split, embedder, store_dir=store_dir,
-                                     k_per_speaker=k_per_speaker, limit=limit, progress=progress)
+            rows = answer_agent_rows(
+                data, split, embedder, store_dir=store_dir, k_per_speaker=k_per_speaker, limit=limit, progress=progress
+            )
             records = verl_answer_records(rows, split)
         else:
-            rows = manager_rows(data, split, embedder, store_dir=store_dir, k_similar=k_similar,
-                                progress=progress)
+            rows = manager_rows(data, split, embedder, store_dir=store_dir, k_similar=k_similar, progress=progress)
             records = verl_manager_records(rows, split)
         frame = pd.DataFrame(records, columns=list(VERL_COLUMNS))
         paths[split] = out / filename

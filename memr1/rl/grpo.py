@@ -90,18 +90,23 @@ class GRPOSettings(StageConfig):
         name = type(self).__name__
         check_choice(self, "backend", GRPO_BACKENDS)
         if self.num_generations < 2:
-            raise ConfigError(f"{name}.num_generations must be >= 2 (GRPO compares completions within a "
-                              f"group), got {self.num_generations}")
+            raise ConfigError(
+                f"{name}.num_generations must be >= 2 (GRPO compares completions within a "
+                f"group), got {self.num_generations}"
+            )
         if self.batch_size < 1 or self.batch_size % self.num_generations:
             fix = self.num_generations * max(1, self.batch_size // self.num_generations)
-            raise ConfigError(f"{name}.batch_size ({self.batch_size}) must be a positive multiple of "
-                              f"num_generations ({self.num_generations}): every prompt needs its whole group "
-                              f"in one step; try batch_size={fix}")
+            raise ConfigError(
+                f"{name}.batch_size ({self.batch_size}) must be a positive multiple of "
+                f"num_generations ({self.num_generations}): every prompt needs its whole group "
+                f"in one step; try batch_size={fix}"
+            )
         check_min(self, 1, "steps", "max_completion_length", "lora_r", "lora_alpha")
         check_min(self, 0, "learning_rate", "beta", "save_every", "eval_every")
         if self.temperature <= 0:
-            raise ConfigError(f"{name}.temperature must be > 0 (training samples; validation is greedy), "
-                              f"got {self.temperature}")
+            raise ConfigError(
+                f"{name}.temperature must be > 0 (training samples; validation is greedy), got {self.temperature}"
+            )
 
 
 @dataclass
@@ -150,6 +155,7 @@ def reward_validator(rows: Rows, reward: Callable[..., list], max_new_tokens: in
 
     The reward gets the rows' columns as in training; scores of None (nothing to score) are left out.
     """
+
     def validate(model, tokenizer) -> dict[str, float]:
         prompts = [r["prompt"] for r in rows]
         texts = greedy_completions(model, tokenizer, prompts, max_new_tokens)
@@ -172,8 +178,10 @@ def resolve_answer_model(answer_model: str, base_model: str) -> tuple[str, str]:
     path = Path(answer_model).expanduser()
     adapter = path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else path
     if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"answer_model {answer_model!r} is neither an answer-agent run dir (with adapter/) nor "
-                          "a LoRA adapter folder (with adapter_config.json); pass one, or \"\" for the base model")
+        raise ConfigError(
+            f"answer_model {answer_model!r} is neither an answer-agent run dir (with adapter/) nor "
+            'a LoRA adapter folder (with adapter_config.json); pass one, or "" for the base model'
+        )
     for cfg_file in (adapter.parent / "train_config.json", adapter / "train_config.json"):
         if cfg_file.is_file():
             saved = json.loads(cfg_file.read_text())
@@ -181,9 +189,18 @@ def resolve_answer_model(answer_model: str, base_model: str) -> tuple[str, str]:
     return json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"], str(adapter)
 
 
-def run_grpo(settings: GRPOSettings, train_rows: Rows, reward_funcs: Sequence[Callable], *, run_dir: str | os.PathLike,
-             seed: int, fallback: str = "", validator: Callable[[Any, Any], dict[str, float]] | None = None,
-             generation_kwargs: dict[str, Any] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+def run_grpo(
+    settings: GRPOSettings,
+    train_rows: Rows,
+    reward_funcs: Sequence[Callable],
+    *,
+    run_dir: str | os.PathLike,
+    seed: int,
+    fallback: str = "",
+    validator: Callable[[Any, Any], dict[str, float]] | None = None,
+    generation_kwargs: dict[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
     """Train a LoRA on ``settings.model`` with GRPO over ``train_rows`` (each with a chat ``prompt``).
 
     Args:
@@ -202,16 +219,19 @@ def run_grpo(settings: GRPOSettings, train_rows: Rows, reward_funcs: Sequence[Ca
 
     settings.validate()
     if not settings.model or not settings.backend:
-        raise ConfigError(f"run_grpo needs model and backend, got {settings.model!r} and {settings.backend!r}; "
-                          "a stage fills in its profile's with cfg.resolved()")
+        raise ConfigError(
+            f"run_grpo needs model and backend, got {settings.model!r} and {settings.backend!r}; "
+            "a stage fills in its profile's with cfg.resolved()"
+        )
     if not train_rows:
         raise TrainingError("no training rows: check data_dir and train_limit (0 means all rows)")
     run_dir, started = Path(run_dir), time.perf_counter()
     ckpt_dir = run_dir / "checkpoints"
     resume_from = latest_checkpoint(ckpt_dir)
     if resume_from is not None and not settings.resume:
-        raise TrainingError(f"{ckpt_dir} already holds checkpoints; set resume=True to continue that run, "
-                            "or choose a new run_dir")
+        raise TrainingError(
+            f"{ckpt_dir} already holds checkpoints; set resume=True to continue that run, or choose a new run_dir"
+        )
     seed_everything(seed)
     policy = load_policy(settings.model, settings.backend, fallback=fallback)  # Unsloth before trl
 
@@ -221,22 +241,35 @@ def run_grpo(settings: GRPOSettings, train_rows: Rows, reward_funcs: Sequence[Ca
     from memr1.rl.callbacks import ValidationCallback, trainer_class
 
     model, peft_config = _with_lora(policy, settings, seed)
-    args = grpo_args(settings, run_dir=run_dir, seed=seed, unsloth=policy.backend == "unsloth",
-                     generation_kwargs=generation_kwargs)
+    args = grpo_args(
+        settings, run_dir=run_dir, seed=seed, unsloth=policy.backend == "unsloth", generation_kwargs=generation_kwargs
+    )
     dataset = Dataset.from_list([{"prompt": r["prompt"], "row": i} for i, r in enumerate(train_rows)])
     extra = [ValidationCallback(validator, settings.eval_every, policy.tokenizer)] if validator else []
     trainer = trainer_class()(
-        model=model, reward_funcs=[RowReward(f, train_rows) for f in reward_funcs], args=args,
-        train_dataset=dataset, processing_class=policy.tokenizer, peft_config=peft_config,
-        callbacks=[*extra, *callbacks])
+        model=model,
+        reward_funcs=[RowReward(f, train_rows) for f in reward_funcs],
+        args=args,
+        train_dataset=dataset,
+        processing_class=policy.tokenizer,
+        peft_config=peft_config,
+        callbacks=[*extra, *callbacks],
+    )
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(run_dir / "tensorboard")
     base_model = fallback if policy.fallback_used else settings.model  # what the adapter sits on
     if trainer.accelerator.is_main_process:
-        write_json_atomic(run_dir / "train_config.json", {**settings.to_dict(), "run_dir": str(run_dir),
-                                                          "seed": seed, "base_model": base_model,
-                                                          "resolved_model": policy.resolved})
+        write_json_atomic(
+            run_dir / "train_config.json",
+            {
+                **settings.to_dict(),
+                "run_dir": str(run_dir),
+                "seed": seed,
+                "base_model": base_model,
+                "resolved_model": policy.resolved,
+            },
+        )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
@@ -247,38 +280,63 @@ def run_grpo(settings: GRPOSettings, train_rows: Rows, reward_funcs: Sequence[Ca
     if settings.verify_adapter and trainer.accelerator.is_main_process:
         verify_adapter(base_model, adapter, policy.backend)
     history = [dict(e) for e in trainer.state.log_history]
-    evals = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval/")}}
-             for e in history if "eval/em" in e]
-    log.info("GRPO: %d steps in %.1f s, adapter in %s", trainer.state.global_step,
-             time.perf_counter() - started, adapter)
-    return TrainResult(steps=trainer.state.global_step, adapter=str(adapter),
-                       resumed_from=str(resume_from) if resume_from is not None else None,
-                       log_history=history, eval_history=evals)
+    evals = [
+        {"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval/")}} for e in history if "eval/em" in e
+    ]
+    log.info(
+        "GRPO: %d steps in %.1f s, adapter in %s", trainer.state.global_step, time.perf_counter() - started, adapter
+    )
+    return TrainResult(
+        steps=trainer.state.global_step,
+        adapter=str(adapter),
+        resumed_from=str(resume_from) if resume_from is not None else None,
+        log_history=history,
+        eval_history=evals,
+    )
 
 
-def grpo_args(settings: GRPOSettings, *, run_dir: str | os.PathLike, seed: int, unsloth: bool = False,
-              generation_kwargs: dict | None = None):
+def grpo_args(
+    settings: GRPOSettings,
+    *,
+    run_dir: str | os.PathLike,
+    seed: int,
+    unsloth: bool = False,
+    generation_kwargs: dict | None = None,
+):
     """The ``GRPOConfig`` of a run: ``settings`` mapped onto TRL's fields, plus the CPU/GPU switches."""
     import torch
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
     return GRPOConfig(
-        output_dir=str(Path(run_dir) / "checkpoints"), max_steps=settings.steps,
-        learning_rate=settings.learning_rate, lr_scheduler_type="constant",
-        per_device_train_batch_size=settings.batch_size, num_generations=settings.num_generations,
-        max_completion_length=settings.max_completion_length, temperature=settings.temperature,
-        beta=settings.beta, seed=seed, logging_steps=1,
-        save_strategy="steps" if settings.save_every else "no", save_steps=settings.save_every or 1,
-        report_to="tensorboard", use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        output_dir=str(Path(run_dir) / "checkpoints"),
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=settings.batch_size,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        beta=settings.beta,
+        seed=seed,
+        logging_steps=1,
+        save_strategy="steps" if settings.save_every else "no",
+        save_steps=settings.save_every or 1,
+        report_to="tensorboard",
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=cuda and not unsloth,  # Unsloth brings its own; on CPU it only costs time
-        generation_kwargs=generation_kwargs)
+        generation_kwargs=generation_kwargs,
+    )
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     """The ``checkpoint-<step>`` folder with the highest step that holds a ``trainer_state.json``."""
-    found = [(int(p.name.split("-")[-1]), p) for p in Path(ckpt_dir).glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    found = [
+        (int(p.name.split("-")[-1]), p)
+        for p in Path(ckpt_dir).glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
     return max(found)[1] if found else None
 
 
@@ -292,12 +350,12 @@ def verify_adapter(base_model: str, adapter: Path, backend: str = "transformers"
     try:
         make_generator(base_model, backend, lora_path=str(adapter))
     except Exception as exc:  # noqa: BLE001 - any loader failure is one typed error
-        raise TrainingError(f"the adapter in {adapter} does not load on {base_model!r}: "
-                            f"{type(exc).__name__}: {exc}") from exc
+        raise TrainingError(
+            f"the adapter in {adapter} does not load on {base_model!r}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
-def greedy_completions(model: Any, tokenizer: Any, prompts: Sequence[list[dict]],
-                       max_new_tokens: int) -> list[str]:
+def greedy_completions(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], max_new_tokens: int) -> list[str]:
     """Greedy completions of the model being trained (validation); draws nothing from any RNG."""
     from memr1.llm.backends import TransformersGenerator
     from memr1.llm.generate import Sampling
@@ -316,13 +374,23 @@ def _with_lora(policy, settings: GRPOSettings, seed: int):
         from unsloth import FastLanguageModel
 
         model = FastLanguageModel.get_peft_model(
-            policy.model, r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules=list(LORA_TARGETS),
-            use_gradient_checkpointing="unsloth", random_state=seed)
+            policy.model,
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            target_modules=list(LORA_TARGETS),
+            use_gradient_checkpointing="unsloth",
+            random_state=seed,
+        )
         return model, None
     from peft import LoraConfig
 
-    return policy.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                    target_modules=list(LORA_TARGETS), lora_dropout=0.0, task_type="CAUSAL_LM")
+    return policy.model, LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        target_modules=list(LORA_TARGETS),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _as_chat(texts: Sequence[str]) -> list[list[dict[str, str]]]:
@@ -345,5 +413,17 @@ class main_process_first:
         return self._ctx.__exit__(*exc) if self._ctx is not None else False
 
 
-__all__ = ["GRPOSettings", "TrainResult", "TrainingError", "RowReward", "run_grpo", "grpo_args", "reward_validator",
-           "resolve_answer_model", "latest_checkpoint", "verify_adapter", "greedy_completions", "main_process_first"]
+__all__ = [
+    "GRPOSettings",
+    "TrainResult",
+    "TrainingError",
+    "RowReward",
+    "run_grpo",
+    "grpo_args",
+    "reward_validator",
+    "resolve_answer_model",
+    "latest_checkpoint",
+    "verify_adapter",
+    "greedy_completions",
+    "main_process_first",
+]

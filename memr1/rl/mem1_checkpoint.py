@@ -23,8 +23,9 @@ from memr1.files import write_text_atomic
 log = logging.getLogger("memr1")
 
 
-def save_checkpoint(path: Path, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, step: int,
-                    config: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: Path, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, step: int, config: dict[str, Any]
+) -> Path:
     """Write model (or adapter), tokenizer, optimiser, RNG states, step and ``config``; swap in atomically.
 
     A checkpoint is a folder, so ``memr1.files`` (one file at a time) does not apply: the folder is
@@ -34,8 +35,15 @@ def save_checkpoint(path: Path, model: Any, tokenizer: Any, optimizer: torch.opt
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
+    torch.save(
+        {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        tmp / "rng.pt",
+    )
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=1))
     old = path.with_name(path.name + ".old")
     if path.exists():
@@ -59,8 +67,10 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, co
     free = {"steps", "save_every", "micro_batch"}
     changed = sorted(k for k, v in config.items() if k not in free and state["config"].get(k) != v)
     if changed:
-        raise ConfigError(f"{path} was written with different settings ({', '.join(changed)}); "
-                          f"use a new run_dir or restore those settings")
+        raise ConfigError(
+            f"{path} was written with different settings ({', '.join(changed)}); "
+            f"use a new run_dir or restore those settings"
+        )
     from safetensors.torch import load_file
 
     loaded = {}

@@ -16,7 +16,8 @@ and packed rows give the same loss.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -34,9 +35,16 @@ def loss_weights(trajectories: Sequence[Trajectory], loss_type: str) -> list[flo
     raise ConfigError(f"loss_type must be token or trajectory, got {loss_type!r}")
 
 
-def policy_loss(logps: Sequence[torch.Tensor], advantages: Sequence[float], weights: Sequence[float], *,
-                old_logps: Sequence[torch.Tensor] | None = None, ref_logps: Sequence[torch.Tensor] | None = None,
-                clip_eps: float = 0.2, beta: float = 0.0) -> torch.Tensor:
+def policy_loss(
+    logps: Sequence[torch.Tensor],
+    advantages: Sequence[float],
+    weights: Sequence[float],
+    *,
+    old_logps: Sequence[torch.Tensor] | None = None,
+    ref_logps: Sequence[torch.Tensor] | None = None,
+    clip_eps: float = 0.2,
+    beta: float = 0.0,
+) -> torch.Tensor:
     """Clipped policy-gradient loss (+ beta KL) summed over tokens with the given weights.
 
     Args:
@@ -63,10 +71,21 @@ def policy_loss(logps: Sequence[torch.Tensor], advantages: Sequence[float], weig
     return total
 
 
-def train_step(model: Any, optimizer: torch.optim.Optimizer, groups: Sequence[Sequence[Trajectory]], *,
-               packed: bool, loss_type: str = "token", temperature: float = 1.0, clip_eps: float = 0.2,
-               beta: float = 0.0, ref_model: Any = None, micro_batch: int = 8, max_grad_norm: float = 1.0,
-               pad_id: int = 0) -> dict[str, float]:
+def train_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    groups: Sequence[Sequence[Trajectory]],
+    *,
+    packed: bool,
+    loss_type: str = "token",
+    temperature: float = 1.0,
+    clip_eps: float = 0.2,
+    beta: float = 0.0,
+    ref_model: Any = None,
+    micro_batch: int = 8,
+    max_grad_norm: float = 1.0,
+    pad_id: int = 0,
+) -> dict[str, float]:
     """One optimiser step on the trajectories of several groups (one group per task).
 
     Gradients are accumulated over micro-batches of whole trajectories; the weights of
@@ -94,15 +113,24 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, groups: Sequence[Se
     optimizer.step()
     rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float64)
     n_gen = sum(t.n_generated for t in trajs)
-    return {"loss": loss_sum, "reward_mean": float(rewards.mean()), "reward_max": float(rewards.max()),
-            "logp_mean": logp_sum / n_gen, "loss_tokens": n_gen, "input_tokens": read,
-            "turns": sum(len(t.turns) for t in trajs), "trajectories": len(trajs), "grad_norm": grad_norm}
+    return {
+        "loss": loss_sum,
+        "reward_mean": float(rewards.mean()),
+        "reward_max": float(rewards.max()),
+        "logp_mean": logp_sum / n_gen,
+        "loss_tokens": n_gen,
+        "input_tokens": read,
+        "turns": sum(len(t.turns) for t in trajs),
+        "trajectories": len(trajs),
+        "grad_norm": grad_norm,
+    }
 
 
 def _reference_logprobs(model, ref_model, trajs, packed, temperature, pad_id) -> list[torch.Tensor]:
     """Log-probs under ``ref_model``, or under ``model`` with its LoRA adapter switched off."""
     if ref_model is None and not hasattr(model, "disable_adapter"):
         raise ConfigError("beta > 0 needs a ref_model, or a PEFT model whose adapter can be disabled")
-    with torch.no_grad(), (model.disable_adapter() if ref_model is None else contextlib.nullcontext()):
-        return trajectory_logprobs(model if ref_model is None else ref_model, trajs, packed=packed,
-                                   temperature=temperature, pad_id=pad_id)[0]
+    with torch.no_grad(), model.disable_adapter() if ref_model is None else contextlib.nullcontext():
+        return trajectory_logprobs(
+            model if ref_model is None else ref_model, trajs, packed=packed, temperature=temperature, pad_id=pad_id
+        )[0]

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from memr1.config import StageConfig
 from memr1.errors import ConfigError
@@ -82,8 +83,16 @@ class Mem1TrainSettings(StageConfig):
             raise ConfigError(f"{name}.environment must be hotpotqa or locomo, got {self.environment!r}")
         if self.loss_type not in ("token", "trajectory"):
             raise ConfigError(f"{name}.loss_type must be token or trajectory, got {self.loss_type!r}")
-        for key in ("n_objectives", "steps", "tasks_per_step", "group_size", "max_turns", "max_new_tokens",
-                    "micro_batch", "save_every"):
+        for key in (
+            "n_objectives",
+            "steps",
+            "tasks_per_step",
+            "group_size",
+            "max_turns",
+            "max_new_tokens",
+            "micro_batch",
+            "save_every",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
         if self.learning_rate < 0 or self.beta < 0 or self.lora_r < 0 or self.clip_eps <= 0:
@@ -98,13 +107,21 @@ class Mem1TrainSettings(StageConfig):
 def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
     """Token ids of a chat context as the model reads it (continuing a final assistant message)."""
     continuing = bool(messages) and messages[-1].get("role") == "assistant"
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=not continuing,
-                                         continue_final_message=continuing)
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
+    )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def sample_completion(model: Any, tokenizer: Any, prompt_ids: Sequence[int], *, max_new_tokens: int,
-                      temperature: float, stop_strings: Sequence[str] = STOP_STRINGS) -> list[int]:
+def sample_completion(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    stop_strings: Sequence[str] = STOP_STRINGS,
+) -> list[int]:
     """Sample one completion from the plain softmax at ``temperature`` and return its token ids.
 
     top-k, top-p and repetition penalty are switched off so the behaviour policy is exactly the one
@@ -116,18 +133,37 @@ def sample_completion(model: Any, tokenizer: Any, prompt_ids: Sequence[int], *, 
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids)], device=device)
     eos = tokenizer.eos_token_id
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
-                         temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
-                         repetition_penalty=1.0, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                         pad_token_id=tokenizer.pad_token_id, stop_strings=list(stop_strings) or None,
-                         tokenizer=tokenizer)
-    generated = out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=list(stop_strings) or None,
+        tokenizer=tokenizer,
+    )
+    generated = out[0, ids.shape[1] :].tolist()
     return generated[: generated.index(eos) + 1] if eos in generated else generated
 
 
-def rollout_group(task: Any, policy: Any, tokenizer: Any, retriever: Any = None, *, group_size: int,
-                  max_turns: int, temperature: float, seed: int, max_new_tokens: int = 128,
-                  k: int = 3) -> list[Trajectory]:
+def rollout_group(
+    task: Any,
+    policy: Any,
+    tokenizer: Any,
+    retriever: Any = None,
+    *,
+    group_size: int,
+    max_turns: int,
+    temperature: float,
+    seed: int,
+    max_new_tokens: int = 128,
+    k: int = 3,
+) -> list[Trajectory]:
     """Run ``group_size`` MEM1 episodes of one task and keep every turn as token ids.
 
     The loop mirrors ``memr1.agents.mem1.run_episode`` in "mem1" mode: each turn ``build_context``
@@ -152,8 +188,9 @@ def rollout_group(task: Any, policy: Any, tokenizer: Any, retriever: Any = None,
             for turn in range(max_turns):
                 messages = build_context(task, turn, *last, max_turns - turn, "mem1")
                 prompt = encode_messages(tokenizer, messages)
-                completion = sample_completion(policy, tokenizer, prompt, max_new_tokens=max_new_tokens,
-                                               temperature=temperature)
+                completion = sample_completion(
+                    policy, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature
+                )
                 turns.append(TrajectoryTurn(prompt, completion))
                 action = parse_action(tokenizer.decode(completion, skip_special_tokens=True), task.n_objectives)
                 if action.kind != "query":
@@ -173,8 +210,9 @@ def score_answers(answers: Sequence[str], gold: Sequence[Sequence[str]]) -> floa
     """
     from memr1.eval.metrics import exact_match
 
-    return float(sum(k < len(answers) and any(exact_match(answers[k], a) for a in aliases)
-                     for k, aliases in enumerate(gold)))
+    return float(
+        sum(k < len(answers) and any(exact_match(answers[k], a) for a in aliases) for k, aliases in enumerate(gold))
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -198,9 +236,16 @@ class TrainedMem1:
     """Its tokenizer."""
 
 
-def train_mem1(settings: Mem1TrainSettings, *, run_dir: str | Path, seed: int, tasks: Sequence[Any] | None = None,
-               data_dir: str | None = None, retriever: Any = None,
-               rollout: Callable[..., list[Trajectory]] = rollout_group) -> TrainedMem1:
+def train_mem1(
+    settings: Mem1TrainSettings,
+    *,
+    run_dir: str | Path,
+    seed: int,
+    tasks: Sequence[Any] | None = None,
+    data_dir: str | None = None,
+    retriever: Any = None,
+    rollout: Callable[..., list[Trajectory]] = rollout_group,
+) -> TrainedMem1:
     """Train the MEM1 policy for ``settings.steps`` steps, resuming from ``run_dir/checkpoint`` if present.
 
     Step s takes ``settings.tasks_per_step`` tasks (cycling through ``tasks``), rolls out a group per
@@ -235,8 +280,9 @@ def train_mem1(settings: Mem1TrainSettings, *, run_dir: str | Path, seed: int, t
 
         tasks = make_tasks(s.environment, s.n_objectives, s.steps * s.tasks_per_step, seed, data_dir=data_dir)
     model, tokenizer = _load_model(s.model, s.lora_r)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=s.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=s.learning_rate, weight_decay=0.0
+    )
     # What a checkpoint must agree on to be resumed: the settings (only those of this class, so a
     # stage config's extra fields do not count) and the seed.
     fingerprint = {f.name: getattr(s, f.name) for f in dataclasses.fields(Mem1TrainSettings)} | {"seed": seed}
@@ -249,19 +295,43 @@ def train_mem1(settings: Mem1TrainSettings, *, run_dir: str | Path, seed: int, t
         groups = []
         for slot in range(s.tasks_per_step):
             task = tasks[(step * s.tasks_per_step + slot) % len(tasks)]
-            groups.append(rollout(task, model, tokenizer, retriever, group_size=s.group_size,
-                                  max_turns=s.max_turns, temperature=s.temperature,
-                                  max_new_tokens=s.max_new_tokens, seed=(seed * 100_003 + step) * 1_009 + slot))
-        stats = train_step(model, optimizer, groups, packed=s.packed, loss_type=s.loss_type,
-                           temperature=s.temperature, clip_eps=s.clip_eps, beta=s.beta,
-                           ref_model=ref_model, micro_batch=s.micro_batch,
-                           pad_id=tokenizer.pad_token_id or 0)
+            groups.append(
+                rollout(
+                    task,
+                    model,
+                    tokenizer,
+                    retriever,
+                    group_size=s.group_size,
+                    max_turns=s.max_turns,
+                    temperature=s.temperature,
+                    max_new_tokens=s.max_new_tokens,
+                    seed=(seed * 100_003 + step) * 1_009 + slot,
+                )
+            )
+        stats = train_step(
+            model,
+            optimizer,
+            groups,
+            packed=s.packed,
+            loss_type=s.loss_type,
+            temperature=s.temperature,
+            clip_eps=s.clip_eps,
+            beta=s.beta,
+            ref_model=ref_model,
+            micro_batch=s.micro_batch,
+            pad_id=tokenizer.pad_token_id or 0,
+        )
         entry = {"step": step, **stats}
         history.append(entry)
         with open(run_dir / LOG_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
-        log.info("mem1 step %d: reward %.3f loss %.4f tokens %d", step, stats["reward_mean"], stats["loss"],
-                 stats["loss_tokens"])
+        log.info(
+            "mem1 step %d: reward %.3f loss %.4f tokens %d",
+            step,
+            stats["reward_mean"],
+            stats["loss"],
+            stats["loss_tokens"],
+        )
         if (step + 1) % s.save_every == 0 or step + 1 == s.steps:
             save_checkpoint(run_dir / CHECKPOINT_DIR, model, tokenizer, optimizer, step + 1, fingerprint)
     return TrainedMem1(run_dir, max(start, s.steps), start, history, model, tokenizer)
@@ -281,7 +351,8 @@ def _load_model(name: str, lora_r: int, trainable: bool = True) -> tuple[Any, An
     if lora_r:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
         model = get_peft_model(model, lora)
     return model, policy.tokenizer

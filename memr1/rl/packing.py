@@ -36,8 +36,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -63,8 +64,10 @@ class TrajectoryTurn:
         object.__setattr__(self, "prompt_ids", tuple(int(i) for i in self.prompt_ids))
         object.__setattr__(self, "completion_ids", tuple(int(i) for i in self.completion_ids))
         if not self.prompt_ids or not self.completion_ids:
-            raise ConfigError(f"a TrajectoryTurn needs a non-empty prompt and completion, got "
-                              f"{len(self.prompt_ids)} prompt and {len(self.completion_ids)} completion ids")
+            raise ConfigError(
+                f"a TrajectoryTurn needs a non-empty prompt and completion, got "
+                f"{len(self.prompt_ids)} prompt and {len(self.completion_ids)} completion ids"
+            )
 
 
 @dataclass
@@ -178,8 +181,14 @@ def packed_rows(trajectories: Sequence[Trajectory], pad_id: int, *, share_prefix
         k = len(ids)
         ids_t[b, :k], pos_t[b, :k] = torch.tensor(ids), torch.tensor(pos)
         seg_t[b, :k], loss_t[b, :k] = torch.tensor(seg), torch.tensor(loss)
-    return Batch(ids_t, pos_t, loss_t, list(range(n)), allowed=allowed_from_segments(seg_t),
-                 real_tokens=sum(len(r[0]) for r in rows))
+    return Batch(
+        ids_t,
+        pos_t,
+        loss_t,
+        list(range(n)),
+        allowed=allowed_from_segments(seg_t),
+        real_tokens=sum(len(r[0]) for r in rows),
+    )
 
 
 def allowed_from_segments(segments: torch.Tensor) -> torch.Tensor:
@@ -210,8 +219,9 @@ def attention_bias(allowed: torch.Tensor, dtype: torch.dtype, style: MaskStyle =
     raise ConfigError(f"mask style must be additive or bool_as_float, got {style!r}")
 
 
-def token_logprobs(model: Any, batch: Batch, *, mask_style: MaskStyle = "additive",
-                   temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(
+    model: Any, batch: Batch, *, mask_style: MaskStyle = "additive", temperature: float = 1.0
+) -> torch.Tensor:
     """Log-probability of every token given what precedes it in its row, as [rows, S] fp32.
 
     Entry p holds log p(input_ids[p] | context) read from the logits at p - 1 (column 0 is 0);
@@ -222,8 +232,12 @@ def token_logprobs(model: Any, batch: Batch, *, mask_style: MaskStyle = "additiv
         mask = attention_bias(batch.allowed.to(device), model.dtype, mask_style)
     else:
         mask = batch.padding_mask.to(device)
-    out = model(input_ids=batch.input_ids.to(device), attention_mask=mask,
-                position_ids=batch.position_ids.to(device), use_cache=False)
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=mask,
+        position_ids=batch.position_ids.to(device),
+        use_cache=False,
+    )
     logits = out.logits[:, :-1].float() / temperature
     targets = batch.input_ids[:, 1:].to(device)
     # log_softmax gathered at the target, without materialising a second [rows, S, V] tensor.
@@ -240,8 +254,9 @@ def split_by_trajectory(batch: Batch, values: torch.Tensor, n_trajectories: int)
     return [torch.cat(p) if p else values.new_zeros(0) for p in parts]
 
 
-def trajectory_logprobs(model: Any, trajectories: Sequence[Trajectory], *, packed: bool,
-                        temperature: float = 1.0, pad_id: int = 0) -> tuple[list[torch.Tensor], int]:
+def trajectory_logprobs(
+    model: Any, trajectories: Sequence[Trajectory], *, packed: bool, temperature: float = 1.0, pad_id: int = 0
+) -> tuple[list[torch.Tensor], int]:
     """Log-probs of every generated token, one flat tensor per trajectory (turn order).
 
     Returns:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from memr1.agents.answer import AnswerAgent, answer_prompts, extract_answer
 from memr1.errors import ConfigError
-from memr1.eval.metrics import exact_match
+from memr1.eval.metrics import exact_match, f1_mem0
 from memr1.files import atomic_path
 from memr1.llm.generate import Messages
 from memr1.memory.apply import apply_manager_output
@@ -52,8 +52,23 @@ from memr1.rl.datasets import open_teacher_bank, snapshot
 OP_LOG_DIR = "op_rewards"
 OP_KINDS = tuple(k.value.lower() for k in OpKind)
 """Operation kinds as the op log's ``n_<kind>`` columns name them: add, update, delete, noop."""
-OP_LOG_COLUMNS = ("step", "call", "from_trainer", "sample_id", "speaker", "turn", "dia_id", "n_add",
-                  "n_update", "n_delete", "n_noop", "valid", "rejections", "n_questions", "reward")
+OP_LOG_COLUMNS = (
+    "step",
+    "call",
+    "from_trainer",
+    "sample_id",
+    "speaker",
+    "turn",
+    "dia_id",
+    "n_add",
+    "n_update",
+    "n_delete",
+    "n_noop",
+    "valid",
+    "rejections",
+    "n_questions",
+    "reward",
+)
 
 
 def completion_text(completion: Any) -> str:
@@ -76,8 +91,7 @@ def completion_text(completion: Any) -> str:
 def _check_lengths(name: str, n: int, **columns: Sequence) -> None:
     bad = {k: len(v) for k, v in columns.items() if len(v) != n}
     if bad:
-        raise ConfigError(f"{name}: got {n} completions but column lengths {bad}; TRL passes one "
-                          "entry per completion")
+        raise ConfigError(f"{name}: got {n} completions but column lengths {bad}; TRL passes one entry per completion")
 
 
 def answer_em_reward(completions: Sequence[Any], gold: Sequence[str], **kwargs: Any) -> list[float]:
@@ -89,6 +103,20 @@ def answer_em_reward(completions: Sequence[Any], gold: Sequence[str], **kwargs: 
     return [exact_match(extract_answer(completion_text(c)), g) for c, g in zip(completions, gold)]
 
 
+def answer_f1_reward(completions: Sequence[Any], gold: Sequence[str], **kwargs: Any) -> list[float]:
+    """Ablation of ``answer_em_reward``: set F1 (mem0 family, 0 to 1) of the answer span.
+
+    Not the paper's reward (EM only, no partial credit); a named alternative for models too small to
+    hit exact matches often enough for GRPO groups to differ (docs/design.md §Rewards).
+    """
+    _check_lengths("answer_f1_reward", len(completions), gold=gold)
+    return [f1_mem0(extract_answer(completion_text(c)), g) for c, g in zip(completions, gold)]
+
+
+ANSWER_REWARDS = {"em": answer_em_reward, "f1": answer_f1_reward}
+"""Answer-Agent rewards by name; ``em`` is Memory-R1's."""
+
+
 def _as_id_map(raw: Any) -> dict[str, str]:
     if isinstance(raw, Mapping):
         return {str(k): str(v) for k, v in raw.items()}
@@ -97,8 +125,9 @@ def _as_id_map(raw: Any) -> dict[str, str]:
     except (TypeError, ValueError):
         parsed = None
     if not isinstance(parsed, dict):
-        raise ConfigError(f"id_map must be a JSON object of small id → real id (as manager_rows "
-                          f"writes it), got {str(raw)[:80]!r}")
+        raise ConfigError(
+            f"id_map must be a JSON object of small id → real id (as manager_rows writes it), got {str(raw)[:80]!r}"
+        )
     return {str(k): str(v) for k, v in parsed.items()}
 
 
@@ -116,11 +145,19 @@ class ManagerReward:
 
     __name__ = "manager_em"
 
-    def __init__(self, answer_agent: AnswerAgent, embedder: Embedder, *, log_dir: str | Path | None = None,
-                 k_per_speaker: int = K_PER_SPEAKER, cache_size: int = 1024):
+    def __init__(
+        self,
+        answer_agent: AnswerAgent,
+        embedder: Embedder,
+        *,
+        log_dir: str | Path | None = None,
+        k_per_speaker: int = K_PER_SPEAKER,
+        cache_size: int = 1024,
+    ):
         if k_per_speaker < 1 or cache_size < 1:
-            raise ConfigError(f"ManagerReward needs k_per_speaker >= 1 and cache_size >= 1, got "
-                              f"{k_per_speaker} and {cache_size}")
+            raise ConfigError(
+                f"ManagerReward needs k_per_speaker >= 1 and cache_size >= 1, got {k_per_speaker} and {cache_size}"
+            )
         self.answer_agent, self.embedder = answer_agent, embedder
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.k_per_speaker, self.cache_size = k_per_speaker, cache_size
@@ -139,18 +176,27 @@ class ManagerReward:
         if bank is None:
             opened = self._stores.get(key[:3])
             if opened is None:
-                opened = self._stores[key[:3]] = open_teacher_bank(store, sample_id, speaker,
-                                                                   self.embedder)
+                opened = self._stores[key[:3]] = open_teacher_bank(store, sample_id, speaker, self.embedder)
             bank = self._snapshots[key] = snapshot(opened, int(turn))
             while len(self._snapshots) > self.cache_size:
                 self._snapshots.popitem(last=False)
         self._snapshots.move_to_end(key)
         return bank
 
-    def __call__(self, completions: Sequence[Any], store: Sequence[str], sample_id: Sequence[str],
-                 speaker: Sequence[str], snapshot_turn: Sequence[int], id_map: Sequence[str],
-                 questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]],
-                 turn: Sequence[int], dia_id: Sequence[str], **kwargs: Any) -> list[float]:
+    def __call__(
+        self,
+        completions: Sequence[Any],
+        store: Sequence[str],
+        sample_id: Sequence[str],
+        speaker: Sequence[str],
+        snapshot_turn: Sequence[int],
+        id_map: Sequence[str],
+        questions: Sequence[Sequence[str]],
+        answers: Sequence[Sequence[str]],
+        turn: Sequence[int],
+        dia_id: Sequence[str],
+        **kwargs: Any,
+    ) -> list[float]:
         """Score each completion (see the class docstring); columns come from `manager_rows`.
 
         Also reads the ``speakers`` and ``session_time`` columns from ``kwargs`` and TRL's
@@ -163,13 +209,25 @@ class ManagerReward:
         n = len(completions)
         speakers = kwargs.get("speakers")
         if speakers is None:
-            raise ConfigError("ManagerReward needs the 'speakers' column of manager_rows (both "
-                              "speakers of each row's conversation)")
+            raise ConfigError(
+                "ManagerReward needs the 'speakers' column of manager_rows (both speakers of each row's conversation)"
+            )
         session_time = kwargs.get("session_time") or [""] * n
-        _check_lengths("ManagerReward", n, store=store, sample_id=sample_id, speaker=speaker,
-                       snapshot_turn=snapshot_turn, id_map=id_map, questions=questions,
-                       answers=answers, turn=turn, dia_id=dia_id, speakers=speakers,
-                       session_time=session_time)
+        _check_lengths(
+            "ManagerReward",
+            n,
+            store=store,
+            sample_id=sample_id,
+            speaker=speaker,
+            snapshot_turn=snapshot_turn,
+            id_map=id_map,
+            questions=questions,
+            answers=answers,
+            turn=turn,
+            dia_id=dia_id,
+            speakers=speakers,
+            session_time=session_time,
+        )
         state = kwargs.get("trainer_state")
         step = int(getattr(state, "global_step", self._calls)) if state is not None else self._calls
         rows, jobs = [], []  # jobs: (completion index, question, gold, banks in speaker order)
@@ -177,20 +235,31 @@ class ManagerReward:
             own = self.snapshot(store[i], sample_id[i], speaker[i], snapshot_turn[i])
             fork = own.fork()
             ctx = TurnContext(int(turn[i]), str(dia_id[i]), str(session_time[i] or ""))
-            result, applied = apply_manager_output(fork, completion_text(completions[i]),
-                                                   _as_id_map(id_map[i]), ctx)
+            result, applied = apply_manager_output(fork, completion_text(completions[i]), _as_id_map(id_map[i]), ctx)
             counts = result.counts_by_kind() if applied is not None else dict.fromkeys(OpKind, 0)
             rejected = ",".join(f"{k}:{v}" for k, v in sorted(result.rejections.items()))
-            rows.append({"step": step, "call": self._calls, "from_trainer": state is not None,
-                         "sample_id": str(sample_id[i]), "speaker": str(speaker[i]),
-                         "turn": int(turn[i]), "dia_id": str(dia_id[i]),
-                         **{f"n_{k.value.lower()}": counts[k] for k in OpKind},
-                         "valid": applied is not None, "rejections": rejected,
-                         "n_questions": len(questions[i]), "reward": 0.0})
+            rows.append(
+                {
+                    "step": step,
+                    "call": self._calls,
+                    "from_trainer": state is not None,
+                    "sample_id": str(sample_id[i]),
+                    "speaker": str(speaker[i]),
+                    "turn": int(turn[i]),
+                    "dia_id": str(dia_id[i]),
+                    **{f"n_{k.value.lower()}": counts[k] for k in OpKind},
+                    "valid": applied is not None,
+                    "rejections": rejected,
+                    "n_questions": len(questions[i]),
+                    "reward": 0.0,
+                }
+            )
             if applied is None:
                 continue
-            banks = {sp: fork if sp == speaker[i] else
-                     self.snapshot(store[i], sample_id[i], sp, snapshot_turn[i]) for sp in speakers[i]}
+            banks = {
+                sp: fork if sp == speaker[i] else self.snapshot(store[i], sample_id[i], sp, snapshot_turn[i])
+                for sp in speakers[i]
+            }
             jobs += [(i, q, g, banks) for q, g in zip(questions[i], answers[i])]
         texts = self._answer([(q, banks) for _, q, _, banks in jobs])
         scores: dict[int, list[float]] = {}
@@ -209,7 +278,7 @@ class ManagerReward:
         """
         if not asks:
             return []
-        prompts = [messages for messages, _ in answer_prompts(asks, self.k_per_speaker)]
+        prompts = [messages for messages, _ in answer_prompts(asks, self.k_per_speaker, self.answer_agent.style)]
         agent = self.answer_agent
         greedy = agent.sampling.temperature == 0
         keys = [json.dumps(p, sort_keys=True) if greedy else str(i) for i, p in enumerate(prompts)]
@@ -219,8 +288,10 @@ class ManagerReward:
         gens = agent.generator.generate(list(unique.values()), agent.sampling)
         self.generate_calls += 1
         if len(gens) != len(unique):
-            raise ConfigError(f"the frozen answer agent's generator returned {len(gens)} completions "
-                              f"for {len(unique)} prompts; it must return one per prompt")
+            raise ConfigError(
+                f"the frozen answer agent's generator returned {len(gens)} completions "
+                f"for {len(unique)} prompts; it must return one per prompt"
+            )
         by_key = {key: gen.text for key, gen in zip(unique, gens)}
         return [by_key[key] for key in keys]
 
@@ -231,8 +302,7 @@ class ManagerReward:
         if self.log_dir is not None and rows:
             rank = os.environ.get("RANK", "0")
             name = f"step-{rows[0]['step']:06d}-rank{rank}-call{rows[0]['call']:05d}.parquet"
-            _write_parquet_atomic(pd.DataFrame(rows, columns=list(OP_LOG_COLUMNS)),
-                                  self.log_dir / OP_LOG_DIR / name)
+            _write_parquet_atomic(pd.DataFrame(rows, columns=list(OP_LOG_COLUMNS)), self.log_dir / OP_LOG_DIR / name)
         if callable(log_metric) and rows:
             for name, value in op_fractions(rows).items():
                 log_metric(name, value)
@@ -273,9 +343,14 @@ def op_mix(log: pd.DataFrame, *, split: float = 0.25) -> list[dict[str, Any]]:
     for phase, chosen in (("first steps", steps[:cut]), ("last steps", steps[-cut:])):
         part = train[train["step"].isin(chosen)]
         fractions = op_fractions(part.to_dict("records"))
-        out.append({"phase": f"{phase} ({chosen[0]}–{chosen[-1]})",
-                    **{k: fractions[f"ops/{k}_frac"] for k in OP_KINDS},
-                    "rejected": fractions["ops/rejected_frac"], "completions": len(part)})
+        out.append(
+            {
+                "phase": f"{phase} ({chosen[0]}–{chosen[-1]})",
+                **{k: fractions[f"ops/{k}_frac"] for k in OP_KINDS},
+                "rejected": fractions["ops/rejected_frac"],
+                "completions": len(part),
+            }
+        )
     return out
 
 

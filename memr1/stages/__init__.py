@@ -18,14 +18,14 @@ loads fast and a typo in a parameter fails in well under a second.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from memr1.config import RunConfig
 from memr1.errors import ConfigError
 from memr1.runs import StageResult
-from memr1.stages import (evaluate, locomo_data, mem1, memory_bank, quickstart, report, train_answer,
-                          train_manager)
+from memr1.stages import evaluate, locomo_data, mem1, memory_bank, quickstart, report, train_answer, train_manager
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,20 @@ class Stage:
 STAGES: list[Stage] = [
     Stage("01_locomo_data", "data", locomo_data.DataConfig, locomo_data.DataResult, locomo_data.run),
     Stage("02_build_memory_bank", "bank", memory_bank.BankConfig, memory_bank.BankResult, memory_bank.run),
-    Stage("03_train_answer_agent", "train_answer", train_answer.AnswerTrainConfig, train_answer.AnswerTrainResult,
-          train_answer.run),
-    Stage("04_train_memory_manager", "train_manager", train_manager.ManagerTrainConfig,
-          train_manager.ManagerTrainResult, train_manager.run),
+    Stage(
+        "03_train_answer_agent",
+        "train_answer",
+        train_answer.AnswerTrainConfig,
+        train_answer.AnswerTrainResult,
+        train_answer.run,
+    ),
+    Stage(
+        "04_train_memory_manager",
+        "train_manager",
+        train_manager.ManagerTrainConfig,
+        train_manager.ManagerTrainResult,
+        train_manager.run,
+    ),
     Stage("05_evaluate_locomo", "evaluate", evaluate.EvalConfig, evaluate.EvalResult, evaluate.run),
     Stage("06_mem1", "mem1", mem1.Mem1Config, mem1.Mem1Result, mem1.run),
     Stage("07_report", "report", report.ReportConfig, report.ReportResult, report.run, always=True),

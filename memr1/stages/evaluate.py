@@ -66,8 +66,16 @@ class EvalConfig(RunConfig):
     """Embedding model for memory search: minilm or hash."""
     k_per_speaker: int = 30
     """Memories retrieved per speaker for each question (60 in all, as in Memory-R1)."""
-    max_new_tokens: int = 128
-    """Generation cap for each LLM call."""
+    answer_tokens: int = 128
+    """Token cap of each Answer Agent output (its selected memories and the answer line)."""
+    extract_tokens: int = 256
+    """Token cap of each fact-extractor output (system base)."""
+    manager_tokens: int = 1024
+    """Token cap of each Memory Manager output, which lists every memory it was shown (system base)."""
+    answer_style: str = "distill"
+    """distill (list the relevant memories, then answer; Memory-R1) or direct (the answer line only)."""
+    answer_adapter: str = ""
+    """LoRA adapter of the Answer Agent: a stage-03 run folder or an adapter folder; "" for none (the base model)."""
 
     def check(self) -> None:
         from memr1.data.splits import SPLITS
@@ -75,23 +83,38 @@ class EvalConfig(RunConfig):
         from memr1.llm.backends import BACKEND_NAMES
         from memr1.memory.embed import EMBEDDERS
 
-        for name, allowed in (("system", SYSTEMS), ("split", SPLITS), ("metric_family", METRIC_FAMILIES),
-                              ("embedder", EMBEDDERS), ("backend", ("", *BACKEND_NAMES))):
+        for name, allowed in (
+            ("system", SYSTEMS),
+            ("split", SPLITS),
+            ("metric_family", METRIC_FAMILIES),
+            ("embedder", EMBEDDERS),
+            ("backend", ("", *BACKEND_NAMES)),
+        ):
             check_choice(self, name, allowed)
         if self.backend == "openai" and not self.base_url:
             raise ConfigError("EvalConfig.backend='openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if bool(self.judge_base_url) != bool(self.judge_model):
             raise ConfigError("set both judge_base_url and judge_model, or neither (no judge)")
         check_min(self, -1, "limit", "max_turns")
-        check_min(self, 1, "k_per_speaker", "max_new_tokens")
+        check_min(self, 1, "k_per_speaker", "answer_tokens", "extract_tokens", "manager_tokens")
+        from memr1.agents.answer import STYLES
+
+        check_choice(self, "answer_style", STYLES)
+        if self.answer_adapter and self.system not in ("base", "heuristic", "replay"):
+            raise ConfigError(
+                f"EvalConfig.answer_adapter applies to the Answer Agent of base, heuristic or replay, "
+                f"not to {self.system!r}"
+            )
 
     def resolved(self) -> EvalConfig:
         """A validated copy with the profile's defaults filled in (model, backend, limit, max_turns)."""
         p = get_profile(self.profile)
-        return self.replace(model=profile_value(self.model, p.policy_model, unset=""),
-                            backend=profile_value(self.backend, p.backend, unset=""),
-                            limit=profile_value(self.limit, p.max_questions, unset=-1),
-                            max_turns=profile_value(self.max_turns, p.max_turns, unset=-1))
+        return self.replace(
+            model=profile_value(self.model, p.policy_model, unset=""),
+            backend=profile_value(self.backend, p.backend, unset=""),
+            limit=profile_value(self.limit, p.max_questions, unset=-1),
+            max_turns=profile_value(self.max_turns, p.max_turns, unset=-1),
+        )
 
 
 def metric_columns(metric_family: str, judged: bool) -> list[str]:
@@ -118,6 +141,8 @@ class EvalResult(StageResult):
     """One row per category id (both names, count, metric means ×100), then the count-weighted overall row."""
     operations: dict[str, dict[str, int]]
     """{"applied": ADD/UPDATE/DELETE/NOOP counts, "rejected_outputs": rejected model outputs by kind}."""
+    truncated: dict[str, dict[str, int]]
+    """Per role (extract, manager, answer): {"calls", "truncated"}: outputs that hit the role's token cap."""
     judge: dict[str, Any] | None
     """``LLMJudge.describe()`` when a judge scored the answers, else None."""
     latency: list[dict[str, Any]]
@@ -143,8 +168,9 @@ class EvalResult(StageResult):
 
 def system_key(cfg: EvalConfig) -> str:
     """Folder name of a system's banks: what they depend on, hashed (model, turns, embedder)."""
-    digest = hashlib.sha1(f"{cfg.system}|{cfg.model}|{cfg.max_turns}|{cfg.embedder}|{cfg.max_new_tokens}"
-                          .encode()).hexdigest()[:10]
+    digest = hashlib.sha1(
+        f"{cfg.system}|{cfg.model}|{cfg.max_turns}|{cfg.embedder}|{cfg.extract_tokens}|{cfg.manager_tokens}".encode()
+    ).hexdigest()[:10]
     return f"{cfg.system}-{digest}"
 
 
@@ -155,10 +181,22 @@ class _Tally:
     seconds: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in LATENCY_COMPONENTS})
     applied: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
+    finish: Counter = field(default_factory=Counter)
+    """(role, finish reason) → calls."""
 
     def __add__(self, other: _Tally) -> _Tally:
-        return _Tally({c: self.seconds[c] + other.seconds[c] for c in LATENCY_COMPONENTS},
-                      self.applied + other.applied, self.rejected + other.rejected)
+        return _Tally(
+            {c: self.seconds[c] + other.seconds[c] for c in LATENCY_COMPONENTS},
+            self.applied + other.applied,
+            self.rejected + other.rejected,
+            self.finish + other.finish,
+        )
+
+    def generations(self, role: str, gens: Any) -> None:
+        """Record the latency and finish reason of one role's generations (None entries skipped)."""
+        gens = [g for g in gens if g is not None]
+        self.seconds[role] += [g.latency_s for g in gens]
+        self.finish.update((role, g.finish_reason) for g in gens)
 
 
 @dataclass(frozen=True)
@@ -168,6 +206,8 @@ class _Setup:
     cfg: EvalConfig
     """The resolved config."""
     generator: Any
+    answerer: Any
+    """The Answer Agent's generator: ``generator``, or the base model with ``answer_adapter`` on it."""
     embedder: Any
     store: Path
     """Folder of this system's banks."""
@@ -204,10 +244,19 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     if generator is None:
         from memr1.llm.backends import make_generator
 
-        generator = make_generator(cfg.model, cfg.backend, base_url=cfg.base_url,
-                                   fallback=get_profile(cfg.profile).fallback_model)
-    setup = _Setup(cfg, generator, make_embedder(cfg.embedder), Path(cfg.run_dir) / "store" / system_key(cfg),
-                   progress)
+        generator = make_generator(
+            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
+        )
+    answerer = generator
+    if cfg.answer_adapter:
+        from memr1.llm.backends import make_generator
+        from memr1.rl.grpo import resolve_answer_model
+
+        base, lora = resolve_answer_model(cfg.answer_adapter, cfg.model)
+        answerer = make_generator(base, cfg.backend, lora_path=lora)
+    setup = _Setup(
+        cfg, generator, answerer, make_embedder(cfg.embedder), Path(cfg.run_dir) / "store" / system_key(cfg), progress
+    )
     rows, tally = [], _Tally()
     for sample_id, qs in tqdm(by_conv.items(), desc=f"evaluate {cfg.system}", disable=not progress, unit="conv"):
         conv = data.conversation(sample_id)
@@ -220,11 +269,26 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
         df.to_parquet(tmp, index=False)
     judged = judge_info is not None
     result = EvalResult(
-        system=cfg.system, model=cfg.model, backend=cfg.backend, model_note=getattr(generator, "note", ""),
-        split=cfg.split, questions=len(df), metric_family=cfg.metric_family,
+        system=cfg.system,
+        model=cfg.model,
+        backend=cfg.backend,
+        model_note=getattr(generator, "note", ""),
+        split=cfg.split,
+        questions=len(df),
+        metric_family=cfg.metric_family,
         table=category_table(df, metric_columns(cfg.metric_family, judged)).to_dict("records"),
         operations={"applied": dict(tally.applied), "rejected_outputs": dict(tally.rejected)},
-        judge=judge_info, latency=[_latency(c, tally.seconds[c]) for c in LATENCY_COMPONENTS], records=df)
+        truncated={
+            role: {
+                "calls": sum(n for (r, _), n in tally.finish.items() if r == role),
+                "truncated": tally.finish[(role, "length")],
+            }
+            for role in ("extract", "manager", "answer")
+        },
+        judge=judge_info,
+        latency=[_latency(c, tally.seconds[c]) for c in LATENCY_COMPONENTS],
+        records=df,
+    )
     save_result(cfg.run_dir, result, cfg)
     return result
 
@@ -238,23 +302,28 @@ def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
     from memr1.llm.generate import Sampling
     from memr1.memory.retrieve import retrieve
 
-    cfg, gen = setup.cfg, setup.generator
-    sampling = Sampling(max_new_tokens=cfg.max_new_tokens)
+    cfg, gen = setup.cfg, setup.answerer
+    sampling = Sampling(max_new_tokens=cfg.answer_tokens)
     if cfg.system == "full-context":
-        answerer = FullContextAnswerer(gen, count_tokens=gen.count_tokens, sampling=sampling,
-                                       max_context_tokens=_context_budget(gen.context_window, cfg.max_new_tokens))
+        answerer = FullContextAnswerer(
+            gen,
+            count_tokens=gen.count_tokens,
+            sampling=sampling,
+            max_context_tokens=_context_budget(gen.context_window, cfg.answer_tokens),
+        )
         records, tally = answerer.answer(qs, conv), _Tally()
     elif cfg.system == "rag":
         records = RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling).answer(qs, conv)
         tally = _Tally()
     else:
-        banks, tally = _build(setup, conv, sampling)
-        records = AnswerAgent(gen, sampling, k_per_speaker=cfg.k_per_speaker).answer(qs, banks)
+        banks, tally = _build(setup, conv)
+        agent = AnswerAgent(gen, sampling, k_per_speaker=cfg.k_per_speaker, style=cfg.answer_style)
+        records = agent.answer(qs, banks)
         for vec in setup.embedder.embed([q.question for q in qs]):  # search latency, measured on its own
             start = time.perf_counter()
             retrieve(banks, vec, cfg.k_per_speaker)
             tally.seconds["search"].append(time.perf_counter() - start)
-    tally.seconds["answer"] += [r.generation.latency_s for r in records if r.generation is not None]
+    tally.generations("answer", [r.generation for r in records])
     return records, tally
 
 
@@ -267,30 +336,34 @@ def _context_budget(window: int | None, max_new_tokens: int) -> int | None:
     return None if window is None else max(64, window - max_new_tokens - 1024)
 
 
-def _build(setup: _Setup, conv: Any, sampling: Any) -> tuple[Any, _Tally]:
+def _build(setup: _Setup, conv: Any) -> tuple[Any, _Tally]:
     """Build (or resume) the banks of one conversation; the tally holds their operation counts."""
     from memr1.agents.builder import build_banks
     from memr1.agents.extractor import FactExtractor, TurnAsFactExtractor
     from memr1.agents.manager import HeuristicManager, MemoryManager
+    from memr1.llm.generate import Sampling
     from memr1.memory.replay import replay_observations
 
     cfg, gen, tally = setup.cfg, setup.generator, _Tally()
     until = cfg.max_turns - 1 if cfg.max_turns else None
     if cfg.system == "replay":
-        rep = replay_observations(conv, setup.embedder, store_dir=setup.store, until_turn=until,
-                                  progress=setup.progress)
+        rep = replay_observations(
+            conv, setup.embedder, store_dir=setup.store, until_turn=until, progress=setup.progress
+        )
         for applied in rep.applied:
             tally.applied.update({k.value: n for k, n in applied.counts().items()})
         banks = rep.banks
     else:
         if cfg.system == "base":
-            extractor, manager = FactExtractor(gen, sampling), MemoryManager(gen, sampling)
+            extractor = FactExtractor(gen, Sampling(max_new_tokens=cfg.extract_tokens))
+            manager = MemoryManager(gen, Sampling(max_new_tokens=cfg.manager_tokens))
         else:
             extractor, manager = TurnAsFactExtractor(), HeuristicManager()
-        built = build_banks(conv, extractor, manager, setup.embedder, store_dir=setup.store, until_turn=until,
-                            progress=setup.progress)
-        tally.seconds["extract"] += [x.generation.latency_s for x in built.extractions if x.generation is not None]
-        tally.seconds["manager"] += [s.generation.latency_s for s in built.steps if s.generation is not None]
+        built = build_banks(
+            conv, extractor, manager, setup.embedder, store_dir=setup.store, until_turn=until, progress=setup.progress
+        )
+        tally.generations("extract", [x.generation for x in built.extractions])
+        tally.generations("manager", [s.generation for s in built.steps])
         tally.applied.update({k.value: n for k, n in built.op_counts().items()})
         tally.rejected.update({str(k): n for k, n in built.rejections().items()})
         tally.rejected["extraction_unparsed"] += sum(not x.ok for x in built.extractions)
@@ -317,8 +390,13 @@ def _judge(df: Any, judge: Any, cfg: EvalConfig, progress: bool) -> dict[str, An
     if judge is None and cfg.judge_model:
         from memr1.eval.judge import JudgeConfig, LLMJudge
 
-        judge = LLMJudge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model,
-                                     cache_path=str(Path(cfg.run_dir) / "judge_cache.sqlite")))
+        judge = LLMJudge(
+            JudgeConfig(
+                base_url=cfg.judge_base_url,
+                model=cfg.judge_model,
+                cache_path=str(Path(cfg.run_dir) / "judge_cache.sqlite"),
+            )
+        )
     if judge is None:
         return None
     verdicts = judge.judge_many(list(zip(df.question, df.gold, df.prediction)), progress=progress)

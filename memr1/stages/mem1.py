@@ -54,19 +54,24 @@ class Mem1Config(RunConfig):
         if self.environment not in ENVIRONMENTS:
             raise ConfigError(f"{name}.environment must be hotpotqa or locomo, got {self.environment!r}")
         if self.backend not in ("", "auto", "transformers", "unsloth"):
-            raise ConfigError(f"{name}.backend must be one of auto, transformers, unsloth or empty, "
-                              f"got {self.backend!r}")
+            raise ConfigError(
+                f"{name}.backend must be one of auto, transformers, unsloth or empty, got {self.backend!r}"
+            )
         if not 1 <= self.n_objectives <= 16:
             raise ConfigError(f"{name}.n_objectives must be from 1 to 16, got {self.n_objectives}")
         if self.n_tasks < 1 or self.max_turns < 1 or self.steps < 0:
-            raise ConfigError(f"{name}: n_tasks and max_turns must be >= 1 and steps >= 0, got "
-                              f"{self.n_tasks}, {self.max_turns}, {self.steps}")
+            raise ConfigError(
+                f"{name}: n_tasks and max_turns must be >= 1 and steps >= 0, got "
+                f"{self.n_tasks}, {self.max_turns}, {self.steps}"
+            )
 
-    def resolved(self) -> "Mem1Config":
+    def resolved(self) -> Mem1Config:
         """A validated copy with the profile's model and backend filled in."""
         p = get_profile(self.profile)
-        return self.replace(model=profile_value(self.model, p.policy_model, unset=""),
-                            backend=profile_value(self.backend, p.backend, unset=""))
+        return self.replace(
+            model=profile_value(self.model, p.policy_model, unset=""),
+            backend=profile_value(self.backend, p.backend, unset=""),
+        )
 
 
 @dataclass
@@ -117,16 +122,28 @@ def run(cfg: Mem1Config, *, generator: Any = None) -> Mem1Result:
     else:
         print("Training is not run (steps = 0): the untrained model is evaluated.")
         policy = generator
-    model_eps = run_episodes(tasks, policy, ("mem1", "full"), max_turns=cfg.max_turns, count_tokens=counter,
-                             sampling=stage_sampling(cfg))
-    gold_eps = run_episodes(tasks, GOLD, ("mem1", "full"), max_turns=gold_max_turns(cfg.n_objectives, cfg.max_turns),
-                            count_tokens=counter)
+    model_eps = run_episodes(
+        tasks, policy, ("mem1", "full"), max_turns=cfg.max_turns, count_tokens=counter, sampling=stage_sampling(cfg)
+    )
+    gold_eps = run_episodes(
+        tasks, GOLD, ("mem1", "full"), max_turns=gold_max_turns(cfg.n_objectives, cfg.max_turns), count_tokens=counter
+    )
     table = aggregate(model_eps + gold_eps)
     comparison = compare_with_memory_r1(cfg, policy, counter, system="replay")
-    result = Mem1Result(cfg.environment, cfg.n_objectives, cfg.n_tasks, cfg.model, table["tokenizer"].iloc[0],
-                        table.to_dict("records"), comparison.to_dict("records"), task_list=tasks,
-                        model_episodes=model_eps, gold_episodes=gold_eps, table_frame=table,
-                        comparison_frame=comparison)
+    result = Mem1Result(
+        cfg.environment,
+        cfg.n_objectives,
+        cfg.n_tasks,
+        cfg.model,
+        table["tokenizer"].iloc[0],
+        table.to_dict("records"),
+        comparison.to_dict("records"),
+        task_list=tasks,
+        model_episodes=model_eps,
+        gold_episodes=gold_eps,
+        table_frame=table,
+        comparison_frame=comparison,
+    )
     save_result(cfg.run_dir, result, cfg)
     return result
 
@@ -159,8 +176,15 @@ def trained_generator(cfg: Mem1Config, tasks: Any) -> Any:
     return TransformersGenerator.from_model(trained.model, trained.tokenizer, name=f"{cfg.model}+mem1-rl")
 
 
-def compare_with_memory_r1(cfg: Mem1Config, generator: Any, count_tokens: Any = None, *, system: str = "replay",
-                           conversation: str = "conv-26", progress: bool = False) -> Any:
+def compare_with_memory_r1(
+    cfg: Mem1Config,
+    generator: Any,
+    count_tokens: Any = None,
+    *,
+    system: str = "replay",
+    conversation: str = "conv-26",
+    progress: bool = False,
+) -> Any:
     """MEM1 and Memory-R1 on the same LoCoMo questions: EM, F1 (per question, 0 to 1) and peak tokens.
 
     Tasks: ``cfg.n_tasks`` tasks of ``cfg.n_objectives`` questions of ``conversation`` (default
@@ -196,27 +220,63 @@ def compare_with_memory_r1(cfg: Mem1Config, generator: Any, count_tokens: Any = 
     order = {q.qid: i for i, q in enumerate(split_questions(data, split))}
     qids = {o.qid for t in tasks for o in t.objectives}
     rows = []
-    for label, policy, turns in ((f"MEM1 agent ({getattr(generator, 'name', '?')}, pruned)", generator, cfg.max_turns),
-                                 ("MEM1 gold-scripted policy (ceiling)", GOLD, gold_max_turns(n, cfg.max_turns))):
-        eps = run_episodes(tasks, policy, ("mem1",), max_turns=turns, count_tokens=count_tokens,
-                           sampling=stage_sampling(cfg))
-        per_q = pd.DataFrame([{"qid": o.qid, "em": e.em[k], "f1": e.f1[k]} for t, e in zip(tasks, eps)
-                              for k, o in enumerate(t.objectives)]).groupby("qid").mean()
+    for label, policy, turns in (
+        (f"MEM1 agent ({getattr(generator, 'name', '?')}, pruned)", generator, cfg.max_turns),
+        ("MEM1 gold-scripted policy (ceiling)", GOLD, gold_max_turns(n, cfg.max_turns)),
+    ):
+        eps = run_episodes(
+            tasks, policy, ("mem1",), max_turns=turns, count_tokens=count_tokens, sampling=stage_sampling(cfg)
+        )
+        per_q = (
+            pd.DataFrame(
+                [
+                    {"qid": o.qid, "em": e.em[k], "f1": e.f1[k]}
+                    for t, e in zip(tasks, eps)
+                    for k, o in enumerate(t.objectives)
+                ]
+            )
+            .groupby("qid")
+            .mean()
+        )
         peaks = [peak_tokens(e) for e in eps]
-        rows.append({"system": label, "questions": len(per_q), "em": per_q.em.mean(), "f1": per_q.f1.mean(),
-                     "peak_tokens_mean": sum(peaks) / len(peaks), "peak_tokens_max": max(peaks),
-                     "tokens": getattr(count_tokens, "name", "custom")})
-    ecfg = EvalConfig(profile=cfg.profile, data_dir=cfg.data_dir, system=system, model=cfg.model,
-                      backend=cfg.backend, split=split, limit=1 + max(order[q] for q in qids), max_turns=0,
-                      embedder="hash" if cfg.profile == "smoke" else "minilm",
-                      max_new_tokens=min(128, stage_sampling(cfg).max_new_tokens),
-                      run_dir=str(Path(cfg.run_dir) / "memory_r1"), seed=cfg.seed)
+        rows.append(
+            {
+                "system": label,
+                "questions": len(per_q),
+                "em": per_q.em.mean(),
+                "f1": per_q.f1.mean(),
+                "peak_tokens_mean": sum(peaks) / len(peaks),
+                "peak_tokens_max": max(peaks),
+                "tokens": getattr(count_tokens, "name", "custom"),
+            }
+        )
+    ecfg = EvalConfig(
+        profile=cfg.profile,
+        data_dir=cfg.data_dir,
+        system=system,
+        model=cfg.model,
+        backend=cfg.backend,
+        split=split,
+        limit=1 + max(order[q] for q in qids),
+        max_turns=0,
+        embedder="hash" if cfg.profile == "smoke" else "minilm",
+        answer_tokens=min(128, stage_sampling(cfg).max_new_tokens),
+        run_dir=str(Path(cfg.run_dir) / "memory_r1"),
+        seed=cfg.seed,
+    )
     rec = evaluate(ecfg, generator=generator, progress=progress).records
     rec = rec[rec.qid.isin(qids)]
-    rows.append({"system": f"Memory-R1 pipeline ({system}, Answer Agent {getattr(generator, 'name', '?')})",
-                 "questions": len(rec), "em": rec.em.mean(), "f1": rec.f1.mean(),
-                 "peak_tokens_mean": float(rec.prompt_tokens.mean()), "peak_tokens_max": int(rec.prompt_tokens.max()),
-                 "tokens": "generator prompt_tokens"})
+    rows.append(
+        {
+            "system": f"Memory-R1 pipeline ({system}, Answer Agent {getattr(generator, 'name', '?')})",
+            "questions": len(rec),
+            "em": rec.em.mean(),
+            "f1": rec.f1.mean(),
+            "peak_tokens_mean": float(rec.prompt_tokens.mean()),
+            "peak_tokens_max": int(rec.prompt_tokens.max()),
+            "tokens": "generator prompt_tokens",
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -237,7 +297,7 @@ class Mem1TrainConfig(Mem1TrainSettings, RunConfig):
 
     STAGE: ClassVar[str] = "train_mem1"
 
-    def resolved(self) -> "Mem1TrainConfig":
+    def resolved(self) -> Mem1TrainConfig:
         """A validated copy with the profile's model filled in."""
         return self.replace(model=profile_value(self.model, get_profile(self.profile).policy_model, unset=""))
 
@@ -270,7 +330,14 @@ def train(cfg: Mem1TrainConfig, *, tasks: Any = None) -> Mem1TrainResult:
     cfg = cfg.resolved()
     out = train_mem1(cfg, run_dir=cfg.run_dir, seed=cfg.seed, tasks=tasks, data_dir=cfg.data_dir or None)  # seeds
     run_dir = Path(cfg.run_dir)
-    result = Mem1TrainResult(out.steps_done, out.resumed_from, str(run_dir / LOG_FILE), str(run_dir / CHECKPOINT_DIR),
-                             out.history, model=out.model, tokenizer=out.tokenizer)
+    result = Mem1TrainResult(
+        out.steps_done,
+        out.resumed_from,
+        str(run_dir / LOG_FILE),
+        str(run_dir / CHECKPOINT_DIR),
+        out.history,
+        model=out.model,
+        tokenizer=out.tokenizer,
+    )
     save_result(cfg.run_dir, result, cfg)
     return result

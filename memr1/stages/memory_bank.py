@@ -69,12 +69,16 @@ def run(cfg: BankConfig) -> BankResult:
     seed_everything(cfg.seed)
     data = load_locomo(cfg.data_dir or None)
     embedder = make_embedder(cfg.embedder)
-    rep = replay_observations(data.conversation(cfg.conversation), embedder, store_dir=Path(cfg.run_dir) / "store",
-                              progress=True)
-    per_question = replay_recall(data, embedder, k_per_speaker=cfg.k_per_speaker,
-                                 sample_ids=None if cfg.recall_scope == "all" else [cfg.conversation])
+    rep = replay_observations(
+        data.conversation(cfg.conversation), embedder, store_dir=Path(cfg.run_dir) / "store", progress=True
+    )
+    per_question = replay_recall(
+        data,
+        embedder,
+        k_per_speaker=cfg.k_per_speaker,
+        sample_ids=None if cfg.recall_scope == "all" else [cfg.conversation],
+    )
     recall = category_table(per_question, ["all", "any", "oracle"])
-    result = BankResult(replay_summary(rep), embedder.name, cfg.recall_scope, recall.to_dict("records"),
-                        replayed=rep)
+    result = BankResult(replay_summary(rep), embedder.name, cfg.recall_scope, recall.to_dict("records"), replayed=rep)
     save_result(cfg.run_dir, result, cfg)
     return result

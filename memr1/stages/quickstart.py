@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from memr1.config import RunConfig, check_choice, check_min, get_profile
-from memr1.runs import StageResult, save_result, transient
+from memr1.runs import StageResult, save_result
 
 
 @dataclass
@@ -45,10 +45,21 @@ class QuickstartConfig(RunConfig):
         """The small Memory-Manager GRPO run of the tour (8 training turns, short prompts, no checkpoints)."""
         from memr1.stages.train_manager import ManagerTrainConfig
 
-        return ManagerTrainConfig.from_params(dict(
-            profile=self.profile, data_dir=self.data_dir, embedder=self.embedder, steps=max(1, self.grpo_steps),
-            train_limit=8, k_per_speaker=5, eval_every=0, eval_limit=2, save_every=0,
-            run_dir=str(Path(self.run_dir) / "manager"), seed=self.seed))
+        return ManagerTrainConfig.from_params(
+            dict(
+                profile=self.profile,
+                data_dir=self.data_dir,
+                embedder=self.embedder,
+                steps=max(1, self.grpo_steps),
+                train_limit=8,
+                k_per_speaker=5,
+                eval_every=0,
+                eval_limit=2,
+                save_every=0,
+                run_dir=str(Path(self.run_dir) / "manager"),
+                seed=self.seed,
+            )
+        )
 
 
 @dataclass
@@ -91,8 +102,9 @@ def replay(cfg: QuickstartConfig) -> Tour:
     seed_everything(cfg.seed)
     tour = Tour(cfg, data=load_locomo(cfg.data_dir or None))
     tour.conversation = tour.data.conversation(cfg.conversation)
-    tour.replayed = replay_observations(tour.conversation, make_embedder(cfg.embedder),
-                                        store_dir=Path(cfg.run_dir) / "store", until_turn=cfg.until_turn)
+    tour.replayed = replay_observations(
+        tour.conversation, make_embedder(cfg.embedder), store_dir=Path(cfg.run_dir) / "store", until_turn=cfg.until_turn
+    )
     return tour
 
 
@@ -105,7 +117,7 @@ def answer(tour: Tour) -> Tour:
 
     cfg, profile = tour.cfg, get_profile(tour.cfg.profile)
     generator = make_generator(profile.policy_model, profile.backend, fallback=profile.fallback_model)
-    questions = tour.conversation.questions_up_to(cfg.until_turn)[:cfg.questions]
+    questions = tour.conversation.questions_up_to(cfg.until_turn)[: cfg.questions]
     records = AnswerAgent(generator, Sampling(max_new_tokens=cfg.answer_tokens)).answer(questions, tour.replayed.banks)
     tour.answers = records_frame(records, tour.conversation, "replay", generator.name)
     return tour
@@ -124,9 +136,13 @@ def finish(tour: Tour) -> QuickstartResult:
     """Write the tour's metrics.json."""
     from memr1.memory.replay import replay_summary
 
-    result = QuickstartResult(replay_summary(tour.replayed), len(tour.answers), float(tour.answers.f1.mean()),
-                              tour.training.steps if tour.training else 0,
-                              tour.training.completions_logged if tour.training else 0)
+    result = QuickstartResult(
+        replay_summary(tour.replayed),
+        len(tour.answers),
+        float(tour.answers.f1.mean()),
+        tour.training.steps if tour.training else 0,
+        tour.training.completions_logged if tour.training else 0,
+    )
     save_result(tour.cfg.run_dir, result, tour.cfg)
     return result
 

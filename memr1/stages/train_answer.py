@@ -41,23 +41,30 @@ class GRPOStageConfig(GRPOSettings, RunConfig):
     """Training rows used, in file order (0 for all, -1 for the question cap of the profile)."""
     eval_limit: int = 4
     """Validation rows per evaluation, in file order (0 for all; 81 questions for the answer agent)."""
+    answer_style: str = "distill"
+    """Answer-Agent prompt: distill (list the relevant memories, then answer; Memory-R1) or direct (answer only)."""
 
     def check(self) -> None:
+        from memr1.agents.answer import STYLES
         from memr1.memory.embed import EMBEDDERS
 
         check_choice(self, "embedder", EMBEDDERS)
+        check_choice(self, "answer_style", STYLES)
         check_min(self, 1, "k_per_speaker")
         check_min(self, 0, "eval_limit")
         if self.train_limit < -1:
-            raise ConfigError(f"{type(self).__name__}.train_limit must be >= -1 (-1: the cap of the profile), "
-                              f"got {self.train_limit}")
+            raise ConfigError(
+                f"{type(self).__name__}.train_limit must be >= -1 (-1: the cap of the profile), got {self.train_limit}"
+            )
 
     def resolved(self):
         """A validated copy with the profile's model, backend and question cap filled in."""
         p = get_profile(self.profile)
-        return self.replace(model=profile_value(self.model, p.policy_model, unset=""),
-                            backend=profile_value(self.backend, p.backend, unset=""),
-                            train_limit=profile_value(self.train_limit, p.max_questions, unset=-1))
+        return self.replace(
+            model=profile_value(self.model, p.policy_model, unset=""),
+            backend=profile_value(self.backend, p.backend, unset=""),
+            train_limit=profile_value(self.train_limit, p.max_questions, unset=-1),
+        )
 
 
 def resolved_as(cfg: Any, kind: type) -> Any:
@@ -81,7 +88,15 @@ def teacher_data(cfg: GRPOStageConfig):
 class AnswerTrainConfig(GRPOStageConfig):
     """Stage 03: train the Answer Agent with GRPO on conv-26 (reward: exact match of the answer)."""
 
+    reward: str = "em"
+    """em: exact match of the answer span (Memory-R1); f1: its set F1, an ablation for small models."""
+
     STAGE: ClassVar[str] = "03_train_answer_agent"
+
+    def check(self) -> None:
+        from memr1.rl.rewards import ANSWER_REWARDS
+
+        check_choice(self, "reward", ANSWER_REWARDS)
 
 
 @dataclass
@@ -96,19 +111,27 @@ def run(cfg: AnswerTrainConfig, *, callbacks: Sequence[Any] = ()) -> AnswerTrain
     """
     from memr1.rl.datasets import answer_agent_rows
     from memr1.rl.grpo import main_process_first, reward_validator, run_grpo
-    from memr1.rl.rewards import answer_em_reward
+    from memr1.rl.rewards import ANSWER_REWARDS, answer_em_reward
     from memr1.seeding import seed_everything
 
     cfg = resolved_as(cfg, AnswerTrainConfig)
     seed_everything(cfg.seed)
     data, embedder, store = teacher_data(cfg)
-    shared = {"store_dir": store, "k_per_speaker": cfg.k_per_speaker, "progress": True}
+    shared = {"store_dir": store, "k_per_speaker": cfg.k_per_speaker, "progress": True, "style": cfg.answer_style}
     with main_process_first():
         train = answer_agent_rows(data, "train", embedder, limit=cfg.train_limit, **shared)
         val = answer_agent_rows(data, "validation", embedder, limit=cfg.eval_limit, **shared)
-    validator = reward_validator(val, answer_em_reward, cfg.max_completion_length) if val else None
-    trained = run_grpo(cfg, train, [answer_em_reward], run_dir=cfg.run_dir, seed=cfg.seed,
-                       fallback=get_profile(cfg.profile).fallback_model, validator=validator, callbacks=callbacks)
+    validator = reward_validator(val, answer_em_reward, cfg.max_completion_length) if val else None  # EM always
+    trained = run_grpo(
+        cfg,
+        train,
+        [ANSWER_REWARDS[cfg.reward]],
+        run_dir=cfg.run_dir,
+        seed=cfg.seed,
+        fallback=get_profile(cfg.profile).fallback_model,
+        validator=validator,
+        callbacks=callbacks,
+    )
     result = AnswerTrainResult(**dataclasses.asdict(trained))
     save_result(cfg.run_dir, result, cfg)
     return result

@@ -73,19 +73,33 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
     with main_process_first():
         train = manager_rows(data, "train", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
         val = manager_rows(data, "validation", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
-    train = train[:cfg.train_limit] if cfg.train_limit else train
-    val = val[:cfg.eval_limit] if cfg.eval_limit else val
+    train = train[: cfg.train_limit] if cfg.train_limit else train
+    val = val[: cfg.eval_limit] if cfg.eval_limit else val
     fallback = get_profile(cfg.profile).fallback_model
     base, lora = resolve_answer_model(cfg.answer_model, cfg.model)
     frozen = make_generator(base, cfg.backend, lora_path=lora, fallback=fallback)
-    agent = AnswerAgent(frozen, Sampling(max_new_tokens=cfg.max_completion_length), k_per_speaker=cfg.k_per_speaker)
+    agent = AnswerAgent(
+        frozen,
+        Sampling(max_new_tokens=cfg.max_completion_length),
+        k_per_speaker=cfg.k_per_speaker,
+        style=cfg.answer_style,
+    )
     log_dir = Path(cfg.run_dir) / "reward_log"
     reward = ManagerReward(agent, embedder, log_dir=log_dir, k_per_speaker=cfg.k_per_speaker)
     validator = reward_validator(val, reward, cfg.max_completion_length) if val else None
-    trained = run_grpo(cfg, train, [reward], run_dir=cfg.run_dir, seed=cfg.seed, fallback=fallback,
-                       validator=validator, callbacks=callbacks)
+    trained = run_grpo(
+        cfg,
+        train,
+        [reward],
+        run_dir=cfg.run_dir,
+        seed=cfg.seed,
+        fallback=fallback,
+        validator=validator,
+        callbacks=callbacks,
+    )
     op_log = read_op_log(log_dir)
-    result = ManagerTrainResult(**dataclasses.asdict(trained), op_mix=op_mix(op_log),
-                                completions_logged=len(op_log), op_log=op_log)
+    result = ManagerTrainResult(
+        **dataclasses.asdict(trained), op_mix=op_mix(op_log), completions_logged=len(op_log), op_log=op_log
+    )
     save_result(cfg.run_dir, result, cfg)
     return result
