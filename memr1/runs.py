@@ -92,7 +92,7 @@ class StageResult:
 
 def provenance() -> dict[str, Any]:
     """Versions, interpreter and time: enough to say what produced a result."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -76,7 +76,7 @@ def _readme_commands() -> list[list[str]]:
     """Every `memr1 ...` command line quoted in README.md's code blocks (after any VAR=value prefix)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     out = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S):
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split("  #")[0].strip(), comments=True)
             while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
@@ -115,3 +115,16 @@ def _params(argv: list[str]) -> list[str]:
         elif w.startswith("--stages"):
             out += [w] if "=" in w else [w, argv[i + 1]]
     return out
+
+
+def test_the_profile_budgets_apply_under_the_users_overrides():
+    from memr1.config import get_profile
+
+    budgets = dict(get_profile("cpu").budgets)
+    planned = by_name(plan("cpu", {"evaluate.limit": "3"}, run_dir=RUN))
+    ev = planned["05_evaluate_locomo"].config
+    assert ev.system == budgets["evaluate.system"] and ev.k_per_speaker == budgets["evaluate.k_per_speaker"]
+    assert ev.limit == 3  # the user's override wins
+    assert planned["05_evaluate_locomo"].params["limit"] == 3
+    smoke = by_name(plan("smoke", {}, run_dir=RUN))["05_evaluate_locomo"].config
+    assert smoke.system == "heuristic" and smoke.k_per_speaker == 30  # smoke has no budgets

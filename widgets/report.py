@@ -137,7 +137,11 @@ def report_html(run_dir: str) -> str:
             " it shows the pipeline runs end to end on real LoCoMo data and says nothing about the methods."
         )
     elif run.profile in ("cpu", "paper"):
-        banner += f" {_e(get_profile(run.profile).description)}."
+        profile = get_profile(run.profile)
+        banner += f" {_e(profile.description)}."
+        if profile.budgets:
+            listed = ", ".join(f"<code>{_e(k)}={_e(v)}</code>" for k, v in profile.budgets)
+            banner += f" Budgets of this profile (each stage's own overrides win over them): {listed}."
     body = [
         f"<h1>memr1 run <code>{_e(run.name)}</code></h1><div class='banner'>{banner}</div>",
         "<h3>Stages</h3>"

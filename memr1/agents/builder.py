@@ -103,9 +103,10 @@ def build_banks(
     if batch_turns < 1:
         raise ConfigError(f"batch_turns must be at least 1, got {batch_turns}")
     root = None if store_dir is None else Path(store_dir) / conv.sample_id
+    resumed: dict[str, int | None]
     if root is not None:
         banks = {sp: MemoryBank.open(root, sp, embedder) for sp in conv.speakers}
-        resumed = {sp: (b.committed_turns() or [None])[-1] for sp, b in banks.items()}
+        resumed = {sp: next(reversed(b.committed_turns()), None) for sp, b in banks.items()}
     else:
         banks = {sp: MemoryBank(sp, embedder) for sp in conv.speakers}
         resumed = dict.fromkeys(conv.speakers)
@@ -118,7 +119,7 @@ def build_banks(
         t
         for t in conv.turns()
         if (until_turn is None or t.position <= until_turn)
-        and (resumed[t.speaker] is None or t.position > resumed[t.speaker])
+        and ((last := resumed[t.speaker]) is None or t.position > last)
     ]
     out = BuildResult(conv, banks, resumed_from=resumed, store_dir=root)
     bar = tqdm(total=len(todo), desc=f"memory {conv.sample_id}", disable=not progress, unit="turn")

@@ -138,7 +138,8 @@ def build_context(
     if mode == "truncate":
         if budget_tokens <= 0:
             raise ConfigError("mode 'truncate' needs budget_tokens > 0")
-        used, kept = count_tokens(prompt), []
+        used = count_tokens(prompt)
+        kept: list[list[dict[str, str]]] = []
         for pair in reversed(pairs):
             cost = sum(count_tokens(m["content"]) for m in pair)
             if kept and used + cost > budget_tokens:

@@ -98,7 +98,8 @@ def load_hotpotqa(path: str | Path | None = None) -> HotpotQA:
                 raise DataFormatError(file, where, f"missing key {key!r}")
         paragraphs = _pairs(file, f"{where}.context", rec["context"], "sentences")
         facts = _pairs(file, f"{where}.supporting_facts", rec["supporting_facts"], "sent_id")
-        pids, by_title = [], {}
+        pids: list[str] = []
+        by_title: dict[str, str] = {}
         for title, sentences in paragraphs:
             if not (
                 isinstance(title, str) and isinstance(sentences, list) and all(isinstance(s, str) for s in sentences)

@@ -215,7 +215,7 @@ def run_episodes(
     if unknown:
         raise ConfigError(f"unknown mode(s) {unknown}; choose from {MODES}")
     episodes: list[Episode] = []
-    kw = {"budget_tokens": budget_tokens, "stop_on_invalid": stop_on_invalid}
+    kw: dict[str, Any] = {"budget_tokens": budget_tokens, "stop_on_invalid": stop_on_invalid}
     for mode in modes:
         rets = [retriever_for(t.corpus, retriever, embedder) for t in tasks]
         if policy == GOLD:
@@ -224,6 +224,8 @@ def run_episodes(
                 for t, r in zip(tasks, rets)
             ]
         else:  # one batched generate call per turn for all live tasks
+            if isinstance(policy, str):
+                raise ConfigError(f"policy must be a Generator or {GOLD!r}, got {policy!r}")
             episodes += run_batch(
                 tasks, policy, rets, mode, max_turns, sampling, count_tokens, score=score_answer, **kw
             )

@@ -83,7 +83,7 @@ def replay_recall(
             rep.banks,
             [q for q in conv.qa if q.category != 5],
             k_per_speaker=k_per_speaker,
-            sources_of=lambda e, rep=rep: rep.evidence.get(e.id, e.sources),
+            sources_of=lambda e: rep.evidence.get(e.id, e.sources),  # called before the loop moves on
         )
         frames.append(df.assign(sample_id=conv.sample_id))
     return pd.concat(frames, ignore_index=True)

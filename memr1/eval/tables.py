@@ -11,6 +11,7 @@ which is how Memory-R1's tables compute it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -34,7 +35,7 @@ def category_table(
         raise ConfigError("category_table needs at least one record")
     if missing:
         raise ConfigError(f"records lack column(s) {missing}; have {sorted(df.columns)}")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cid, group in sorted(df.groupby("category"), key=lambda kv: kv[0]):
         cat = CATEGORIES.get(int(cid))
         rows.append(

@@ -70,8 +70,14 @@ class Generator(Protocol):
     """"transformers", "unsloth", "openai" or "scripted"."""
     tokenizer_name: str
     """What ``count_tokens`` counts with: "<model> tokenizer" for local models, else "whitespace"."""
-    context_window: int | None
-    """Tokens the model attends to (prompt and completion); None when not known here (remote, scripted)."""
+
+    @property
+    def context_window(self) -> int | None:
+        """Tokens the model attends to (prompt and completion); None when not known here (remote, scripted).
+
+        Read-only, so an implementation may declare a narrower type (``int``, or ``None``).
+        """
+        ...
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling = GREEDY) -> list[Generation]:
         """One Generation per prompt, in order."""

@@ -249,7 +249,8 @@ def _random_model(tok, hidden_size: int, num_layers: int, seed: int):
     )
     with torch.random.fork_rng(devices=[]):  # seed locally; the caller's RNG stream is untouched
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(cfg).to(torch.float32)
+        # ignore: transformers types `to` via @wraps(Module.to), whose signature lacks the bound self
+        model = Qwen2ForCausalLM(cfg).to(torch.float32)  # type: ignore[arg-type]
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None)
     return model
 

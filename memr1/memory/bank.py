@@ -99,6 +99,12 @@ class BankDiff:
         return out
 
 
+def _text(op: Operation) -> str:
+    """The text of an ADD or UPDATE that passed `MemoryBank._validate` (which rejects one without)."""
+    assert op.text is not None, f"{op.kind.value} without text got past validation"
+    return op.text
+
+
 class MemoryBank:
     """The memories of one speaker, searchable by cosine similarity.
 
@@ -193,6 +199,7 @@ class MemoryBank:
     def diff(self, a: int, b: int) -> BankDiff:
         """Changes from the bank at committed turn ``a`` to the bank at committed turn ``b``."""
         old, new = self.checkout(a), self.checkout(b)
+        assert old.turn is not None and new.turn is not None, "a checkout is always at a committed turn"
         added = tuple(e for e in new.entries() if e.id not in old._entries)
         updated = tuple(
             (old._entries[e.id], e) for e in new.entries() if e.id in old._entries and old._entries[e.id] != e
@@ -341,7 +348,7 @@ class MemoryBank:
         self._check_writable()
         self._validate(ops)
         writes = [op for op in ops if op.kind in (OpKind.ADD, OpKind.UPDATE)]
-        vecs = iter(self.embedder.embed([op.text for op in writes]) if writes else ())
+        vecs = iter(self.embedder.embed([_text(op) for op in writes]) if writes else ())
         done: list[AppliedOp] = []
         gone: set[str] = set()
         src = (ctx.dia_id,) if ctx.dia_id else ()
@@ -353,7 +360,7 @@ class MemoryBank:
                 old = None
                 entry = MemoryEntry(
                     f"{self._slug}-{self._next_id}",
-                    op.text,
+                    _text(op),
                     self.speaker,
                     ctx.session_time,
                     src,
@@ -363,11 +370,13 @@ class MemoryBank:
                 )
                 self._next_id += 1
             else:
+                assert op.entry_id is not None, "_validate: UPDATE and DELETE name a known entry"
                 old = entry = self._entries[op.entry_id]
             if op.kind is OpKind.UPDATE:
+                assert old is not None, "an UPDATE took the else branch above"
                 entry = replace(
                     old,
-                    text=op.text,
+                    text=_text(op),
                     session_time=ctx.session_time,
                     sources=old.sources + src,
                     updated_turn=ctx.turn,

@@ -112,6 +112,7 @@ def replay_observations(
                 applied = bank.apply([Operation(OpKind.ADD, text=o.text) for o in obs], ctx)
                 rep.applied.append(applied)
                 for o, op in zip(obs, applied.ops):
+                    assert op.entry_id is not None, "an applied ADD names the entry it made"
                     rep.evidence[op.entry_id] = o.evidence
             if store_dir is not None and (commit == "every" or (commit == "changed" and obs)):
                 bank.commit(turn.position)

@@ -119,6 +119,7 @@ class BankStore:
             )
         self._turns = self._read_tags()
         head = self._table.version
+        tagged: int | None
         if self._turns:
             tagged = self._turns[max(self._turns)]
         else:

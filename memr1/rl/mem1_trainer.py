@@ -184,14 +184,15 @@ def rollout_group(
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         torch.manual_seed(seed)
         for member in range(group_size):
-            turns, last, answers, stop = [], ("", None, ""), None, "max_turns"
+            turns, answers, stop = [], None, "max_turns"
+            last: tuple[str, str | None, str] = ("", None, "")
             for turn in range(max_turns):
                 messages = build_context(task, turn, *last, max_turns - turn, "mem1")
                 prompt = encode_messages(tokenizer, messages)
                 completion = sample_completion(
                     policy, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature
                 )
-                turns.append(TrajectoryTurn(prompt, completion))
+                turns.append(TrajectoryTurn(tuple(prompt), tuple(completion)))
                 action = parse_action(tokenizer.decode(completion, skip_special_tokens=True), task.n_objectives)
                 if action.kind != "query":
                     answers, stop = action.answers, action.kind

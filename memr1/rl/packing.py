@@ -228,9 +228,10 @@ def token_logprobs(
     only entries under ``batch.loss_mask`` are meaningful. Gradients flow when enabled.
     """
     device = next(model.parameters()).device
-    if batch.packed:
+    if batch.allowed is not None:  # packed rows
         mask = attention_bias(batch.allowed.to(device), model.dtype, mask_style)
     else:
+        assert batch.padding_mask is not None, "per-turn rows always carry a padding mask"
         mask = batch.padding_mask.to(device)
     out = model(
         input_ids=batch.input_ids.to(device),

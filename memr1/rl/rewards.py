@@ -230,7 +230,8 @@ class ManagerReward:
         )
         state = kwargs.get("trainer_state")
         step = int(getattr(state, "global_step", self._calls)) if state is not None else self._calls
-        rows, jobs = [], []  # jobs: (completion index, question, gold, banks in speaker order)
+        rows: list[dict[str, Any]] = []
+        jobs = []  # (completion index, question, gold, banks in speaker order)
         for i in range(n):
             own = self.snapshot(store[i], sample_id[i], speaker[i], snapshot_turn[i])
             fork = own.fork()
@@ -316,7 +317,7 @@ def op_fractions(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     >>> fr["ops/add_frac"], fr["ops/update_frac"], fr["ops/noop_frac"], fr["ops/rejected_frac"]
     (0.75, 0.25, 0.0, 0.5)
     """
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for row in rows:
         for kind in OP_KINDS:
             totals[kind] += int(row[f"n_{kind}"])

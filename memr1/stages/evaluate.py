@@ -354,6 +354,8 @@ def _build(setup: _Setup, conv: Any) -> tuple[Any, _Tally]:
             tally.applied.update({k.value: n for k, n in applied.counts().items()})
         banks = rep.banks
     else:
+        extractor: FactExtractor | TurnAsFactExtractor
+        manager: MemoryManager | HeuristicManager
         if cfg.system == "base":
             extractor = FactExtractor(gen, Sampling(max_new_tokens=cfg.extract_tokens))
             manager = MemoryManager(gen, Sampling(max_new_tokens=cfg.manager_tokens))

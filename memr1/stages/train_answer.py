@@ -67,7 +67,7 @@ class GRPOStageConfig(GRPOSettings, RunConfig):
         )
 
 
-def resolved_as(cfg: Any, kind: type) -> Any:
+def resolved_as(cfg: Any, kind: type[Any]) -> Any:
     """``cfg.resolved()``, after checking that ``cfg`` is the config of the stage called."""
     if not isinstance(cfg, kind):
         raise ConfigError(f"expected an instance of {kind.__name__}, got {type(cfg).__name__}")
