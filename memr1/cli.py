@@ -36,7 +36,16 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
     from memr1.pipeline import run_pipeline
+
+    # papermill relays each stage's own output (its progress bars: turns built, questions answered, GRPO
+    # steps, with rate and ETA) through its logger; show it on the terminal.
+    relay = logging.getLogger("papermill")
+    if not relay.handlers:
+        relay.addHandler(logging.StreamHandler(sys.stderr))
+        relay.setLevel(logging.INFO)
 
     run_dir = run_pipeline(
         args.profile,
