@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="auto",
         choices=["auto", *sorted(PROFILES)],
-        help="auto: paper on a CUDA GPU, cpu when the model hub answers, else smoke",
+        help="auto: paper on a CUDA GPU, else cpu (SmolLM2-135M, offline); smoke: the tiny test model",
     )
     run.add_argument("--name", default="", help="run folder name (default: the profile)")
     run.add_argument(

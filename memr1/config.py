@@ -73,6 +73,7 @@ _CPU_BUDGETS = (
     ("train_answer.batch_size", 8),
     ("train_answer.k_per_speaker", 5),
     ("train_answer.answer_style", "direct"),
+    ("train_answer.reward", "f1"),  # EM gives no GRPO signal at this size (docs/results/answer_grpo.md)
     ("train_answer.max_completion_length", 32),
     ("train_manager.steps", 1),
     ("train_manager.train_limit", 4),
@@ -89,6 +90,7 @@ _CPU_BUDGETS = (
     ("evaluate.extract_tokens", 128),
     ("evaluate.manager_tokens", 384),
     ("mem1.n_tasks", 2),
+    ("mem1.memory_r1_k", 5),
 )
 
 PROFILES: dict[str, Profile] = {

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from memr1.config import RunConfig, get_profile, profile_value
+from memr1.config import RunConfig, check_min, get_profile, profile_value
 from memr1.errors import ConfigError
 from memr1.rl.mem1_trainer import Mem1TrainSettings
 from memr1.runs import StageResult, save_result, transient
@@ -48,6 +48,8 @@ class Mem1Config(RunConfig):
     """MEM1 training steps (memr1.rl.mem1_trainer, in run_dir/train) before evaluation (0 for no training)."""
     max_turns: int = 6
     """Turn cap per episode (MEM1: 6 for up to 4 objectives, 20 for harder tasks)."""
+    memory_r1_k: int = 30
+    """Memories per speaker the Memory-R1 side of the comparison retrieves (Memory-R1: 30)."""
 
     def check(self) -> None:
         name = type(self).__name__
@@ -59,6 +61,7 @@ class Mem1Config(RunConfig):
             )
         if not 1 <= self.n_objectives <= 16:
             raise ConfigError(f"{name}.n_objectives must be from 1 to 16, got {self.n_objectives}")
+        check_min(self, 1, "memory_r1_k")
         if self.n_tasks < 1 or self.max_turns < 1 or self.steps < 0:
             raise ConfigError(
                 f"{name}: n_tasks and max_turns must be >= 1 and steps >= 0, got "
@@ -261,6 +264,7 @@ def compare_with_memory_r1(
         max_turns=0,
         embedder="hash" if cfg.profile == "smoke" else "minilm",
         answer_tokens=min(128, stage_sampling(cfg).max_new_tokens),
+        k_per_speaker=cfg.memory_r1_k,
         run_dir=str(Path(cfg.run_dir) / "memory_r1"),
         seed=cfg.seed,
     )
