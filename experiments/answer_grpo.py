@@ -121,7 +121,10 @@ def main() -> None:
     ap.add_argument("--rewards", nargs="+", default=["f1"], help="em (the paper's) and/or f1 (the ablation)")
     ap.add_argument("--val", type=int, default=24, help="validation questions (conv-30, file order)")
     ap.add_argument("--out", default="docs/results/answer_grpo")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json; run nothing")
     args = ap.parse_args()
+    if args.table_only:
+        return write_table(json.loads(Path(args.out + ".json").read_text()), args)
     from memr1.runs import read_result
     from memr1.stages.train_answer import AnswerTrainResult, run
 

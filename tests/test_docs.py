@@ -81,3 +81,13 @@ def test_ruff_lint_and_format_are_clean():
 def test_memr1_type_checks():
     res = subprocess.run([_tool("mypy"), "memr1"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout block lists each memr1 and widgets module, and only files that exist."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named = set(re.findall(r"\b([a-z_0-9]+\.py)\b", block))
+    on_disk = {p.name for p in [*REPO.glob("memr1/**/*.py"), *REPO.glob("widgets/*.py")] if p.name != "__init__.py"}
+    assert on_disk - named == set(), f"modules missing from the README layout: {sorted(on_disk - named)}"
+    assert named - on_disk - {"__init__.py"} == set(), f"README layout names files that do not exist: {named - on_disk}"

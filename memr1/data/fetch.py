@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from memr1.errors import DataIntegrityError, DataNotFoundError
+from memr1.files import atomic_path
 from memr1.paths import cache_dir, data_dir_env
 
 log = logging.getLogger("memr1")
@@ -47,11 +47,8 @@ def sha256_of(path: Path) -> str:
 
 def download(url: str, dest: Path, sha256: str, timeout_s: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` atomically, keeping it only if its SHA-256 matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+    with atomic_path(dest, suffix=".part") as tmp:  # a failed check raises: nothing is kept
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
             while block := resp.read(1 << 20):
                 out.write(block)
         got = sha256_of(tmp)
@@ -60,11 +57,7 @@ def download(url: str, dest: Path, sha256: str, timeout_s: float = 60.0) -> Path
                 f"{url} has sha256 {got}, expected {sha256}; the file was not kept. "
                 "The upstream file may have changed: supply a trusted copy through $MEMR1_DATA_DIR."
             )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def resolve(remote: RemoteFile, path: str | os.PathLike | None = None, *, allow_download: bool = True) -> Path:
