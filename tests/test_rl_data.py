@@ -269,7 +269,7 @@ def test_manager_reward_on_hand_made_completions(mrows, store, emb, tmp_path):
             reward.snapshot(r["store"], r["sample_id"], sp, r["snapshot_turn"]) == again[sp] for sp in r["speakers"]
         )
     log = read_op_log(tmp_path)
-    assert len(log) == 5 and set(log["step"]) == {7}
+    assert len(log) == 5 and set(log["step"]) == {8}  # sampled at global_step 7: trains step 8
     assert log[["n_add", "n_update", "n_delete", "n_noop"]].values.tolist() == [
         [1, 0, 0, 1],
         [0, 1, 0, 0],
@@ -289,11 +289,11 @@ def test_manager_reward_on_hand_made_completions(mrows, store, emb, tmp_path):
     }
     reward([json.dumps(noop)], **_trl_columns([fresh]))  # no trainer_state: the call counter
     log = read_op_log(tmp_path)  # ordered by step, then call
-    assert log[["step", "call", "from_trainer"]].values.tolist() == [[1, 1, False]] + [[7, 0, True]] * 5
+    assert log[["step", "call", "from_trainer"]].values.tolist() == [[1, 1, False]] + [[8, 0, True]] * 5
     shares = {"add": 0.25, "update": 0.25, "delete": 0.0, "noop": 0.5, "rejected": 0.2, "completions": 5}
     assert op_mix(log) == [
-        {"phase": "first steps (7–7)", **shares},  # the same shares as logged to TRL;
-        {"phase": "last steps (7–7)", **shares},
+        {"phase": "first steps (8–8)", **shares},  # the same shares as logged to TRL;
+        {"phase": "last steps (8–8)", **shares},
     ]  # the validation call left out
 
 

@@ -17,8 +17,9 @@ when the output was rejected (docs/design.md §operations). Snapshots are read-o
 Op log layout: one parquet file per reward call,
 ``<log_dir>/op_rewards/step-<step>-rank<RANK>-call<n>.parquet``, written to a temp name and renamed,
 so a crash never leaves half a file, nothing is ever rewritten, and several processes never write the
-same file; `read_op_log` concatenates them. One row per completion: ``step`` is the
-trainer's ``global_step``, or the reward's own call counter when called outside TRL (then
+same file; `read_op_log` concatenates them. One row per completion: ``step`` is the optimizer
+step the completion trains (the trainer's ``global_step`` + 1, numbered like the training curves),
+or the reward's own call counter when called outside TRL (then
 ``from_trainer`` is False, e.g. for a validation pass), ``call`` that counter.
 
 >>> answer_em_reward(["**Answer:** Paris", [{"role": "assistant", "content": "**Answer:** Rome"}]],
@@ -229,7 +230,9 @@ class ManagerReward:
             session_time=session_time,
         )
         state = kwargs.get("trainer_state")
-        step = int(getattr(state, "global_step", self._calls)) if state is not None else self._calls
+        # +1: completions sampled while global_step is k train optimizer step k + 1, which is how the
+        # training curves number it (TRL logs after the step), so both views count steps alike
+        step = int(getattr(state, "global_step", self._calls)) + 1 if state is not None else self._calls
         rows: list[dict[str, Any]] = []
         jobs = []  # (completion index, question, gold, banks in speaker order)
         for i in range(n):
