@@ -155,3 +155,12 @@ def test_qa_inspector_static_and_live():
     assert "What does Melanie paint?" in body.value and "retrieved (0" in body.value
     with pytest.raises(ValueError, match="needs record columns"):
         QAInspector(_records().drop(columns=["gold"]))
+
+
+def test_the_bank_table_scrolls_inside_a_box(handmade):
+    """A long bank must not push the slider out of view: the table sits in a fixed-height scrolling box."""
+    bank, _, _ = handmade
+    tl = BankTimeline(_conv(4), {"Ann": bank})
+    assert "<div class='bankbox'><table>" in tl.table_html("Ann", 3)
+    page = tl.static_html()
+    assert ".m1-tl .bankbox{max-height:420px;overflow-y:auto" in page and 'class="bankbox"' in page  # live JS too

@@ -33,6 +33,7 @@ _CSS = """<style>
 .m1-tl .now{box-shadow:inset 4px 0 0 #333}.m1-tl .del{text-decoration:line-through;color:#a33}
 .m1-tl .old{text-decoration:line-through;color:#888}.m1-tl .turn{background:#f4f4f8;padding:6px;margin:6px 0}
 .m1-tl .legend span{padding:1px 6px;margin-right:6px}.m1-tl ul{padding-left:0;list-style:none}
+.m1-tl .bankbox{max-height:420px;overflow-y:auto;border:1px solid #eee}
 </style>"""
 
 
@@ -147,7 +148,9 @@ class BankTimeline:
             for v in self.bank_at(speaker, turn)
         )
         return (
-            f"<table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>{rows}</table>"
+            # a bank of 100+ entries scrolls inside its box, so the slider above stays in view
+            f"<div class='bankbox'><table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>"
+            f"{rows}</table></div>"
             if rows
             else "<p><i>empty bank</i></p>"
         )
@@ -232,6 +235,6 @@ if(v.start===t)ch.push('<li style="background:'+D.colours[v.prev_text===null?'AD
 if(v.end===t&&v.end_kind==='DELETE')ch.push('<li style="background:'+D.colours.DELETE+'">DELETE <b>'+e(v.id)+'</b>: <span class="del">'+e(v.text)+'</span></li>');
 if(v.start<=t&&(v.end===null||v.end>t))rows.push('<tr class="'+(v.start===t?'now':'')+'" style="background:'+D.colours[v.last_op]+'"><td>'+e(v.id)+'</td><td>'+e(v.text)+'</td><td>'+e(v.session_time)+'</td><td>'+e(v.sources)+'</td></tr>');});
 f.innerHTML=D.heads[t]+'<h4>'+e(sp)+': change at this turn</h4>'+(ch.length?'<ul>'+ch.join('')+'</ul>':'<p><i>no change at this turn</i></p>')+
-'<h4>'+e(sp)+"'s bank after this turn ("+rows.length+' entries)</h4>'+(rows.length?'<table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>'+rows.join('')+'</table>':'<p><i>empty bank</i></p>');}
+'<h4>'+e(sp)+"'s bank after this turn ("+rows.length+' entries)</h4>'+(rows.length?'<div class="bankbox"><table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>'+rows.join('')+'</table></div>':'<p><i>empty bank</i></p>');}
 s.oninput=draw;p.onchange=draw;b.onclick=function(){if(timer){clearInterval(timer);timer=null;b.textContent='▶';return;}
 b.textContent='❚❚';if(+s.value>=D.turns.length-1)s.value=0;timer=setInterval(function(){if(+s.value>=D.turns.length-1){clearInterval(timer);timer=null;b.textContent='▶';return;}s.value=+s.value+1;draw();},600);};draw();})();"""
