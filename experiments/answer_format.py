@@ -3,7 +3,7 @@
 Runs the evaluation stage (system ``replay``: LoCoMo's own facts as memory, so only the answerer
 varies) on the first ``--limit`` validation questions (conv-30) for each prompt style and answer cap,
 and tabulates F1 / BLEU-1 / EM, how often ``**Answer:**`` is written, how often the output hits the
-cap, and seconds per question. Greedy decoding: one run per variant is the whole story (no seed).
+cap, and seconds per question. Greedy decoding: one run per variant is the whole story (seed 0; no sampling).
 
     .venv/bin/python experiments/answer_format.py --limit 24 --out docs/results/answer_format.md
 """
@@ -72,8 +72,10 @@ def main() -> None:
         f"# Answer format on SmolLM2-135M (validation, conv-30)\n\n"
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} CPU ({__import__('os').cpu_count()} cores), "
         f"model {args.model}, first {args.limit} validation questions, replay memory, {args.k} memories per "
-        f"speaker, greedy. Command: `.venv/bin/python experiments/answer_format.py --limit {args.limit} "
-        f"--k {args.k}`. Scores ×100; the two rates are % of questions.\n\n" + "\n".join(lines) + "\n"
+        f"speaker, greedy decoding (no sampling, so no seed changes these numbers; seed 0 as configured). "
+        f"Command: `.venv/bin/python experiments/answer_format.py --limit {args.limit} --k {args.k}`. Scores ×100; the two rates are % of questions.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
     Path(args.out).write_text(text)
     print(text)
