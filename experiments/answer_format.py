@@ -68,14 +68,13 @@ def main() -> None:
     lines += [
         "| " + " | ".join(f"{r[h]:.1f}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |" for r in rows
     ]
+    command = f".venv/bin/python experiments/answer_format.py --limit {args.limit} --k {args.k}"
     text = (
         f"# Answer format on SmolLM2-135M (validation, conv-30)\n\n"
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} CPU ({__import__('os').cpu_count()} cores), "
         f"model {args.model}, first {args.limit} validation questions, replay memory, {args.k} memories per "
         f"speaker, greedy decoding (no sampling, so no seed changes these numbers; seed 0 as configured). "
-        f"Command: `.venv/bin/python experiments/answer_format.py --limit {args.limit} --k {args.k}`. Scores ×100; the two rates are % of questions.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"Command: `{command}`. Scores ×100; the two rates are % of questions.\n\n" + "\n".join(lines) + "\n"
     )
     Path(args.out).write_text(text)
     print(text)
