@@ -241,19 +241,19 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     by_conv: dict[str, list] = {}
     for q in split_questions(data, cfg.split, limit=cfg.limit):
         by_conv.setdefault(q.sample_id, []).append(q)
-    if generator is None:
-        from memr1.llm.backends import make_generator
+    from memr1.llm.backends import make_generator
 
-        generator = make_generator(
-            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
-        )
-    answerer = generator
+    answerer = None
     if cfg.answer_adapter:
-        from memr1.llm.backends import make_generator
         from memr1.rl.grpo import resolve_answer_model
 
         base, lora = resolve_answer_model(cfg.answer_adapter, cfg.model)
         answerer = make_generator(base, cfg.backend, lora_path=lora)
+    if generator is None and (answerer is None or cfg.system == "base"):  # beside an adapter, only base's
+        generator = make_generator(  # extractor and manager use the plain model: load it only then
+            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
+        )
+    answerer = answerer or generator
     setup = _Setup(
         cfg, generator, answerer, make_embedder(cfg.embedder), Path(cfg.run_dir) / "store" / system_key(cfg), progress
     )
