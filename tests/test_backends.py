@@ -123,6 +123,21 @@ def test_finish_reason_length_when_max_new_tokens_is_hit(tiny) -> None:
     assert [(g.completion_tokens, g.finish_reason) for g in out] == [(1, "length")] * 2
 
 
+def test_stop_strings_end_generation_at_the_string(sharp) -> None:
+    import re
+
+    gen = TransformersGenerator(sharp)
+    (free,) = gen.generate(PROMPTS[:1], Sampling(max_new_tokens=24))
+    assert free.finish_reason == "length"
+    stop = re.findall(r" ([a-z]{4,})", free.text)[0]  # a word the greedy text reaches after a few tokens
+    (cut,) = gen.generate(PROMPTS[:1], Sampling(max_new_tokens=24, stop=(stop,)))
+    assert cut.finish_reason == "stop" and stop in cut.text and cut.text in free.text
+    assert cut.completion_tokens < free.completion_tokens  # nothing generated past the string
+    assert len(cut.text) - (cut.text.index(stop) + len(stop)) < 8  # at most the rest of its last token
+    with pytest.raises(ConfigError, match="stop"):
+        Sampling(stop="</query>")  # type: ignore[arg-type]
+
+
 def test_eos_stops_generation_is_counted_and_not_shown() -> None:
     import torch
 
@@ -343,6 +358,9 @@ def test_openai_request_body_and_path(server: ChatServer) -> None:
         )
     client(server.base_url).generate(prompts[:1])  # greedy, no seed: none is sent
     assert server.requests[-1]["body"]["temperature"] == 0 and "seed" not in server.requests[-1]["body"]
+    client(server.base_url).generate(prompts[:1], Sampling(stop=("</query>", "</answer>")))
+    assert server.requests[-1]["body"]["stop"] == ["</query>", "</answer>"]
+    assert "stop" not in bodies[0]  # sent only when asked for
 
 
 def test_openai_missing_usage_falls_back_to_word_counts(server: ChatServer) -> None:

@@ -18,6 +18,7 @@ from memr1.agents.mem1 import (
     format_docs,
     parse_action,
     render_turn,
+    run_batch,
     run_episode,
     task_prompt,
     turns_hint,
@@ -166,6 +167,65 @@ def test_hotpotqa_tasks_reproducible_and_distinct(hotpot):
             make_tasks(hotpot, bad, 1)
 
 
+def test_train_and_test_pools_are_disjoint_by_question(hotpot, locomo):
+    from memr1.data.splits import split_conversations
+    from memr1.data.tasks import hotpotqa_pool
+
+    def questions(tasks):
+        return {o.qid for t in tasks for o in t.objectives}, {o.question.lower() for t in tasks for o in t.objectives}
+
+    train, test = hotpotqa_pool(hotpot, "train"), hotpotqa_pool(hotpot, "test")
+    assert len(train) + len(test) == len(hotpotqa_pool(hotpot, "all")) and len(test) >= 16
+    assert not {o.qid for o in train} & {o.qid for o in test}
+    for source in (hotpot, locomo):
+        tr = make_tasks(source, 2, 60, seed=0, split="train")
+        te = [t for n in (1, 2, 4, 8, 16) for t in make_tasks(source, n, 6, seed=0, split="test")]
+        (tr_ids, tr_text), (te_ids, te_text) = questions(tr), questions(te)
+        assert tr_ids and te_ids and not tr_ids & te_ids and not tr_text & te_text
+        assert all("-train-" in t.id for t in tr) and all("-test-" in t.id for t in te)
+    held_out = {c.sample_id for c in split_conversations(locomo, "test")}
+    assert {t.corpus_id for t in make_tasks(locomo, 2, 20, seed=0, split="train")} == {"locomo:conv-26"}
+    assert {t.corpus_id.split(":")[1] for t in make_tasks(locomo, 4, 40, seed=0, split="test")} <= held_out
+    with pytest.raises(ConfigError, match="split"):
+        make_tasks(hotpot, 2, 1, split="dev")
+    with pytest.raises(ConfigError, match="train and a test half"):
+        make_tasks(hotpot, 2, 1, split="validation")
+    with pytest.raises(ConfigError, match="conv-26"):
+        make_tasks(locomo, 2, 1, split="test", conversation="conv-26")
+
+
+def test_turn_budget_follows_mem1_and_the_loop_honours_it():
+    from memr1.agents.mem1 import resolve_turns, turn_budget
+
+    assert [turn_budget(n) for n in (1, 2, 3, 4, 5, 8, 16)] == [6, 6, 6, 6, 20, 20, 20]
+    assert resolve_turns(-1, 8) == 20 and resolve_turns(3, 8) == 3
+    with pytest.raises(ConfigError, match="max_turns"):
+        resolve_turns(0, 2)
+    never = _counting_policy(answer_turn=99)
+    eps = run_batch([_toy_task(2), _toy_task(8)], never, None, "mem1", -1, score=score_answer)
+    assert [(len(e.turns), e.max_turns, e.stop) for e in eps] == [(6, 6, "max_turns"), (20, 20, "max_turns")]
+    assert "Last turn" in eps[0].turns[-1].context[-1]["content"]
+
+
+def test_inference_decodes_with_the_stop_strings():
+    from memr1.agents.mem1 import STOP_STRINGS
+    from memr1.llm.generate import Sampling
+
+    seen = []
+
+    def act(messages):
+        return "<IS>s</IS><query>alpha</query> then more text <answer>x</answer>"
+
+    class Recording(ScriptedGenerator):
+        def generate(self, prompts, sampling=Sampling()):
+            seen.append(sampling)
+            return super().generate(prompts, sampling)
+
+    ep = run_episode(_toy_task(), Recording(act), None, "mem1", 2, Sampling(max_new_tokens=9), score=score_answer)
+    assert seen and all(s.stop == STOP_STRINGS and s.max_new_tokens == 9 for s in seen)
+    assert ep.turns[0].raw.endswith("</query>") and ep.turns[0].query == "alpha"  # nothing past the action
+
+
 def test_locomo_tasks_use_evidence_turns_of_one_conversation(locomo):
     tasks = make_tasks(locomo, 4, 6, seed=3)
     assert tasks == make_tasks(locomo, 4, 6, seed=3)
@@ -252,9 +312,15 @@ def test_peak_grows_far_less_under_mem1_than_full(hotpot):
         eps += run_episodes(make_tasks(hotpot, n, 4, seed=0), GOLD, ("mem1", "full"), max_turns=gold_max_turns(n, 6))
     table = aggregate(eps)
     assert (table.em == table.n_objectives).all()
+    print(
+        {
+            c: (peak_ratio(table, "mem1", 8, 2, c), peak_ratio(table, "full", 8, 2, c))
+            for c in ("peak_tokens", "peak_mem1")
+        }
+    )
     # measured: mem1 1.43, full 3.74 (peak_tokens); mem1 1.37, full 4.39 (peak_paper)
     assert peak_ratio(table, "mem1", 8, 2) <= 1.6 and peak_ratio(table, "full", 8, 2) >= 3.0
-    assert peak_ratio(table, "mem1", 8, 2, "peak_paper") <= 1.5 and peak_ratio(table, "full", 8, 2, "peak_paper") >= 3.5
+    assert peak_ratio(table, "mem1", 8, 2, "peak_mem1") <= 1.5 and peak_ratio(table, "full", 8, 2, "peak_mem1") >= 3.5
     at8 = table[table.n_objectives == 8].set_index("mode")
     assert at8.loc["full", "peak_tokens"] >= 4 * at8.loc["mem1", "peak_tokens"]  # measured 4.35
     assert at8.loc["full", "dependency"] >= 3 * at8.loc["mem1", "dependency"]
@@ -263,8 +329,24 @@ def test_peak_grows_far_less_under_mem1_than_full(hotpot):
 # --------------------------------------------------------------------------- measures
 
 
-def _record(turn: int, ctx: int, prompt: int, gen: int) -> TurnRecord:
-    return TurnRecord(turn, [], ctx, prompt, gen, "", "", None, None, [], "", True, 0.5)
+def _record(turn: int, ctx: int, prompt: int, gen: int, state: int = 0, shown: int = 0) -> TurnRecord:
+    return TurnRecord(
+        turn,
+        [],
+        ctx,
+        prompt,
+        gen,
+        "",
+        "",
+        None,
+        None,
+        [],
+        "",
+        True,
+        0.5,
+        state_tokens=state,
+        context_state_tokens=shown,
+    )
 
 
 def test_measures_on_hand_computed_values():
@@ -278,7 +360,7 @@ def test_measures_on_hand_computed_values():
         "whitespace",
         3,
         6,
-        [_record(0, 20, 15, 4), _record(1, 40, 15, 2)],
+        [_record(0, 20, 15, 4, state=3), _record(1, 40, 15, 2, state=1, shown=3)],
         answers=("a", "b", "c"),
         em=[1.0, 0.0, 1.0],
         f1=[1.0, 0.5, 1.0],
@@ -286,11 +368,21 @@ def test_measures_on_hand_computed_values():
         wall_s=1.0,
     )
     m = episode_metrics(ep)
-    assert m["peak_tokens"] == 40 and m["peak_paper"] == max(20 - 15 + 4, 40 - 15 + 2) == 27
-    assert m["dependency"] == (20 + 21 + 22 + 23) + (40 + 41) and m["em"] == 2.0 and m["f1"] == 2.5
-    assert m["em_strict"] == 2.0
+    assert m["peak_tokens"] == 40 and m["dependency"] == (20 + 21 + 22 + 23) + (40 + 41)
+    # MEM1's counting: prompt out, output in, each state twice (turn 1 shows turn 0's state of 3 tokens)
+    assert m["peak_mem1"] == max(20 - 15 + 0 + 4 + 3, 40 - 15 + 3 + 2 + 1) == 31
+    c0, c1 = 20 - 15, 40 - 15 + 3  # context without the prompt, shown states twice
+    assert m["dependency_mem1"] == (c0 + 1) * 3 + (c0 + 3 + 2) * 4 + (c1 + 0) * 1 + (c1 + 1 + 1) * 2
+    assert m["em"] == 2.0 and m["f1"] == 2.5 and m["em_strict"] == 2.0 and m["f1_strict"] == 2.5
     ep.answers = ("a", "b")  # MEM1's evaluation: a wrong answer count scores 0
-    assert episode_metrics(ep)["em_strict"] == 0.0 and episode_metrics(ep)["em"] == 2.0
+    m = episode_metrics(ep)
+    assert (m["em_strict"], m["f1_strict"], m["em"]) == (0.0, 0.0, 2.0)
+    # MEM1 averages peak over the tasks with EM > 0 only
+    zero = dataclasses.replace(ep, task_id="u", em=[0.0] * 3, turns=[_record(0, 100, 15, 50)])
+    row = aggregate([ep, zero]).iloc[0]
+    assert row["tasks_em_nonzero"] == 1 and row["peak_mem1"] == 31
+    assert row["peak_mem1_all_tasks"] == (31 + 135) / 2 and row["peak_tokens"] == (40 + 100) / 2
+    assert aggregate([zero]).iloc[0]["peak_mem1"] != aggregate([zero]).iloc[0]["peak_mem1"]  # NaN: no task scored
 
 
 def test_answers_are_scored_per_objective_by_position():
@@ -411,9 +503,12 @@ def test_context_widget_and_stage_registration():
     assert Mem1Result.json_fields() == [
         "environment",
         "n_objectives",
+        "eval_objectives",
         "tasks",
         "model",
+        "trained_steps",
         "tokenizer",
+        "turn_budgets",
         "table",
         "memory_r1_comparison",
     ]
@@ -421,6 +516,12 @@ def test_context_widget_and_stage_registration():
         Mem1Config.from_params({"environment": "webshop"})
     with pytest.raises(ConfigError, match="n_objectives"):
         Mem1Config.from_params({"n_objectives": 17})
+    for bad in ("1,2,x", "0,2", "2,2", ""):
+        with pytest.raises(ConfigError, match="eval_objectives"):
+            Mem1Config.from_params({"eval_objectives": bad})
+    with pytest.raises(ConfigError, match="max_turns"):
+        Mem1Config.from_params({"max_turns": 0})
+    assert Mem1Config.from_params({"profile": "cpu"}).resolved().max_new_tokens == 256
 
 
 def test_every_training_setting_is_a_train_mem1_parameter():
@@ -450,3 +551,30 @@ def test_train_stage_writes_a_typed_result(tmp_path, data_dir, monkeypatch):
     assert saved.result == result and saved.config["model"] == "tiny"  # "" resolved to the profile's model
     assert result.steps == 1 and [row["step"] for row in result.history] == [0]
     assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 1
+
+
+def test_stage_trains_on_train_tasks_and_scores_held_out_tasks_at_every_n(tmp_path, data_dir, monkeypatch):
+    from memr1.stages.mem1 import Mem1Config, run
+
+    monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
+    cfg = Mem1Config(run_dir=str(tmp_path / "s06"), steps=1, n_tasks=2, eval_objectives="1,8", max_new_tokens=8)
+    result = run(cfg)
+    log = [json.loads(x) for x in (tmp_path / "s06" / "train" / "train_log.jsonl").read_text().splitlines()]
+    trained_on = {t for line in log for t in line["tasks"]}
+    evaluated = {t.id for t in result.task_list}
+    assert trained_on and all("-train-n2-" in t for t in trained_on)
+    assert all("-test-" in t for t in evaluated) and len(evaluated) == 4
+    table = result.table_frame
+    assert set(table.policy) == {"tiny", "tiny+mem1-rl", "gold-scripted"} and set(table.n_objectives) == {1, 8}
+    assert result.turn_budgets == {"1": 6, "8": 20}
+    model_rows = table[table.policy != "gold-scripted"]
+    assert (model_rows.set_index("n_objectives").max_turns.to_dict()) == {1: 6, 8: 20}
+    assert {
+        "em",
+        "em_strict",
+        "f1_strict",
+        "peak_tokens",
+        "peak_mem1",
+        "peak_mem1_all_tasks",
+        "dependency_mem1",
+    } <= set(table.columns)

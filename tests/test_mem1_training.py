@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from memr1.rl.mem1_loss import loss_weights, policy_loss, train_step
-from memr1.rl.mem1_trainer import Mem1TrainSettings, encode_messages, sample_completion, train_mem1
+from memr1.rl.mem1_trainer import (
+    Mem1TrainSettings,
+    TokenSampler,
+    encode_messages,
+    rollout_groups,
+    sample_batch,
+    train_mem1,
+)
 from memr1.rl.packing import (
     Trajectory,
     TrajectoryTurn,
@@ -66,10 +73,10 @@ def max_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-def logprobs(model, trajs, *, packed: bool, mask_style: str = "additive", share_prefix: bool = True):
+def logprobs(model, trajs, *, packed: bool, mask_style: str = "additive", share_prefix: bool = True, chunk=1024):
     batch = packed_rows(trajs, 0, share_prefix=share_prefix) if packed else per_turn_rows(trajs, 0)
     with torch.no_grad():
-        values = token_logprobs(model, batch, mask_style=mask_style)
+        values = token_logprobs(model, batch, mask_style=mask_style, chunk_tokens=chunk)
     return split_by_trajectory(batch, values, len(trajs)), batch, values
 
 
@@ -153,6 +160,35 @@ def test_padded_batch_equals_batch_of_one(model, packed):
 
 
 @pytest.mark.parametrize("packed", [False, True])
+def test_chunked_logprobs_equal_full_logits_in_value_and_gradient(model, packed):
+    trajs = [synthetic(8, (6, 3, 5)), synthetic(9, (4, 7), task_len=20)]
+    batch = packed_rows(trajs, 0) if packed else per_turn_rows(trajs, 0)
+    grads, values = [], []
+    for chunk in (0, 4):  # 0: every position's logits at once; 4: four scored tokens at a time
+        model.zero_grad()
+        v = token_logprobs(model, batch, chunk_tokens=chunk)
+        (v * batch.loss_mask).sum().backward()
+        values.append(v.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    model.zero_grad()
+    assert float((values[0] - values[1]).abs().max()) <= EXACT
+    assert float((grads[0] - grads[1]).abs().max()) <= 1e-5 * float(grads[0].abs().max())
+
+
+def test_chunked_logprobs_run_the_output_layer_on_scored_tokens_only(model):
+    batch = per_turn_rows(TRAJS, 0)
+    rows = []
+    handle = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(out.shape[0]))
+    try:
+        with torch.no_grad():
+            token_logprobs(model, batch, chunk_tokens=5)
+    finally:
+        handle.remove()
+    n = sum(t.n_generated for t in TRAJS)
+    assert sum(rows) == n and max(rows) <= 5 and len(rows) == -(-n // 5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
 def test_loss_covers_exactly_the_generated_tokens(model, packed):
     trajs = TRAJS
     batch = packed_rows(trajs, 0) if packed else per_turn_rows(trajs, 0)
@@ -169,7 +205,7 @@ def test_loss_covers_exactly_the_generated_tokens(model, packed):
 
     handle = model.lm_head.register_forward_hook(keep_logits)
     try:
-        values = token_logprobs(model, batch)
+        values = token_logprobs(model, batch, chunk_tokens=0)  # the full-logits path: one [rows, S, V] output
         lps = split_by_trajectory(batch, values, len(trajs))
         policy_loss(lps, [1.0, -1.0], loss_weights(trajs, "token")).backward()
     finally:
@@ -257,7 +293,7 @@ class OneDocRetriever:
         return [toy_task().corpus.passages[1 if "apollo" in query.lower() else 0]]
 
 
-def test_rollout_group_keeps_ids_prunes_the_context_and_scores_by_em(tiny_path, monkeypatch):
+def test_rollout_groups_keep_ids_prune_the_context_and_score_by_em(tiny_path, model, monkeypatch):
     from transformers import AutoTokenizer
 
     from memr1.agents.mem1 import build_context, format_docs
@@ -270,30 +306,70 @@ def test_rollout_group_keeps_ids_prunes_the_context_and_scores_by_em(tiny_path, 
         "<IS>Q1 Paris</IS><query>Apollo landing</query>",
         "<IS>done</IS><answer>{}</answer>",
     ]
-    seen, produced = [], []
+    calls, produced = [], []
 
-    def scripted(model, tokenizer, prompt_ids, **kwargs):
-        seen.append(list(prompt_ids))
-        member, turn = divmod(len(seen) - 1, 3)
-        ids = tokenizer(script[turn].format(final[member]), add_special_tokens=False)["input_ids"]
-        produced.append(ids + [tokenizer.eos_token_id])
-        return produced[-1]
+    def scripted(model, tokenizer, prompts, **kwargs):
+        turn = len(calls)
+        calls.append([list(p) for p in prompts])
+        ids = [tokenizer(script[turn].format(final[m]), add_special_tokens=False)["input_ids"] for m in range(2)]
+        produced.append([x + [tokenizer.eos_token_id] for x in ids])
+        return produced[-1], [[-0.5] * len(x) for x in produced[-1]]
 
-    monkeypatch.setattr(mem1_trainer, "sample_completion", scripted)
+    monkeypatch.setattr(mem1_trainer, "sample_batch", scripted)
     task = toy_task()
-    trajs = mem1_trainer.rollout_group(
-        task, None, tok, OneDocRetriever(), group_size=2, max_turns=4, temperature=1.0, seed=0
-    )
+    (trajs,) = rollout_groups([task], model, tok, OneDocRetriever(), group_size=2, max_turns=4, temperature=1.0, seed=0)
+    assert [len(c) for c in calls] == [2, 2, 2]  # one batched call per turn for both members
     assert [t.reward for t in trajs] == [2.0, 1.0]
     assert [len(t.turns) for t in trajs] == [3, 3]
-    turns = [turn for t in trajs for turn in t.turns]
-    assert [list(t.completion_ids) for t in turns] == produced  # exactly the sampled ids
-    assert [list(t.prompt_ids) for t in turns] == seen  # exactly the context fed to the sampler
+    for m, traj in enumerate(trajs):
+        assert [list(t.completion_ids) for t in traj.turns] == [turn[m] for turn in produced]  # the sampled ids
+        assert [list(t.prompt_ids) for t in traj.turns] == [c[m] for c in calls]  # the context fed in
+        assert traj.info["logprobs"][0] == (-0.5,) * len(produced[0][m])
     info = format_docs([task.corpus.passages[1]])
     expected = build_context(task, 2, "Q1 Paris", "Apollo landing", info, 2, "mem1")
-    assert list(turns[2].prompt_ids) == encode_messages(tok, expected)
-    last_context = tok.decode(turns[2].prompt_ids)
+    assert list(trajs[0].turns[2].prompt_ids) == encode_messages(tok, expected)
+    last_context = tok.decode(trajs[0].turns[2].prompt_ids)
     assert "Q1 Paris" in last_context and "need both" not in last_context  # older turns pruned
+
+
+def test_sampler_logprobs_are_the_logprobs_the_loss_scores(tiny_path, model):
+    """Behaviour log-probs (batched, left-padded, KV cache) = per-turn rows scored by the loss."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    (trajs,) = rollout_groups(
+        [toy_task()],
+        model,
+        tok,
+        OneDocRetriever(),
+        group_size=3,
+        max_turns=2,
+        temperature=1.0,
+        seed=1,
+        max_new_tokens=12,
+    )
+    with torch.no_grad():
+        scored, _ = trajectory_logprobs(model, trajs, packed=False)
+    kept = [torch.tensor([x for turn in t.info["logprobs"] for x in turn]) for t in trajs]
+    gap = max_gap(scored, kept)
+    print(f"max |d log p| sampler vs loss rows: {gap:.2e}")
+    assert gap <= 1e-4
+    again = rollout_groups(
+        [toy_task()],
+        model,
+        tok,
+        OneDocRetriever(),
+        group_size=3,
+        max_turns=2,
+        temperature=1.0,
+        seed=1,
+        max_new_tokens=12,
+    )[0]
+    assert [t.turns for t in again] == [t.turns for t in trajs]  # the seed fixes the samples
+    sampler = TokenSampler(model, tok, max_new_tokens=4, temperature=1.0, seed=0)
+    assert all(
+        len(o.completion_ids) == len(o.logprobs) <= 4 for o in sampler.step([[{"role": "user", "content": "hi"}]] * 2)
+    )
 
 
 def test_train_mem1_runs_on_hotpotqa_tasks_with_the_real_agent(tmp_path, data_dir, monkeypatch):
@@ -306,26 +382,31 @@ def test_train_mem1_runs_on_hotpotqa_tasks_with_the_real_agent(tmp_path, data_di
     assert (result.run_dir / "checkpoint" / "model" / "config.json").is_file()
 
 
-def toy_rollout(task, policy, tokenizer, retriever, *, group_size, max_turns, temperature, seed, max_new_tokens):
+def toy_rollout(tasks, policy, tokenizer, retriever, *, group_size, max_turns, temperature, seed, max_new_tokens):
     """A stand-in environment: a pruned two-message context per turn; reward = even first tokens."""
-    trajs = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for _ in range(group_size):
-            turns, state = [], ""
-            for _turn in range(max_turns):
-                messages = [
-                    {"role": "user", "content": f"Task {task}: answer two questions."},
-                    {"role": "assistant", "content": f"<IS>{state}</IS>"},
-                ]
-                prompt = encode_messages(tokenizer, messages)
-                completion = sample_completion(
-                    policy, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature
+    generator = torch.Generator().manual_seed(seed)
+    groups = []
+    for task in tasks:
+        states, turns = [""] * group_size, [[] for _ in range(group_size)]
+        for _turn in range(max_turns):
+            prompts = [
+                encode_messages(
+                    tokenizer,
+                    [
+                        {"role": "user", "content": f"Task {task}: answer two questions."},
+                        {"role": "assistant", "content": f"<IS>{state}</IS>"},
+                    ],
                 )
-                turns.append(TrajectoryTurn(prompt, completion))
-                state = tokenizer.decode(completion, skip_special_tokens=True)[-20:]
-            trajs.append(Trajectory(turns, float(sum(t.completion_ids[0] % 2 == 0 for t in turns))))
-    return trajs
+                for state in states
+            ]
+            comps, _ = sample_batch(
+                policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, generator=generator
+            )
+            for m, (p, c) in enumerate(zip(prompts, comps)):
+                turns[m].append(TrajectoryTurn(p, c))
+                states[m] = tokenizer.decode(c, skip_special_tokens=True)[-20:]
+        groups.append([Trajectory(ts, float(sum(t.completion_ids[0] % 2 == 0 for t in ts))) for ts in turns])
+    return groups
 
 
 def run(tmp_path, name, steps, lora_r):

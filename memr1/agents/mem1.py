@@ -8,6 +8,16 @@ the model wrote is dropped) and the previous info (user); ``"full"``: the prompt
 turn; ``"truncate"``: the prompt and the newest turns that fit ``budget_tokens`` (the newest always
 stays). The paper's "truncate" baseline is our ``"mem1"`` mode with an untrained model.
 
+One loop, ``run_batch``, serves evaluation and training alike: all live episodes (tasks × group
+members) advance together, one batched model call per turn, through a small step interface
+(``TurnPolicy``): inference wraps any ``Generator`` (``GeneratorPolicy``, stop strings set), training
+plugs in a token sampler that also returns the prompt ids, the sampled ids and their log-probs
+(``memr1.rl.mem1_trainer.TokenSampler``), so the same turns, pruning and stop rules produce both.
+
+Turn budget (``turn_budget``): MEM1 allows 6 turns for 1 to 4 objectives and 20 for harder tasks.
+Generation stops at ``</query>`` or ``</answer>`` (``STOP_STRINGS``), so no time is spent on text the
+loop would throw away.
+
 The last user message ends with a turns-left hint. All N questions are answered in one ``<answer>``,
 in question order, separated by ``" ; "`` (MEM1) or one per line (numbering like ``1.`` or ``Q2:`` is
 stripped); each is scored by position with the ``score`` function the caller passes (the evaluation
@@ -18,11 +28,12 @@ output ends the episode, as in MEM1.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from memr1.data.corpus import Passage
 from memr1.data.tasks import Task
@@ -32,7 +43,11 @@ from memr1.memory.passages import Retriever, retriever_for
 
 MODES = ("mem1", "full", "truncate")
 ANSWER_SEPARATOR = " ; "
-DEFAULT_SAMPLING = Sampling(max_new_tokens=256)
+STOP_STRINGS = ("</query>", "</answer>")
+"""Generation ends after the turn's action tag, as in MEM1's inference code."""
+DEFAULT_SAMPLING = Sampling(max_new_tokens=256, stop=STOP_STRINGS)
+TURNS_SHORT, TURNS_LONG, SHORT_UP_TO = 6, 20, 4
+"""MEM1's turn caps: 6 turns for tasks of 1 to 4 objectives, 20 for harder ones."""
 INVALID_HINT = "Write <IS>...</IS> then <query>...</query> or <answer>...</answer>."
 Scorer = Callable[[str, Sequence[str]], tuple[float, float]]
 """``(prediction, gold aliases) -> (EM, F1)`` of one objective's answer."""
@@ -50,6 +65,29 @@ class TokenCounter:
 
 
 WHITESPACE = TokenCounter(lambda s: len(s.split()), "whitespace")
+
+
+def turn_budget(n_objectives: int) -> int:
+    """Turns an N-objective task gets: MEM1's rule, 6 up to 4 objectives and 20 beyond.
+
+    The paper states it for its own runs (6 turns for 1–4 objectives, 20 for harder tasks); its
+    released inference code hard-codes 6, which cannot even query each of 8 or 16 questions once.
+
+    >>> [turn_budget(n) for n in (1, 2, 4, 8, 16)]
+    [6, 6, 6, 20, 20]
+    """
+    if n_objectives < 1:
+        raise ConfigError(f"n_objectives must be >= 1, got {n_objectives}")
+    return TURNS_SHORT if n_objectives <= SHORT_UP_TO else TURNS_LONG
+
+
+def resolve_turns(max_turns: int, n_objectives: int) -> int:
+    """``max_turns`` when it is >= 1, ``turn_budget(n_objectives)`` when it is -1."""
+    if max_turns == -1:
+        return turn_budget(n_objectives)
+    if max_turns < 1:
+        raise ConfigError(f"max_turns must be >= 1, or -1 for MEM1's rule (turn_budget), got {max_turns}")
+    return max_turns
 
 
 def task_prompt(task: Task) -> str:
@@ -228,7 +266,12 @@ def parse_action(text: Any, n_objectives: int | None = None) -> Action:
 @dataclass
 class TurnRecord:
     """One turn: ``context`` is exactly what the model saw, ``raw`` what it wrote up to its first action
-    (``cut_at_stop``), ``prompt_tokens`` the prompt's share of ``context_tokens``, ``info`` the documents."""
+    (``cut_at_stop``), ``prompt_tokens`` the prompt's share of ``context_tokens``, ``info`` the documents.
+
+    ``state_tokens`` counts the internal state written this turn and ``context_state_tokens`` the
+    states shown in the context (MEM1's counting adds them a second time). ``prompt_ids``,
+    ``completion_ids`` and ``logprobs`` are filled by a token-level policy (training) only.
+    """
 
     turn: int
     context: Messages
@@ -243,12 +286,19 @@ class TurnRecord:
     info: str
     ok: bool
     wall_s: float
+    finish_reason: str = ""
+    state_tokens: int = 0
+    context_state_tokens: int = 0
+    prompt_ids: tuple[int, ...] = ()
+    completion_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
 
 
 @dataclass
 class Episode:
     """One task run: ``policy`` is the generator name, ``tokenizer`` the counter behind every count,
-    ``em`` / ``f1`` are per objective, ``stop`` is "answer", "max_turns" or "invalid"."""
+    ``em`` / ``f1`` are per objective, ``stop`` is "answer", "max_turns" or "invalid", ``max_turns``
+    the turn budget it had."""
 
     task_id: str
     mode: str
@@ -268,12 +318,61 @@ class Episode:
         return len(self.answers) == self.n_objectives
 
 
+# --------------------------------------------------------------------------- the step interface
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a policy returns for one context: the text, and the token ids and their log-probs when
+    the policy works on tokens (training); ``latency_s`` is the context's share of the batched call."""
+
+    text: str
+    latency_s: float = 0.0
+    finish_reason: str = "stop"
+    prompt_ids: tuple[int, ...] = ()
+    completion_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+
+
+@runtime_checkable
+class TurnPolicy(Protocol):
+    """Writes one turn for each of a batch of contexts (one batched model call)."""
+
+    name: str
+
+    def step(self, contexts: Sequence[Messages]) -> list[StepOutput]: ...
+
+
+class GeneratorPolicy:
+    """Inference: a ``Generator`` decoding with ``sampling``, the MEM1 stop strings added when it has none."""
+
+    def __init__(self, generator: Generator, sampling: Sampling = DEFAULT_SAMPLING):
+        self.generator, self.name = generator, getattr(generator, "name", "?")
+        self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=STOP_STRINGS)
+
+    def step(self, contexts: Sequence[Messages]) -> list[StepOutput]:
+        outs = self.generator.generate(list(contexts), self.sampling)
+        return [StepOutput(g.text, g.latency_s, g.finish_reason) for g in outs]
+
+
+def as_policy(policy: Generator | TurnPolicy, sampling: Sampling = DEFAULT_SAMPLING) -> TurnPolicy:
+    """A ``TurnPolicy`` as it is; a ``Generator`` wrapped in ``GeneratorPolicy``."""
+    if callable(getattr(policy, "step", None)):
+        return policy  # type: ignore[return-value]
+    if callable(getattr(policy, "generate", None)):
+        return GeneratorPolicy(policy, sampling)  # type: ignore[arg-type]
+    raise ConfigError(f"policy must be a Generator or a TurnPolicy (with step()), got {type(policy).__name__}")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 def run_episode(
     task: Task,
-    generator: Generator,
+    generator: Generator | TurnPolicy,
     retriever: Retriever | None = None,
     mode: str = "mem1",
-    max_turns: int = 6,
+    max_turns: int = -1,
     sampling: Sampling = DEFAULT_SAMPLING,
     count_tokens: Callable[[str], int] = WHITESPACE,
     *,
@@ -282,10 +381,11 @@ def run_episode(
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
 ) -> Episode:
-    """Run one task to an answer, an invalid turn or ``max_turns``; score the answers per objective.
+    """Run one task to an answer, an invalid turn or its turn budget; score the answers per objective.
 
     ``retriever`` None uses BM25 over the task's corpus (built once per corpus). ``count_tokens``
     gives every token number in the records; pass a ``TokenCounter`` so its name is recorded.
+    ``max_turns`` -1 follows ``turn_budget``.
     """
     return run_batch(
         [task],
@@ -302,12 +402,15 @@ def run_episode(
     )[0]
 
 
+_STATE_IN_CONTEXT = re.compile(r"<IS>(.*?)</IS>", re.S)
+
+
 def run_batch(
     tasks: Sequence[Task],
-    generator: Generator,
+    generator: Generator | TurnPolicy,
     retrievers: Sequence[Retriever | None] | None = None,
     mode: str = "mem1",
-    max_turns: int = 6,
+    max_turns: int = -1,
     sampling: Sampling = DEFAULT_SAMPLING,
     count_tokens: Callable[[str], int] = WHITESPACE,
     *,
@@ -316,36 +419,32 @@ def run_batch(
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
 ) -> list[Episode]:
-    """``run_episode`` for several tasks in lockstep: one ``generate`` call per turn for all live episodes.
+    """``run_episode`` for several tasks in lockstep: one batched ``step`` per turn for all live episodes.
 
-    A turn's wall time is its share of the batched generation plus its own retrieval.
+    The one episode loop of the project: evaluation passes a ``Generator`` (decoded with
+    ``sampling``, stop strings included), training a token-level ``TurnPolicy``; a task may appear
+    several times (a training group). Each task gets ``max_turns`` turns, or ``turn_budget`` of its
+    N when ``max_turns`` is -1. A turn's wall time is its share of the batched call plus its own
+    retrieval.
     """
-    if mode not in MODES or max_turns < 1:
-        raise ConfigError(f"need mode in {MODES} and max_turns >= 1, got {mode!r}, {max_turns}")
+    if mode not in MODES:
+        raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
+    policy = as_policy(generator, sampling)
+    budgets = [resolve_turns(max_turns, t.n_objectives) for t in tasks]
     rets = [r or retriever_for(t.corpus) for t, r in zip(tasks, retrievers or [None] * len(tasks))]
-    eps = [
-        Episode(
-            t.id,
-            mode,
-            getattr(generator, "name", "?"),
-            getattr(count_tokens, "name", "custom"),
-            t.n_objectives,
-            max_turns,
-        )
-        for t in tasks
-    ]
+    counter = getattr(count_tokens, "name", "custom")
+    eps = [Episode(t.id, mode, policy.name, counter, t.n_objectives, b) for t, b in zip(tasks, budgets)]
     pasts: list[list[tuple[str, str | None, str]]] = [[] for _ in tasks]
     live = list(range(len(tasks)))
-    for turn in range(max_turns):
-        if not live:
-            break
+    turn = 0
+    while live:
         start = time.perf_counter()
         contexts = [
             build_context(
                 tasks[i],
                 turn,
                 *(pasts[i][-1] if pasts[i] else ("", None, "")),
-                max_turns - turn,
+                budgets[i] - turn,
                 mode,
                 history=pasts[i][:-1],
                 budget_tokens=budget_tokens,
@@ -353,17 +452,18 @@ def run_batch(
             )
             for i in live
         ]
-        outputs = generator.generate(contexts, sampling)
+        outputs = policy.step(contexts)
         share = (time.perf_counter() - start) / len(live)
         still = []
         for i, msgs, out in zip(live, contexts, outputs):
             t0, task, ep = time.perf_counter(), tasks[i], eps[i]
-            text = cut_at_stop(out.text)  # local backends have no stop strings: drop what follows the action
+            text = cut_at_stop(out.text)  # a server may run past the action; nothing after it counts
             action = parse_action(text, task.n_objectives)
             hits = rets[i].search(action.query, k) if action.query is not None else []
             info = format_docs(hits) if action.query is not None else ""
             if not action.ok and not stop_on_invalid:
                 info = f"Invalid turn ({action.error}). {INVALID_HINT}"
+            shown = [s for m in msgs if m["role"] == "assistant" for s in _STATE_IN_CONTEXT.findall(m["content"])]
             ep.turns.append(
                 TurnRecord(
                     turn,
@@ -379,14 +479,20 @@ def run_batch(
                     info,
                     action.ok,
                     share + time.perf_counter() - t0,
+                    finish_reason=out.finish_reason,
+                    state_tokens=count_tokens(action.state),
+                    context_state_tokens=sum(count_tokens(x) for x in shown),
+                    prompt_ids=out.prompt_ids,
+                    completion_ids=out.completion_ids,
+                    logprobs=out.logprobs,
                 )
             )
             if action.answers is not None or (not action.ok and stop_on_invalid):
                 ep.answers, ep.stop = action.answers or (), "answer" if action.answers is not None else "invalid"
-            else:
+            elif turn + 1 < budgets[i]:
                 pasts[i].append((action.state, action.query, info))
                 still.append(i)
-        live = still
+        live, turn = still, turn + 1
     for task, ep in zip(tasks, eps):
         ep.stop, ep.wall_s = ep.stop or "max_turns", sum(t.wall_s for t in ep.turns)
         for i, obj in enumerate(task.objectives):

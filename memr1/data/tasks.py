@@ -12,8 +12,15 @@ state until it answers all of them. Here a task is built from
   id = dialogue id), the gold passages are the question's evidence turns. Questions with no
   resolvable evidence turn are left out.
 
-Sampling is seeded per task: task ``i`` depends only on (source, N, seed, i, pool), so asking for
-more tasks keeps the first ones. MEM1 groups *consecutive* questions; random grouping here is a
+**Held-out pools** (``split``): training draws from one pool of questions, evaluation from another,
+so a trained agent is scored on questions it never saw. HotpotQA: the distinct questions of the file
+in file order, cut in two fixed halves (first half ``train``, second half ``test``; the corpus stays
+the whole file, as the environment both share). LoCoMo: the paper split by conversation
+(``memr1.data.splits``): ``train`` = conv-26, ``validation`` = conv-30, ``test`` = the other 8.
+``all`` (the default) uses every question.
+
+Sampling is seeded per task: task ``i`` depends only on (source, N, seed, i, pool, split), so asking
+for more tasks keeps the first ones. MEM1 groups *consecutive* questions; random grouping here is a
 documented deviation (it avoids tasks made of near-duplicate neighbouring questions).
 
 >>> tasks = make_tasks("hotpotqa", n_objectives=2, n_tasks=3, seed=0)   # doctest: +SKIP
@@ -34,6 +41,8 @@ from memr1.errors import ConfigError
 
 SOURCES = ("hotpotqa", "locomo")
 MAX_OBJECTIVES = 16
+TASK_SPLITS = ("all", "train", "validation", "test")
+"""Question pools; ``validation`` exists for LoCoMo only (HotpotQA has two halves)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ def make_tasks(
     data_dir: str | Path | None = None,
     conversation: str | None = None,
     pool: int = 0,
+    split: str = "all",
 ) -> list[Task]:
     """Build ``n_tasks`` tasks of ``n_objectives`` distinct questions each, reproducibly from ``seed``.
 
@@ -94,6 +104,8 @@ def make_tasks(
         data_dir: folder (or, for HotpotQA, a file) to load the data from; None searches the usual places.
         conversation: LoCoMo only: draw every task from this conversation (e.g. "conv-26").
         pool: draw only from the first ``pool`` eligible questions (of each conversation for LoCoMo); 0 = all.
+        split: the question pool: "train" or "test" (HotpotQA halves, LoCoMo paper split),
+            "validation" (LoCoMo only) or "all".
 
     Raises:
         ConfigError: bad counts, an unknown source, or too few eligible questions for N.
@@ -102,16 +114,21 @@ def make_tasks(
         raise ConfigError(f"n_objectives must be an int from 1 to {MAX_OBJECTIVES}, got {n_objectives!r}")
     if not isinstance(n_tasks, int) or n_tasks < 1 or pool < 0:
         raise ConfigError(f"n_tasks must be >= 1 and pool >= 0, got n_tasks={n_tasks!r}, pool={pool!r}")
+    if split not in TASK_SPLITS:
+        raise ConfigError(f"unknown task split {split!r}; choose one of {TASK_SPLITS}")
     name, data = _load(source, data_dir)
     if name == "hotpotqa":
         if conversation:
             raise ConfigError("conversation= applies to LoCoMo tasks only")
-        groups = [(data.corpus, _distinct([_hotpot_objective(q) for q in data.questions]))]
+        groups = [(data.corpus, hotpotqa_pool(data, split))]
     else:
-        convs = [c for c in data.conversations if conversation in (None, c.sample_id)]
+        from memr1.data.splits import split_conversations
+
+        held = {c.sample_id for c in split_conversations(data, split)}
+        convs = [c for c in data.conversations if conversation in (None, c.sample_id) and c.sample_id in held]
         if not convs:
             raise ConfigError(
-                f"no LoCoMo conversation {conversation!r}; known: {[c.sample_id for c in data.conversations]}"
+                f"no LoCoMo conversation {conversation!r} in split {split!r}; that split holds {sorted(held)}"
             )
         groups = [
             (locomo_corpus(c), _distinct([_locomo_objective(q) for q in c.qa if q.category != 5 and q.evidence]))
@@ -127,11 +144,22 @@ def make_tasks(
         )
     tasks = []
     for i in range(n_tasks):
-        rng = random.Random(f"memr1-tasks|{name}|{n_objectives}|{seed}|{pool}|{conversation}|{i}")
+        tag = "" if split == "all" else f"|{split}"  # "all" keeps the tasks made before splits existed
+        rng = random.Random(f"memr1-tasks|{name}|{n_objectives}|{seed}|{pool}|{conversation}|{i}{tag}")
         corpus, objs = groups[rng.randrange(len(groups))]
         chosen = rng.sample(range(len(objs)), n_objectives)
-        tasks.append(Task(f"{name}-n{n_objectives}-s{seed}-{i:04d}", name, tuple(objs[j] for j in chosen), corpus))
+        task_id = f"{name}{tag.replace('|', '-')}-n{n_objectives}-s{seed}-{i:04d}"
+        tasks.append(Task(task_id, name, tuple(objs[j] for j in chosen), corpus))
     return tasks
+
+
+def hotpotqa_pool(data: Any, split: str) -> list[Objective]:
+    """The distinct HotpotQA questions of a split: file order, first half train, second half test."""
+    objs = _distinct([_hotpot_objective(q) for q in data.questions])
+    half = len(objs) // 2
+    if split == "validation":
+        raise ConfigError("HotpotQA has a train and a test half only; use split train or test")
+    return {"all": objs, "train": objs[:half], "test": objs[half:]}[split]
 
 
 def locomo_corpus(conv: Any) -> Corpus:

@@ -1,17 +1,28 @@
 """MEM1 measures, the scripted gold policy, and running tasks under several context modes.
 
-Used by stage 06 (``memr1.stages.mem1``) and ``bench/bench_mem1.py``. Measures follow MEM1 (Zhou,
-Qu et al., arXiv 2506.15841) and docs/design.md §mem1 measures. For turn t with context c_t tokens
-and g_t generated tokens:
+Used by stage 06 (``memr1.stages.mem1``), ``experiments/mem1_horizon.py`` and ``bench/bench_mem1.py``.
+Two countings side by side, each named (docs/design.md §mem1 measures). For turn t with context c_t
+tokens, task prompt p_t, g_t generated tokens, s_t tokens of the internal state written and S_t
+tokens of the internal states shown in the context:
 
-- **EM / F1**: summed over a task's objectives (counts from 0 to N, as MEM1's tables print them);
-  ``em_strict`` zeroes a task whose answer count differs from N (MEM1's ``eval.py`` rule).
+*This project's counting* (the whole context the model reads, the model's tokenizer):
+
+- **em / f1**: summed over a task's objectives (counts from 0 to N, as MEM1's tables print them);
+  **em_strict / f1_strict** zero a task whose answer count differs from N (MEM1's ``eval.py`` rule).
 - **peak_tokens** = max_t c_t: the whole context, task prompt included.
-- **peak_paper** = max_t (c_t - prompt + g_t): MEM1's counting (prompt excluded, the turn's own
-  output included). The released code counts each internal state twice; we count it once.
 - **dependency** = Σ_t Σ_{i<g_t} (c_t + i) = Σ_t g_t·c_t + g_t(g_t - 1)/2: every generated token
-  attends to the context plus the tokens generated before it (prompt included here; MEM1 excludes it).
-- **wall_s**: seconds per task (generation + retrieval).
+  attends to the context plus the tokens generated before it.
+
+*MEM1's counting* (its released ``eval.py``; the same tokenizer here, MEM1 used tiktoken o200k):
+
+- **peak_mem1** = max_t (c_t - p_t + S_t + g_t + s_t): the prompt left out, the turn's own output
+  in, and every internal state counted twice (MEM1 stores the state alone and again inside the
+  full response, and sums both). In the tables it is averaged over the tasks with EM > 0 only, as
+  MEM1 does (``peak_mem1_all_tasks`` averages over all; NaN when no task scored).
+- **dependency_mem1** = Σ_t (C_t + ⌊s_t/2⌋)·s_t + (C_t + s_t + ⌊g_t/2⌋)·g_t with C_t = c_t - p_t + S_t:
+  the state and the full response as two generated segments, the prompt left out.
+
+- **wall_s**: seconds per task (its share of the batched generation + its retrieval).
 
 >>> dependency([(10, 3)])            # 10 + 11 + 12
 33
@@ -37,6 +48,7 @@ from memr1.agents.mem1 import (
     Episode,
     TokenCounter,
     parse_action,
+    resolve_turns,
     run_batch,
     run_episode,
 )
@@ -72,9 +84,24 @@ def peak_tokens(ep: Episode) -> int:
     return max((t.context_tokens for t in ep.turns), default=0)
 
 
-def peak_paper(ep: Episode) -> int:
-    """MEM1's peak: context without the task prompt, plus the turn's own output."""
-    return max((t.context_tokens - t.prompt_tokens + t.generated_tokens for t in ep.turns), default=0)
+def _mem1_context(t: Any) -> int:
+    """A turn's context as MEM1 counts it: no task prompt, each shown internal state twice."""
+    return t.context_tokens - t.prompt_tokens + t.context_state_tokens
+
+
+def peak_mem1(ep: Episode) -> int:
+    """MEM1's peak of one episode: context without the task prompt plus the turn's output, every
+    internal state counted twice (0 for an episode with no turn)."""
+    return max((_mem1_context(t) + t.generated_tokens + t.state_tokens for t in ep.turns), default=0)
+
+
+def dependency_mem1(ep: Episode) -> int:
+    """MEM1's dependency: the state and the full response as two segments, the prompt left out."""
+    total = 0
+    for t in ep.turns:
+        c, s, g = _mem1_context(t), t.state_tokens, t.generated_tokens
+        total += (c + s // 2) * s + (c + s + g // 2) * g
+    return total
 
 
 def episode_metrics(ep: Episode) -> dict[str, Any]:
@@ -93,24 +120,44 @@ def episode_metrics(ep: Episode) -> dict[str, Any]:
         "em_strict": em if ep.answer_count_ok else 0.0,
         "f1_strict": f1 if ep.answer_count_ok else 0.0,
         "peak_tokens": peak_tokens(ep),
-        "peak_paper": peak_paper(ep),
         "dependency": dependency((t.context_tokens, t.generated_tokens) for t in ep.turns),
+        "peak_mem1": peak_mem1(ep),
+        "dependency_mem1": dependency_mem1(ep),
+        "max_turns": ep.max_turns,
         "wall_s": ep.wall_s,
     }
 
 
-MEANS = ("em", "f1", "em_strict", "peak_tokens", "peak_paper", "dependency", "turns", "wall_s")
+OURS = ("em", "f1", "em_strict", "f1_strict", "peak_tokens", "dependency")
+"""This project's counting: prompt included, the model's tokenizer."""
+MEM1S = ("peak_mem1", "peak_mem1_all_tasks", "dependency_mem1")
+"""MEM1's counting: prompt excluded, each internal state twice; ``peak_mem1`` over tasks with EM > 0."""
+MEANS = (*OURS, "peak_mem1_all_tasks", "dependency_mem1", "turns", "wall_s")
 
 
 def aggregate(episodes: Sequence[Episode]) -> pd.DataFrame:
-    """Means per (policy, mode, N) over tasks, with the task count and the tokenizer."""
+    """Means per (policy, mode, N) over tasks, with the task count, the tokens' counter and the turn budget.
+
+    ``peak_mem1`` is MEM1's mean: over the tasks with EM > 0 only (``tasks_em_nonzero`` of them;
+    NaN when none); every other column is a mean over all tasks.
+    """
     if not episodes:
         raise ConfigError("aggregate needs at least one episode")
     df = pd.DataFrame([episode_metrics(e) for e in episodes])
+    df["peak_mem1_all_tasks"] = df["peak_mem1"]
+    df["peak_mem1"] = df["peak_mem1"].where(df["em"] > 0)  # NaN rows are left out of the mean
+    df["em_nonzero"] = df["em"] > 0
     keys = ["policy", "mode", "n_objectives"]
     out = (
         df.groupby(keys, sort=False)
-        .agg(tasks=("task_id", "size"), tokenizer=("tokenizer", "first"), **{m: (m, "mean") for m in MEANS})
+        .agg(
+            tasks=("task_id", "size"),
+            tokenizer=("tokenizer", "first"),
+            max_turns=("max_turns", "max"),
+            tasks_em_nonzero=("em_nonzero", "sum"),
+            peak_mem1=("peak_mem1", "mean"),
+            **{m: (m, "mean") for m in MEANS},
+        )
         .reset_index()
     )
     return out.sort_values(["policy", "mode", "n_objectives"], kind="stable", ignore_index=True)
@@ -202,15 +249,18 @@ def run_episodes(
     policy: Generator | str,
     modes: Sequence[str] = ("mem1", "full"),
     *,
-    max_turns: int = 6,
+    max_turns: int = -1,
     count_tokens: Any = WHITESPACE,
     sampling: Sampling = DEFAULT_SAMPLING,
     retriever: str = "bm25",
-    embedder: str = "hash",
+    embedder: str = "minilm",
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
 ) -> list[Episode]:
-    """Every task under every mode, with ``policy`` a generator or ``"gold"`` (``gold_policy`` per task)."""
+    """Every task under every mode, with ``policy`` a generator or ``"gold"`` (``gold_policy`` per task).
+
+    ``max_turns`` -1 gives each task MEM1's budget for its N (``turn_budget``); ``retriever`` "bm25"
+    or "dense" (with ``embedder``, MiniLM by default)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"unknown mode(s) {unknown}; choose from {MODES}")
@@ -276,9 +326,10 @@ def tasks_frame(tasks: Sequence[Task]) -> pd.DataFrame:
     )
 
 
-def gold_max_turns(n_objectives: int, max_turns: int) -> int:
-    """Turn cap for the gold policy: ``max_turns`` or enough for up to 3 queries per objective."""
-    return max(max_turns, 3 * n_objectives + 2)
+def gold_max_turns(n_objectives: int, max_turns: int = -1) -> int:
+    """Turn cap for the gold policy: the agent's cap (-1: ``turn_budget``) or enough for up to 3
+    queries per objective, whichever is larger."""
+    return max(resolve_turns(max_turns, n_objectives), 3 * n_objectives + 2)
 
 
 def episodes_of(episodes: Sequence[Episode], task_id: str | None = None) -> list[Episode]:

@@ -150,23 +150,35 @@ class TransformersGenerator:
             repetition_penalty=1.0,
             eos_token_id=self.eos_ids,
             pad_token_id=tok.pad_token_id,
+            **({"stop_strings": list(sampling.stop), "tokenizer": tok} if sampling.stop else {}),
         )
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         each = (time.perf_counter() - start) / len(batch)
         results = []
         for row, prompt_len in zip(new, enc["attention_mask"].sum(dim=1).tolist()):
-            stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
-            kept = row if stop is None else row[: stop + 1]  # the eos is counted, not shown
+            kept, finish = self._kept_tokens(row, sampling.stop)
             results.append(
-                Generation(
-                    tok.decode(kept, skip_special_tokens=True),
-                    int(prompt_len),
-                    len(kept),
-                    each,
-                    finish_reason="length" if stop is None else "stop",
-                )
+                Generation(tok.decode(kept, skip_special_tokens=True), int(prompt_len), len(kept), each, finish)
             )
         return results
+
+    def _kept_tokens(self, row: list[int], stop: tuple[str, ...]) -> tuple[list[int], str]:
+        """The generated tokens of one row and why they ended: "stop" (an eos, counted, or a stop
+        string, the padding after it dropped) or "length"."""
+        pad = self.tokenizer.pad_token_id
+        if pad is not None and pad not in self.eos_ids:  # a row that ended early is padded with pad
+            while row and row[-1] == pad:
+                row = row[:-1]
+        end = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+        if stop and end is not None and pad in self.eos_ids:
+            # pad == eos: the "eos" may be the padding after a stop string; then it is not counted.
+            if any(s in self.tokenizer.decode(row[:end], skip_special_tokens=True) for s in stop):
+                return row[:end], "stop"
+        if end is not None:
+            return row[: end + 1], "stop"  # the eos is counted, not shown
+        if stop and any(s in self.tokenizer.decode(row, skip_special_tokens=True) for s in stop):
+            return row, "stop"
+        return row, "length"
 
 
 class UnslothGenerator(TransformersGenerator):
@@ -291,6 +303,8 @@ class OpenAIGenerator:
             "temperature": sampling.temperature,
             **self.extra_body,
         }
+        if sampling.stop:  # OpenAI allows at most 4; the server leaves the stop string out of the text
+            body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             body["seed"] = sampling.seed + index
 

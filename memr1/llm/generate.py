@@ -36,12 +36,18 @@ class Sampling:
     """Nucleus sampling mass (ignored when greedy)."""
     seed: int | None = None
     """Seed for sampled decoding (None: not reseeded)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation ends once the text contains one (finish reason "stop"). Local
+    backends keep the stop string at the end of the text; OpenAI-compatible servers leave it out."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(
                 f"bad sampling settings {self}: need max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1"
             )
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"Sampling.stop must be a tuple of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
 
 
 GREEDY = Sampling()
@@ -57,7 +63,7 @@ class Generation:
     latency_s: float
     """Wall time of the batch call this completion came from, divided by the batch size."""
     finish_reason: str = "stop"
-    """"stop" (end of text) or "length" (hit max_new_tokens)."""
+    """"stop" (end of text or a stop string) or "length" (hit max_new_tokens)."""
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
 """Two retrievers over a passage corpus (BM25, dense) behind one small protocol.
 
 ``BM25Retriever`` uses the ``bm25s`` package (Lucene BM25, English stop words, no stemming);
-``DenseRetriever`` ranks by the cosine of ``memr1.memory.embed`` vectors ("hash" needs no model,
-"minilm" is all-MiniLM-L6-v2). Both index ``title + text`` and break score ties by corpus order.
+``DenseRetriever`` ranks by the cosine of ``memr1.memory.embed`` vectors ("minilm", the default, is
+all-MiniLM-L6-v2, offline; "hash" needs no model and only suits tests). Both index ``title + text``
+and break score ties by corpus order.
 
 >>> corpus = Corpus("toy", (Passage("a", "Paris", "Capital of France."), Passage("b", "Oslo", "Capital of Norway.")))
 >>> [p.id for p in make_retriever(corpus, "bm25").search("Norway capital", k=1)]
@@ -59,7 +60,7 @@ class BM25Retriever:
 class DenseRetriever:
     """Cosine similarity of embeddings (``make_embedder(embedder)``); the corpus is embedded once."""
 
-    def __init__(self, corpus: Corpus, embedder: str = "hash"):
+    def __init__(self, corpus: Corpus, embedder: str = "minilm"):
         if not len(corpus):
             raise ConfigError(f"corpus {corpus.id!r} is empty; nothing to index")
         self.corpus, self._embedder = corpus, make_embedder(embedder)
@@ -75,8 +76,8 @@ class DenseRetriever:
         return [self.corpus.passages[int(i)] for i in order]
 
 
-def make_retriever(corpus: Corpus, kind: str = "bm25", *, embedder: str = "hash") -> Retriever:
-    """A new retriever over ``corpus``: ``kind`` "bm25" or "dense" (with ``embedder`` "hash" or "minilm")."""
+def make_retriever(corpus: Corpus, kind: str = "bm25", *, embedder: str = "minilm") -> Retriever:
+    """A new retriever over ``corpus``: ``kind`` "bm25" or "dense" (with ``embedder`` "minilm" or "hash")."""
     if kind == "bm25":
         return BM25Retriever(corpus)
     if kind == "dense":
@@ -85,6 +86,6 @@ def make_retriever(corpus: Corpus, kind: str = "bm25", *, embedder: str = "hash"
 
 
 @functools.lru_cache(maxsize=16)
-def retriever_for(corpus: Corpus, kind: str = "bm25", embedder: str = "hash") -> Retriever:
+def retriever_for(corpus: Corpus, kind: str = "bm25", embedder: str = "minilm") -> Retriever:
     """Like ``make_retriever`` but built once per (corpus object, kind, embedder) and reused."""
     return make_retriever(corpus, kind, embedder=embedder)

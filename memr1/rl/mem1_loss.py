@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from memr1.errors import ConfigError
-from memr1.rl.packing import Trajectory, group_advantages, trajectory_logprobs
+from memr1.rl.packing import LOGPROB_CHUNK, Trajectory, group_advantages, trajectory_logprobs
 
 
 def loss_weights(trajectories: Sequence[Trajectory], loss_type: str) -> list[float]:
@@ -85,13 +85,15 @@ def train_step(
     micro_batch: int = 8,
     max_grad_norm: float = 1.0,
     pad_id: int = 0,
+    chunk_tokens: int = LOGPROB_CHUNK,
 ) -> dict[str, float]:
     """One optimiser step on the trajectories of several groups (one group per task).
 
     Gradients are accumulated over micro-batches of whole trajectories; the weights of
     ``loss_weights`` make the result independent of the micro-batch size and of the row layout.
     With LoRA and ``beta`` > 0 and no ``ref_model``, the reference is the model with its adapter
-    disabled.
+    disabled. ``chunk_tokens``: scored tokens per chunk of the output layer (0: every position's
+    logits at once; ``memr1.rl.packing.token_logprobs``).
     """
     trajs = [t for g in groups for t in g]
     advantages = [a for g in groups for a in group_advantages([t.reward for t in g])]
@@ -100,8 +102,14 @@ def train_step(
     loss_sum, logp_sum, read = 0.0, 0.0, 0
     for start in range(0, len(trajs), micro_batch):
         part = slice(start, start + micro_batch)
-        lps, n_read = trajectory_logprobs(model, trajs[part], packed=packed, temperature=temperature, pad_id=pad_id)
-        refs = _reference_logprobs(model, ref_model, trajs[part], packed, temperature, pad_id) if beta else None
+        lps, n_read = trajectory_logprobs(
+            model, trajs[part], packed=packed, temperature=temperature, pad_id=pad_id, chunk_tokens=chunk_tokens
+        )
+        refs = (
+            _reference_logprobs(model, ref_model, trajs[part], packed, temperature, pad_id, chunk_tokens)
+            if beta
+            else None
+        )
         loss = policy_loss(lps, advantages[part], weights[part], ref_logps=refs, clip_eps=clip_eps, beta=beta)
         if loss.requires_grad:
             loss.backward()
@@ -126,11 +134,16 @@ def train_step(
     }
 
 
-def _reference_logprobs(model, ref_model, trajs, packed, temperature, pad_id) -> list[torch.Tensor]:
+def _reference_logprobs(model, ref_model, trajs, packed, temperature, pad_id, chunk_tokens) -> list[torch.Tensor]:
     """Log-probs under ``ref_model``, or under ``model`` with its LoRA adapter switched off."""
     if ref_model is None and not hasattr(model, "disable_adapter"):
         raise ConfigError("beta > 0 needs a ref_model, or a PEFT model whose adapter can be disabled")
     with torch.no_grad(), model.disable_adapter() if ref_model is None else contextlib.nullcontext():
         return trajectory_logprobs(
-            model if ref_model is None else ref_model, trajs, packed=packed, temperature=temperature, pad_id=pad_id
+            model if ref_model is None else ref_model,
+            trajs,
+            packed=packed,
+            temperature=temperature,
+            pad_id=pad_id,
+            chunk_tokens=chunk_tokens,
         )[0]

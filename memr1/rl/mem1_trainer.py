@@ -2,13 +2,21 @@
 
 * ``Mem1TrainSettings``: the hyperparameters (``memr1.stages.mem1.Mem1TrainConfig`` adds the run
   fields and makes every one of them a ``memr1 train mem1 -p`` override).
-* ``rollout_group``: ``group_size`` episodes of one task with the MEM1 agent
-  (``memr1.agents.mem1.build_context`` / ``parse_action``), keeping every prompt and completion as
-  token ids; reward = objectives answered correctly (exact match), no format reward.
+* ``TokenSampler`` / ``rollout_groups``: ``group_size`` episodes of every task of a step, all
+  advancing together through the agent's own loop (``memr1.agents.mem1.run_batch``: one batched
+  model call per turn for all of them; evaluation runs the same loop with a ``Generator``). The
+  sampler is the training side of ``memr1.agents.mem1.TurnPolicy``: it tokenises each pruned
+  context with the chat template and samples every row together (left padding, a KV cache, the
+  plain softmax at ``temperature``: no top-k, top-p or repetition penalty, so the behaviour policy
+  is exactly what the loss scores), stops a row at an end-of-turn token or once its text holds
+  ``</query>`` / ``</answer>``, and keeps prompt ids, sampled ids and their log-probs: nothing is
+  decoded and re-tokenised. It writes its own loop rather than calling ``generate``, whose
+  ``output_scores`` would hold steps × batch × vocabulary floats (gigabytes at a 150k vocabulary).
+  Reward = objectives answered correctly (exact match by position), no format reward.
 * ``train_mem1``: the loop: rollouts, a step of ``memr1.rl.mem1_loss`` (our own GRPO-style loss), a
   JSON-lines log line, a checkpoint (``memr1.rl.mem1_checkpoint``) from which a rerun resumes exactly.
 
-Where library pieces are used: transformers for the model and ``generate``; PEFT for LoRA
+Where library pieces are used: transformers for the model; PEFT for LoRA
 (``lora_r`` > 0). TRL is *not* used: its GRPOTrainer scores single-turn completions of one prompt,
 while a MEM1 trajectory is several completions, each under its own pruned context, sharing one
 advantage. Unsloth is not used either: the packed variant needs an attention that takes a 4-D
@@ -21,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memr1.agents.mem1 import STOP_STRINGS, StepOutput
 from memr1.config import StageConfig
 from memr1.errors import ConfigError
 
@@ -34,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("memr1")
 
-STOP_STRINGS = ("</query>", "</answer>")  # the agent's action tags (memr1.agents.mem1)
 LOG_FILE, CHECKPOINT_DIR = "train_log.jsonl", "checkpoint"
 
 
@@ -45,7 +54,7 @@ class Mem1TrainSettings(StageConfig):
     model: str = ""
     """Policy base model: tiny, a hub id or a local folder; "" uses the model of the profile."""
     environment: str = "hotpotqa"
-    """Task source for memr1.data.tasks.make_tasks: hotpotqa or locomo."""
+    """Task source: hotpotqa or locomo; tasks come from its train pool only (memr1.data.tasks, split train)."""
     n_objectives: int = 2
     """Questions per task; the reward counts those answered correctly (MEM1 trains on 2)."""
     steps: int = 4
@@ -56,8 +65,9 @@ class Mem1TrainSettings(StageConfig):
     """Rollouts per task: the group whose rewards are normalised into advantages."""
     learning_rate: float = 1e-5
     """AdamW learning rate, constant, no weight decay (MEM1: 1e-6 for a 7B model)."""
-    max_turns: int = 6
-    """Turn cap per episode (MEM1: 6 for up to 4 objectives)."""
+    max_turns: int = -1
+    """Turn cap per episode; -1 follows the rule of MEM1 (memr1.agents.mem1.turn_budget: 6 up to 4 objectives,
+    20 beyond)."""
     max_new_tokens: int = 128
     """Token cap of each generated turn (MEM1: 1000)."""
     temperature: float = 1.0
@@ -88,20 +98,25 @@ class Mem1TrainSettings(StageConfig):
             "steps",
             "tasks_per_step",
             "group_size",
-            "max_turns",
             "max_new_tokens",
             "micro_batch",
             "save_every",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_turns < 1 and self.max_turns != -1:
+            raise ConfigError(f"{name}.max_turns must be >= 1, or -1 for MEM1's rule, got {self.max_turns}")
         if self.learning_rate < 0 or self.beta < 0 or self.lora_r < 0 or self.clip_eps <= 0:
             raise ConfigError(f"{name}: learning_rate, beta and lora_r must be >= 0 and clip_eps > 0")
         if self.temperature <= 0:
             raise ConfigError(f"{name}.temperature must be > 0 (rollouts sample), got {self.temperature}")
 
 
-# --------------------------------------------------------------------------- rollout
+# --------------------------------------------------------------------------- rollouts
+
+
+STOP_TAIL_TOKENS = 16
+"""Tokens decoded at the end of a row to look for a stop string (longer than any stop string)."""
 
 
 def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -113,46 +128,149 @@ def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def sample_completion(
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-turn ids: the model's generation config and the tokenizer's eos."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = ([ids] if isinstance(ids, int) else list(ids or [])) + [tokenizer.eos_token_id]
+    return {int(i) for i in ids if i is not None}
+
+
+def sample_batch(
     model: Any,
     tokenizer: Any,
-    prompt_ids: Sequence[int],
+    prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     temperature: float,
+    generator: Any,
     stop_strings: Sequence[str] = STOP_STRINGS,
-) -> list[int]:
-    """Sample one completion from the plain softmax at ``temperature`` and return its token ids.
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Sample a completion for every prompt together; per row its token ids and their log-probs.
 
-    top-k, top-p and repetition penalty are switched off so the behaviour policy is exactly the one
-    the loss scores. Generation stops at the end-of-turn token (kept) or after a stop string.
-    Uses the global torch RNG: seed it (``rollout_group`` does) for reproducible samples.
+    A row ends after an end-of-turn token (kept) or the token that completes a stop string, or at
+    ``max_new_tokens``. Log-probs are those of the distribution sampled from:
+    ``log_softmax(logits / temperature)``. Only the last position's logits are computed
+    (``logits_to_keep=1``), so no [batch, length, vocabulary] tensor is ever built.
     """
+    if temperature <= 0 or max_new_tokens < 1:
+        raise ConfigError(
+            f"sampling needs temperature > 0 and max_new_tokens >= 1, got {temperature}, {max_new_tokens}"
+        )
+    import torch
+
+    with torch.no_grad():
+        return _sample(model, tokenizer, prompts, max_new_tokens, temperature, generator, stop_strings)
+
+
+def _sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float,
+    generator: Any,
+    stop_strings: Sequence[str],
+) -> tuple[list[list[int]], list[list[float]]]:
     import torch
 
     device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids)], device=device)
-    eos = tokenizer.eos_token_id
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_k=0,
-        top_p=1.0,
-        repetition_penalty=1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-        stop_strings=list(stop_strings) or None,
-        tokenizer=tokenizer,
-    )
-    generated = out[0, ids.shape[1] :].tolist()
-    return generated[: generated.index(eos) + 1] if eos in generated else generated
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stops, width, n = eos_ids(model, tokenizer), max(len(p) for p in prompts), len(prompts)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for b, p in enumerate(prompts):  # left padding: every row's next token goes in the same column
+        ids[b, width - len(p) :], mask[b, width - len(p) :] = torch.tensor(list(p)), 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    completions: list[list[int]] = [[] for _ in prompts]
+    logprobs: list[list[float]] = [[] for _ in prompts]
+    done = [False] * n
+    next_pos = positions[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)
+        token = torch.multinomial(logp.exp(), 1, generator=generator)  # [n, 1]
+        chosen = logp.gather(-1, token).squeeze(-1).tolist()
+        for b, (t, lp) in enumerate(zip(token.squeeze(-1).tolist(), chosen)):
+            if done[b]:
+                continue
+            completions[b].append(t)
+            logprobs[b].append(lp)
+            done[b] = t in stops or _ends_with_stop(tokenizer, completions[b], stop_strings)
+        if all(done):
+            break
+        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)  # finished rows run on; their tokens are dropped
+        out = model(
+            input_ids=token,
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        next_pos = next_pos + 1
+    return completions, logprobs
 
 
-def rollout_group(
-    task: Any,
+def _ends_with_stop(tokenizer: Any, ids: list[int], stop_strings: Sequence[str]) -> bool:
+    tail = tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)
+    return any(s in tail for s in stop_strings)
+
+
+class TokenSampler:
+    """The training ``TurnPolicy``: batched sampling that keeps prompt ids, sampled ids and log-probs.
+
+    Args:
+        model, tokenizer: the policy being trained (switched to eval mode while sampling).
+        max_new_tokens: cap per turn.
+        temperature: sampling temperature (> 0); the loss scores at the same temperature.
+        seed: seeds the sampler's own ``torch.Generator``: the same seed and batch give the same
+            samples, and the global RNG is left alone.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, max_new_tokens: int, temperature: float, seed: int, name: str = ""
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        import torch
+
+        self.name = name or getattr(getattr(model, "config", None), "name_or_path", "") or "policy"
+        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+    def step(self, contexts: Sequence[Sequence[dict[str, str]]]) -> list[StepOutput]:
+        start = time.perf_counter()
+        prompts = [encode_messages(self.tokenizer, m) for m in contexts]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            comps, lps = sample_batch(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                generator=self.generator,
+            )
+        finally:
+            self.model.train(was_training)
+        each = (time.perf_counter() - start) / max(1, len(prompts))
+        stops = eos_ids(self.model, self.tokenizer)
+        return [
+            StepOutput(
+                self.tokenizer.decode(c, skip_special_tokens=True),
+                each,
+                "stop" if c[-1] in stops or _ends_with_stop(self.tokenizer, c, STOP_STRINGS) else "length",
+                tuple(p),
+                tuple(c),
+                tuple(lp),
+            )
+            for p, c, lp in zip(prompts, comps, lps)
+        ]
+
+
+def rollout_groups(
+    tasks: Sequence[Any],
     policy: Any,
     tokenizer: Any,
     retriever: Any = None,
@@ -163,57 +281,36 @@ def rollout_group(
     seed: int,
     max_new_tokens: int = 128,
     k: int = 3,
-) -> list[Trajectory]:
-    """Run ``group_size`` MEM1 episodes of one task and keep every turn as token ids.
+) -> list[list[Trajectory]]:
+    """``group_size`` MEM1 episodes of every task, all advancing together; one group per task.
 
-    The loop mirrors ``memr1.agents.mem1.run_episode`` in "mem1" mode: each turn ``build_context``
-    gives the pruned context (task prompt, last state and query, last info), which is tokenised with
-    the chat template; a completion is sampled, decoded and parsed. A query goes to
-    ``retriever.search(query, k)`` (None: BM25 over the task corpus); an answer ends the episode
-    and is scored; invalid output ends it with reward 0. Samples are reproducible from ``seed`` and
-    leave the caller's RNG alone.
+    The episodes are ``memr1.agents.mem1.run_batch`` in "mem1" mode with a ``TokenSampler``
+    (seeded with ``seed``); a query goes to ``retriever.search(query, k)`` (None: BM25 over each
+    task's corpus). ``max_turns`` -1 follows MEM1's turn budget for the task's N.
     """
-    import torch
-
-    from memr1.agents.mem1 import build_context, format_docs, parse_action
-    from memr1.memory.passages import retriever_for
+    from memr1.agents.mem1 import run_batch
+    from memr1.eval.mem1_metrics import score_answer
     from memr1.rl.packing import Trajectory, TrajectoryTurn
 
-    retriever = retriever or retriever_for(task.corpus)
-    trajectories = []
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(seed)
-        for member in range(group_size):
-            turns, answers, stop = [], None, "max_turns"
-            last: tuple[str, str | None, str] = ("", None, "")
-            for turn in range(max_turns):
-                messages = build_context(task, turn, *last, max_turns - turn, "mem1")
-                prompt = encode_messages(tokenizer, messages)
-                completion = sample_completion(
-                    policy, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature
-                )
-                turns.append(TrajectoryTurn(tuple(prompt), tuple(completion)))
-                action = parse_action(tokenizer.decode(completion, skip_special_tokens=True), task.n_objectives)
-                if action.kind != "query":
-                    answers, stop = action.answers, action.kind
-                    break
-                last = (action.state, action.query, format_docs(retriever.search(action.query, k)))
-            reward = score_answers(answers or (), [o.answers for o in task.objectives])
-            trajectories.append(Trajectory(turns, reward, {"member": member, "answers": answers, "stop": stop}))
-    return trajectories
-
-
-def score_answers(answers: Sequence[str], gold: Sequence[Sequence[str]]) -> float:
-    """Objectives answered correctly: answer k exact-matches an alias of objective k (by position).
-
-    >>> score_answers(("Paris", "1969"), [("Paris",), ("1968", "1969")])
-    2.0
-    """
-    from memr1.eval.metrics import exact_match
-
-    return float(
-        sum(k < len(answers) and any(exact_match(answers[k], a) for a in aliases) for k, aliases in enumerate(gold))
-    )
+    if group_size < 1 or not tasks:
+        raise ConfigError(f"rollout_groups needs tasks and group_size >= 1, got {len(tasks)} tasks, {group_size}")
+    sampler = TokenSampler(policy, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    members = [t for t in tasks for _ in range(group_size)]
+    episodes = run_batch(members, sampler, [retriever] * len(members), "mem1", max_turns, score=score_answer, k=k)
+    groups: list[list[Trajectory]] = []
+    for g in range(len(tasks)):
+        group = []
+        for member, ep in enumerate(episodes[g * group_size : (g + 1) * group_size]):
+            turns = [TrajectoryTurn(t.prompt_ids, t.completion_ids) for t in ep.turns]
+            info = {
+                "member": member,
+                "answers": ep.answers,
+                "stop": ep.stop,
+                "logprobs": [t.logprobs for t in ep.turns],
+            }
+            group.append(Trajectory(turns, float(sum(ep.em)), info))
+        groups.append(group)
+    return groups
 
 
 # --------------------------------------------------------------------------- the run
@@ -245,23 +342,24 @@ def train_mem1(
     tasks: Sequence[Any] | None = None,
     data_dir: str | None = None,
     retriever: Any = None,
-    rollout: Callable[..., list[Trajectory]] = rollout_group,
+    rollout: Callable[..., list[list[Trajectory]]] | None = None,
 ) -> TrainedMem1:
     """Train the MEM1 policy for ``settings.steps`` steps, resuming from ``run_dir/checkpoint`` if present.
 
     Step s takes ``settings.tasks_per_step`` tasks (cycling through ``tasks``), rolls out a group per
-    task with seed derived from (seed, s, task slot), takes one optimiser step, appends a line
-    to ``train_log.jsonl`` and checkpoints every ``settings.save_every`` steps and at the end.
+    task, all groups together, with a seed derived from (seed, s), takes one optimiser step, appends
+    a line to ``train_log.jsonl`` and checkpoints every ``settings.save_every`` steps and at the end.
 
     Args:
         settings: the hyperparameters; ``settings.model`` must be set (a stage config resolves "").
         run_dir: folder for the log and the checkpoint a rerun resumes from.
         seed: seeds random, numpy, torch and every step's rollouts.
-        tasks: task objects for ``rollout``; default ``make_tasks(settings.environment, ...)``, one per
-            step and slot.
+        tasks: task objects for ``rollout``; default ``make_tasks(settings.environment, ...,
+            split="train")``, one per step and slot: training never sees a test question.
         data_dir: where ``make_tasks`` reads its data (None searches the usual places).
         retriever: object with ``search(query, k)``; None: BM25 over each task's own corpus.
-        rollout: a function with ``rollout_group``'s signature (tests pass a synthetic one).
+        rollout: a function with ``rollout_groups``'s signature, returning one
+            group per task (None: that function; tests pass a synthetic one).
     """
     import torch
 
@@ -279,7 +377,9 @@ def train_mem1(
     if tasks is None:  # make_tasks keeps the first tasks when more are asked for: runs can be extended
         from memr1.data.tasks import make_tasks
 
-        tasks = make_tasks(s.environment, s.n_objectives, s.steps * s.tasks_per_step, seed, data_dir=data_dir)
+        n = s.steps * s.tasks_per_step
+        tasks = make_tasks(s.environment, s.n_objectives, n, seed, data_dir=data_dir, split="train")
+    rollout = rollout or rollout_groups
     model, tokenizer = _load_model(s.model, s.lora_r)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=s.learning_rate, weight_decay=0.0
@@ -293,22 +393,18 @@ def train_mem1(
     history = []
     for step in range(start, s.steps):
         model.eval()  # no dropout anywhere: rollout and loss see the same function
-        groups = []
-        for slot in range(s.tasks_per_step):
-            task = tasks[(step * s.tasks_per_step + slot) % len(tasks)]
-            groups.append(
-                rollout(
-                    task,
-                    model,
-                    tokenizer,
-                    retriever,
-                    group_size=s.group_size,
-                    max_turns=s.max_turns,
-                    temperature=s.temperature,
-                    max_new_tokens=s.max_new_tokens,
-                    seed=(seed * 100_003 + step) * 1_009 + slot,
-                )
-            )
+        step_tasks = [tasks[(step * s.tasks_per_step + slot) % len(tasks)] for slot in range(s.tasks_per_step)]
+        groups = rollout(
+            step_tasks,
+            model,
+            tokenizer,
+            retriever,
+            group_size=s.group_size,
+            max_turns=s.max_turns,
+            temperature=s.temperature,
+            max_new_tokens=s.max_new_tokens,
+            seed=seed * 100_003 + step,
+        )
         stats = train_step(
             model,
             optimizer,
@@ -322,7 +418,7 @@ def train_mem1(
             micro_batch=s.micro_batch,
             pad_id=tokenizer.pad_token_id or 0,
         )
-        entry = {"step": step, **stats}
+        entry = {"step": step, **stats, "tasks": [getattr(t, "id", str(t)) for t in step_tasks]}
         history.append(entry)
         with open(run_dir / LOG_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from memr1.errors import ConfigError
 
@@ -219,13 +220,30 @@ def attention_bias(allowed: torch.Tensor, dtype: torch.dtype, style: MaskStyle =
     raise ConfigError(f"mask style must be additive or bool_as_float, got {style!r}")
 
 
-def token_logprobs(
-    model: Any, batch: Batch, *, mask_style: MaskStyle = "additive", temperature: float = 1.0
-) -> torch.Tensor:
-    """Log-probability of every token given what precedes it in its row, as [rows, S] fp32.
+LOGPROB_CHUNK = 1024
+"""Scored tokens per chunk of the output layer: a [chunk, vocabulary] logits tensor at a time."""
 
-    Entry p holds log p(input_ids[p] | context) read from the logits at p - 1 (column 0 is 0);
-    only entries under ``batch.loss_mask`` are meaningful. Gradients flow when enabled.
+
+def token_logprobs(
+    model: Any,
+    batch: Batch,
+    *,
+    mask_style: MaskStyle = "additive",
+    temperature: float = 1.0,
+    chunk_tokens: int = LOGPROB_CHUNK,
+) -> torch.Tensor:
+    """Log-probability of every generated token given what precedes it in its row, as [rows, S] fp32.
+
+    Entry p holds log p(input_ids[p] | context) read at position p - 1 (column 0 is 0). Only
+    entries under ``batch.loss_mask`` are computed (the rest are 0). Gradients flow when enabled.
+
+    Memory: the decoder runs once over the rows; the output layer then runs only on the hidden
+    states that predict a generated token, ``chunk_tokens`` at a time, each chunk under activation
+    checkpointing, so at most one [chunk, vocabulary] logits tensor lives at once, in the forward
+    and in the backward pass (at Qwen's 151,936-id vocabulary a whole batch's logits take
+    gigabytes: ``bench/bench_mem1_logprob_memory.py``). ``chunk_tokens`` 0, or a model whose
+    logits are not the plain output layer of the last hidden state (soft-capped or scaled logits),
+    takes the full-logits path: every position's logits at once.
     """
     device = next(model.parameters()).device
     if batch.allowed is not None:  # packed rows
@@ -233,17 +251,56 @@ def token_logprobs(
     else:
         assert batch.padding_mask is not None, "per-turn rows always carry a padding mask"
         mask = batch.padding_mask.to(device)
-    out = model(
-        input_ids=batch.input_ids.to(device),
-        attention_mask=mask,
-        position_ids=batch.position_ids.to(device),
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1].float() / temperature
+    inputs = {
+        "input_ids": batch.input_ids.to(device),
+        "attention_mask": mask,
+        "position_ids": batch.position_ids.to(device),
+        "use_cache": False,
+    }
+    scored = batch.loss_mask[:, 1:].to(device)  # position p - 1 predicts a generated token at p
     targets = batch.input_ids[:, 1:].to(device)
-    # log_softmax gathered at the target, without materialising a second [rows, S, V] tensor.
-    picked = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
-    return torch.nn.functional.pad(picked, (1, 0))
+    parts = _decoder_and_head(model) if chunk_tokens > 0 else None
+    if parts is None:
+        logits = model(**inputs).logits[:, :-1].float() / temperature
+        # log_softmax gathered at the target, without materialising a second [rows, S, V] tensor.
+        picked = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        return torch.nn.functional.pad(picked * scored, (1, 0))
+    decoder, head = parts
+    hidden = decoder(**inputs).last_hidden_state[:, :-1][scored]  # [n scored, hidden]
+    wanted = targets[scored]
+    chunks = [
+        _recomputed(_chunk_logprobs, head, hidden[i : i + chunk_tokens], wanted[i : i + chunk_tokens], temperature)
+        for i in range(0, hidden.shape[0], chunk_tokens)
+    ]
+    flat = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
+    values = torch.zeros(scored.shape, dtype=torch.float32, device=device).masked_scatter(scored, flat)
+    return torch.nn.functional.pad(values, (1, 0))
+
+
+def _chunk_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = head(hidden).float() / temperature
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _recomputed(fn: Any, *args: Any) -> torch.Tensor:
+    """``fn(*args)``, its intermediates recomputed in the backward pass instead of kept."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return torch_checkpoint(fn, *args, use_reentrant=False)
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """The decoder and output layer of a causal LM (through a PEFT wrapper), or None when its logits
+    are more than ``head(last hidden state)``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(base, "logit_scale", None) is not None:
+        return None
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    decoder, head = get_decoder(), get_head()
+    return (decoder, head) if decoder is not None and head is not None else None
 
 
 def split_by_trajectory(batch: Batch, values: torch.Tensor, n_trajectories: int) -> list[torch.Tensor]:
@@ -256,7 +313,13 @@ def split_by_trajectory(batch: Batch, values: torch.Tensor, n_trajectories: int)
 
 
 def trajectory_logprobs(
-    model: Any, trajectories: Sequence[Trajectory], *, packed: bool, temperature: float = 1.0, pad_id: int = 0
+    model: Any,
+    trajectories: Sequence[Trajectory],
+    *,
+    packed: bool,
+    temperature: float = 1.0,
+    pad_id: int = 0,
+    chunk_tokens: int = LOGPROB_CHUNK,
 ) -> tuple[list[torch.Tensor], int]:
     """Log-probs of every generated token, one flat tensor per trajectory (turn order).
 
@@ -264,7 +327,7 @@ def trajectory_logprobs(
         The tensors and the number of real (non-pad) tokens the forward pass read.
     """
     batch = packed_rows(trajectories, pad_id) if packed else per_turn_rows(trajectories, pad_id)
-    values = token_logprobs(model, batch, temperature=temperature)
+    values = token_logprobs(model, batch, temperature=temperature, chunk_tokens=chunk_tokens)
     return split_by_trajectory(batch, values, len(trajectories)), batch.real_tokens
 
 

@@ -1,13 +1,18 @@
-"""Stage 06: the MEM1 agent (pruned internal state) against the full context, and beside Memory-R1.
+"""Stage 06: horizon generalisation of the MEM1 agent (pruned internal state) against the full context.
 
-MEM1 (Zhou, Qu et al., arXiv 2506.15841; docs/design.md §mem1 agent): N-question tasks (HotpotQA or
-LoCoMo) run by the model under MEM1 pruning and with the full context, and by a scripted policy that
-reads the gold passages (the ceiling, and the context sizes a working agent would have). The same
-model then answers LoCoMo questions as a MEM1 agent and inside the Memory-R1 pipeline (stage 05).
-Optional MEM1 training (``steps > 0``) runs first; ``memr1 train mem1`` runs it alone (``train``).
+MEM1 (Zhou, Qu et al., arXiv 2506.15841; docs/design.md §MEM1 agent) trains on 2-objective tasks
+and is scored on 1- to 16-objective tasks it never saw. Here: optional training (``steps > 0``) on
+tasks of ``n_objectives`` questions drawn from the *train* pool only; evaluation on tasks of every N
+in ``eval_objectives`` drawn from the *test* pool only (``memr1.data.tasks``, ``split``), under MEM1
+pruning and with the full context, for the untrained model, the trained one, and a scripted policy
+that reads the gold passages (the ceiling, and the context sizes a working agent would have). The
+model then answers LoCoMo test questions as a MEM1 agent and inside the Memory-R1 pipeline
+(stage 05). ``memr1 train mem1`` runs the training alone (``train``).
 
 >>> Mem1Config.from_params({"n_objectives": "4"}).resolved().model
 'tiny'
+>>> Mem1Config().objectives()
+[1, 2, 4, 8, 16]
 >>> Mem1TrainConfig.from_params({"learning_rate": "2e-5", "lora_r": "8"}).learning_rate
 2e-05
 """
@@ -26,28 +31,46 @@ from memr1.runs import StageResult, save_result, transient
 ENVIRONMENTS = ("hotpotqa", "locomo")
 MAX_NEW_TOKENS = {"smoke": 48, "cpu": 256, "paper": 1024}
 """Tokens per generated turn, by profile (MEM1 allows 1024; the tiny model only needs a few)."""
+MODES = ("mem1", "full")
+
+
+def parse_objectives(text: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4]: distinct N from 1 to 16, in the order given."""
+    try:
+        values = [int(x) for x in str(text).replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ConfigError(f"eval_objectives must be comma-separated integers like 1,2,4,8,16, got {text!r}") from None
+    if not values or any(not 1 <= v <= 16 for v in values) or len(set(values)) != len(values):
+        raise ConfigError(f"eval_objectives must list distinct N from 1 to 16, got {text!r}")
+    return values
 
 
 @dataclass
 class Mem1Config(RunConfig):
-    """Stage 06: the MEM1 agent (pruned internal state) against full context, and beside Memory-R1."""
+    """Stage 06: MEM1 trained on short tasks, scored on held-out tasks of 1 to 16 objectives."""
 
     STAGE: ClassVar[str] = "06_mem1"
 
     environment: str = "hotpotqa"
     """Task source: hotpotqa (sample paragraphs as corpus) or locomo (one conversation, turns as corpus)."""
     n_objectives: int = 2
-    """Questions per task, 1 to 16 (MEM1 trains on 2 and tests up to 16)."""
+    """Questions per training task, 1 to 16 (MEM1 trains on 2); also N of the Memory-R1 comparison."""
+    eval_objectives: str = "1,2,4,8,16"
+    """N of the held-out evaluation tasks, comma-separated (MEM1 tests 1 to 16 objectives)."""
     n_tasks: int = 4
-    """Tasks built and run in every mode."""
+    """Held-out tasks per N, each run in every mode."""
     model: str = ""
     """Policy model: tiny, a hub id or a local folder; "" uses the model of the profile."""
     backend: str = ""
     """auto, transformers or unsloth; "" uses the backend of the profile."""
     steps: int = 0
-    """MEM1 training steps (memr1.rl.mem1_trainer, in run_dir/train) before evaluation (0 for no training)."""
-    max_turns: int = 6
-    """Turn cap per episode (MEM1: 6 for up to 4 objectives, 20 for harder tasks)."""
+    """MEM1 training steps on train-pool tasks (memr1.rl.mem1_trainer, in run_dir/train) before evaluation; 0: none."""
+    max_turns: int = -1
+    """Turn cap per episode; -1 follows the rule of MEM1 (memr1.agents.mem1.turn_budget: 6 up to 4 objectives,
+    20 beyond)."""
+    max_new_tokens: int = -1
+    """Tokens per generated turn, training and evaluation; -1: the cap of the profile (smoke 48, cpu 256,
+    paper 1024)."""
     memory_r1_k: int = 30
     """Memories per speaker the Memory-R1 side of the comparison retrieves (Memory-R1: 30)."""
 
@@ -61,42 +84,57 @@ class Mem1Config(RunConfig):
             )
         if not 1 <= self.n_objectives <= 16:
             raise ConfigError(f"{name}.n_objectives must be from 1 to 16, got {self.n_objectives}")
+        self.objectives()
         check_min(self, 1, "memory_r1_k")
-        if self.n_tasks < 1 or self.max_turns < 1 or self.steps < 0:
-            raise ConfigError(
-                f"{name}: n_tasks and max_turns must be >= 1 and steps >= 0, got "
-                f"{self.n_tasks}, {self.max_turns}, {self.steps}"
-            )
+        if self.n_tasks < 1 or self.steps < 0:
+            raise ConfigError(f"{name}: n_tasks must be >= 1 and steps >= 0, got {self.n_tasks}, {self.steps}")
+        for key in ("max_turns", "max_new_tokens"):
+            if getattr(self, key) < 1 and getattr(self, key) != -1:
+                raise ConfigError(f"{name}.{key} must be >= 1, or -1 for the default, got {getattr(self, key)}")
+
+    def objectives(self) -> list[int]:
+        """``eval_objectives`` as a list of N."""
+        return parse_objectives(self.eval_objectives)
 
     def resolved(self) -> Mem1Config:
-        """A validated copy with the profile's model and backend filled in."""
+        """A validated copy with the profile's model, backend and token cap filled in."""
         p = get_profile(self.profile)
         return self.replace(
             model=profile_value(self.model, p.policy_model, unset=""),
             backend=profile_value(self.backend, p.backend, unset=""),
+            max_new_tokens=profile_value(self.max_new_tokens, MAX_NEW_TOKENS.get(self.profile, 256), unset=-1),
         )
 
 
 @dataclass
 class Mem1Result(StageResult):
-    """Context sizes and scores of the MEM1 agent and the gold policy, and the Memory-R1 comparison."""
+    """Held-out scores and context sizes per N: untrained and trained model, gold policy; Memory-R1 beside."""
+
+    SCHEMA: ClassVar[int] = 2  # 2: held-out evaluation at several N, both countings
 
     environment: str
     n_objectives: int
+    """N of the training tasks (and of the Memory-R1 comparison)."""
+    eval_objectives: list[int]
+    """N of the held-out evaluation tasks."""
     tasks: int
-    """Tasks run in every mode."""
+    """Held-out tasks per N, run in every mode."""
     model: str
     """The resolved policy model."""
+    trained_steps: int
+    """MEM1 training steps before evaluation (0: only the untrained model is evaluated)."""
     tokenizer: str
     """What every token count counts with (the model's tokenizer; whitespace words for remote models)."""
+    turn_budgets: dict[str, int]
+    """Turns each N got (N as text)."""
     table: list[dict[str, Any]]
-    """``memr1.eval.mem1_metrics.aggregate`` rows: means per (policy, mode, N) over tasks."""
+    """``memr1.eval.mem1_metrics.aggregate`` rows: means per (policy, mode, N) over held-out tasks."""
     memory_r1_comparison: list[dict[str, Any]] | None
-    """MEM1 agent, gold policy and Memory-R1 on the same LoCoMo questions (None when not run)."""
+    """MEM1 agent, gold policy and Memory-R1 on the same LoCoMo test questions (None when not run)."""
     task_list: Any = transient()
-    """The ``Task`` objects that were run."""
+    """The held-out ``Task`` objects that were run, every N."""
     model_episodes: Any = transient()
-    """The model's ``Episode`` objects, every task under both context modes."""
+    """The model's ``Episode`` objects (untrained, then trained), every task under both context modes."""
     gold_episodes: Any = transient()
     """The gold policy's ``Episode`` objects."""
     table_frame: Any = transient()
@@ -106,39 +144,51 @@ class Mem1Result(StageResult):
 
 
 def run(cfg: Mem1Config, *, generator: Any = None) -> Mem1Result:
-    """Build tasks, optionally train, run both context modes and the comparison; write metrics.json.
+    """Optionally train on train-pool tasks, score every N of held-out tasks in both context modes,
+    run the Memory-R1 comparison; write metrics.json.
 
     ``generator``: evaluate this instead of the configured model (tests, scripted policies); training,
     when ``steps > 0``, still starts from ``cfg.model``.
     """
+    from memr1.agents.mem1 import resolve_turns
     from memr1.data.tasks import make_tasks
     from memr1.eval.mem1_metrics import GOLD, aggregate, gold_max_turns, run_episodes, token_counter_for
     from memr1.seeding import seed_everything
 
     cfg = cfg.resolved()
     seed_everything(cfg.seed)
-    tasks = make_tasks(cfg.environment, cfg.n_objectives, cfg.n_tasks, cfg.seed, data_dir=cfg.data_dir or None)
-    generator = generator or stage_generator(cfg)
-    counter = token_counter_for(generator)
+    ns = cfg.objectives()
+    data_dir = cfg.data_dir or None
+    by_n = {n: make_tasks(cfg.environment, n, cfg.n_tasks, cfg.seed, data_dir=data_dir, split="test") for n in ns}
+    tasks = [t for n in ns for t in by_n[n]]
+    base = generator or stage_generator(cfg)
+    counter = token_counter_for(base)
+    policies = [base]
     if cfg.steps > 0:
-        policy = trained_generator(cfg, tasks)
+        policies.append(trained_generator(cfg))
     else:
         print("Training is not run (steps = 0): the untrained model is evaluated.")
-        policy = generator
-    model_eps = run_episodes(
-        tasks, policy, ("mem1", "full"), max_turns=cfg.max_turns, count_tokens=counter, sampling=stage_sampling(cfg)
-    )
-    gold_eps = run_episodes(
-        tasks, GOLD, ("mem1", "full"), max_turns=gold_max_turns(cfg.n_objectives, cfg.max_turns), count_tokens=counter
-    )
+    model_eps = []
+    for policy in policies:  # every N together: one batched call per turn
+        model_eps += run_episodes(
+            tasks, policy, MODES, max_turns=cfg.max_turns, count_tokens=counter, sampling=stage_sampling(cfg)
+        )
+    gold_eps = [
+        e
+        for n in ns
+        for e in run_episodes(by_n[n], GOLD, MODES, max_turns=gold_max_turns(n, cfg.max_turns), count_tokens=counter)
+    ]
     table = aggregate(model_eps + gold_eps)
-    comparison = compare_with_memory_r1(cfg, policy, counter, system="replay")
+    comparison = compare_with_memory_r1(cfg, policies[-1], counter, system="replay")
     result = Mem1Result(
         cfg.environment,
         cfg.n_objectives,
+        ns,
         cfg.n_tasks,
         cfg.model,
+        cfg.steps,
         table["tokenizer"].iloc[0],
+        {str(n): resolve_turns(cfg.max_turns, n) for n in ns},
         table.to_dict("records"),
         comparison.to_dict("records"),
         task_list=tasks,
@@ -152,10 +202,12 @@ def run(cfg: Mem1Config, *, generator: Any = None) -> Mem1Result:
 
 
 def stage_sampling(cfg: Mem1Config) -> Any:
-    """Greedy decoding with the profile's cap on tokens per turn."""
+    """Greedy decoding, ``max_new_tokens`` per turn (of a resolved config), MEM1's stop strings."""
+    from memr1.agents.mem1 import STOP_STRINGS
     from memr1.llm.generate import Sampling
 
-    return Sampling(max_new_tokens=MAX_NEW_TOKENS.get(cfg.profile, 256))
+    cap = cfg.max_new_tokens if cfg.max_new_tokens > 0 else MAX_NEW_TOKENS.get(cfg.profile, 256)
+    return Sampling(max_new_tokens=cap, stop=STOP_STRINGS)
 
 
 def stage_generator(cfg: Mem1Config) -> Any:
@@ -165,16 +217,16 @@ def stage_generator(cfg: Mem1Config) -> Any:
     return make_generator(cfg.model, cfg.backend, fallback=get_profile(cfg.profile).fallback_model)
 
 
-def trained_generator(cfg: Mem1Config, tasks: Any) -> Any:
-    """Train on ``tasks`` with the ``Mem1TrainConfig`` of the fields both configs share, in
-    ``run_dir/train``; a generator over the trained model."""
+def trained_generator(cfg: Mem1Config) -> Any:
+    """Train with the ``Mem1TrainConfig`` of the fields both configs share, in ``run_dir/train``, on
+    tasks of the train pool only (``memr1.rl.mem1_trainer.train_mem1``); a generator over the trained model."""
     from pathlib import Path
 
     from memr1.llm.backends import TransformersGenerator
 
     names = {f.name for f in dataclasses.fields(Mem1TrainConfig)}
     params = {k: v for k, v in cfg.to_dict().items() if k in names and k != "run_dir"}
-    trained = train(Mem1TrainConfig.from_params({**params, "run_dir": str(Path(cfg.run_dir) / "train")}), tasks=tasks)
+    trained = train(Mem1TrainConfig.from_params({**params, "run_dir": str(Path(cfg.run_dir) / "train")}))
     trained.tokenizer.padding_side = "left"  # batched generation pads on the left
     return TransformersGenerator.from_model(trained.model, trained.tokenizer, name=f"{cfg.model}+mem1-rl")
 
@@ -185,13 +237,14 @@ def compare_with_memory_r1(
     count_tokens: Any = None,
     *,
     system: str = "replay",
-    conversation: str = "conv-26",
+    conversation: str = "",
     progress: bool = False,
 ) -> Any:
     """MEM1 and Memory-R1 on the same LoCoMo questions: EM, F1 (per question, 0 to 1) and peak tokens.
 
-    Tasks: ``cfg.n_tasks`` tasks of ``cfg.n_objectives`` questions of ``conversation`` (default
-    conv-26, the train split, which ``evaluate`` reaches with a small ``limit``), drawn from its
+    Tasks: ``cfg.n_tasks`` tasks of ``cfg.n_objectives`` questions of ``conversation`` (default ""
+    : the first conversation of the test split, which MEM1 training (conv-26 at most) never saw and
+    ``evaluate`` reaches with a small ``limit``), drawn from its
     first ``max_questions`` eligible questions of the profile (all when 0; on smoke only the first
     ``n_tasks * N``, so that few questions need a Memory-R1 answer). Rows: the MEM1 agent
     with ``generator`` (pruned context), the scripted gold policy (ceiling), and Memory-R1's
@@ -207,7 +260,7 @@ def compare_with_memory_r1(
 
     from memr1.agents.mem1 import WHITESPACE
     from memr1.data.locomo import load_locomo
-    from memr1.data.splits import PAPER_SPLIT, split_questions
+    from memr1.data.splits import PAPER_SPLIT, split_conversations, split_questions
     from memr1.eval.mem1_metrics import GOLD, gold_max_turns, peak_tokens, run_episodes
     from memr1.stages.evaluate import EvalConfig
     from memr1.stages.evaluate import run as evaluate
@@ -217,6 +270,7 @@ def compare_with_memory_r1(
     count_tokens = count_tokens or WHITESPACE
     n, prof = cfg.n_objectives, get_profile(cfg.profile)
     data = load_locomo(cfg.data_dir or None)
+    conversation = conversation or split_conversations(data, "test")[0].sample_id
     pool = max(2 * n, cfg.n_tasks * n) if cfg.profile == "smoke" else prof.max_questions  # smoke: few to evaluate
     tasks = make_tasks_for_comparison(data, cfg, conversation, pool)
     split = next((s for s, ids in PAPER_SPLIT.items() if conversation in ids), "test")

@@ -1,0 +1,244 @@
+"""MEM1 horizon generalisation on SmolLM2-135M (CPU): trained at N = 2, scored on held-out N = 1…16.
+
+MEM1 (arXiv 2506.15841) trains on 2-objective tasks and reports EM, F1, peak tokens, dependency and
+time per task on 1- to 16-objective tasks it never saw. For each seed this script scores the
+untrained model, trains it with MEM1 RL on tasks of the *train* pool at N = 2
+(``memr1.rl.mem1_trainer.train_mem1``; checkpoint per seed, resumed on rerun), and scores the trained
+model, each at every N on tasks of the *test* pool (``memr1.data.tasks``, ``split``), under MEM1
+pruning (``mem1``) and with the full context (``full``). Every turn is greedy, stopped at
+``</query>`` / ``</answer>``, with MEM1's turn budget (6 turns up to 4 objectives, 20 beyond).
+Measures in both countings (``memr1.eval.mem1_metrics``): this project's (prompt included) and
+MEM1's (prompt excluded, each internal state twice, peak over tasks with EM > 0), same tokenizer.
+
+Resumable: each finished cell (mode, N, seed, trained?) is written to ``<out>.json`` as soon as it
+ends and skipped on rerun; ``--table-only`` re-renders ``<out>.md`` from the JSON. Budgets are
+options with small defaults sized for a 2-core CPU (SmolLM2-135M fp32: ~1.5 s per short answer, a
+MEM1 turn of up to 256 tokens several seconds).
+
+    .venv/bin/python experiments/mem1_horizon.py --seeds 0 1 2 --tasks 4 --steps 8 --max-new-tokens 128
+    .venv/bin/python experiments/mem1_horizon.py --model tiny --profile smoke --seeds 0 --ns 1 2 --tasks 1 \\
+        --steps 1 --max-new-tokens 8 --group-size 2 --tasks-per-step 1 --out /tmp/h/mem1_horizon --runs /tmp/h/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stats import mean_std
+
+MODES = ("mem1", "full")
+MEASURES = (
+    ("em", "EM"),
+    ("em_strict", "EM strict"),
+    ("f1", "F1"),
+    ("peak_tokens", "peak (ours)"),
+    ("peak_mem1", "peak (MEM1, EM>0)"),
+    ("peak_mem1_all_tasks", "peak (MEM1, all)"),
+    ("dependency", "dependency (ours)"),
+    ("dependency_mem1", "dependency (MEM1)"),
+    ("turns", "turns"),
+    ("wall_s", "s / task"),
+)
+
+
+def cell_key(mode: str, n: int, seed: int, trained: bool) -> str:
+    return f"{mode}|N{n}|seed{seed}|{'trained' if trained else 'untrained'}"
+
+
+def train_settings(args: argparse.Namespace) -> Any:
+    from memr1.rl.mem1_trainer import Mem1TrainSettings
+
+    return Mem1TrainSettings(
+        model=args.model,
+        environment=args.environment,
+        n_objectives=2,
+        steps=args.steps,
+        tasks_per_step=args.tasks_per_step,
+        group_size=args.group_size,
+        learning_rate=args.lr,
+        max_new_tokens=args.max_new_tokens,
+        lora_r=args.lora_r,
+    )
+
+
+def policies(args: argparse.Namespace, seed: int, need_trained: bool) -> dict[bool, Any]:
+    """The untrained generator and, when needed, the generator over the model trained for ``seed``."""
+    from memr1.llm.backends import TransformersGenerator, make_generator
+    from memr1.rl.mem1_trainer import train_mem1
+
+    out = {False: make_generator(args.model, "transformers")}
+    if need_trained:
+        t0 = time.perf_counter()
+        trained = train_mem1(
+            train_settings(args), run_dir=Path(args.runs) / f"seed{seed}", seed=seed, data_dir=args.data_dir or None
+        )
+        rewards = [round(e["reward_mean"], 3) for e in trained.history]
+        print(f"seed {seed}: trained {trained.steps_done} steps in {time.perf_counter() - t0:.0f} s; rewards {rewards}")
+        trained.tokenizer.padding_side = "left"  # batched generation pads on the left
+        out[True] = TransformersGenerator.from_model(trained.model, trained.tokenizer, name=f"{args.model}+mem1-rl")
+    return out
+
+
+def run_cell(args: argparse.Namespace, policy: Any, mode: str, n: int, seed: int) -> dict[str, Any]:
+    """One (mode, N, seed, policy) cell: ``args.tasks`` held-out tasks, the aggregate row as a dict."""
+    from memr1.agents.mem1 import STOP_STRINGS
+    from memr1.data.tasks import make_tasks
+    from memr1.eval.mem1_metrics import aggregate, run_episodes, token_counter_for
+    from memr1.llm.generate import Sampling
+
+    tasks = make_tasks(args.environment, n, args.tasks, seed, data_dir=args.data_dir or None, split="test")
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, stop=STOP_STRINGS)
+    start = time.perf_counter()
+    eps = run_episodes(tasks, policy, (mode,), max_turns=-1, count_tokens=token_counter_for(policy), sampling=sampling)
+    row = aggregate(eps).iloc[0].to_dict()
+    row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    row["cell_s"] = time.perf_counter() - start
+    row["stops"] = {s: sum(e.stop == s for e in eps) for s in ("answer", "invalid", "max_turns")}
+    row["task_ids"] = [t.id for t in tasks]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--environment", default="hotpotqa", choices=["hotpotqa", "locomo"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="objectives of the held-out tasks")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--tasks", type=int, default=4, help="held-out tasks per cell")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="tokens per generated turn (MEM1: 1024)")
+    ap.add_argument("--steps", type=int, default=8, help="RL steps at N = 2 (0: untrained only)")
+    ap.add_argument("--tasks-per-step", type=int, default=2)
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning")
+    ap.add_argument("--data-dir", default="")
+    ap.add_argument("--out", default="docs/results/mem1_horizon")
+    ap.add_argument("--runs", default="runs/experiments/mem1_horizon", help="training checkpoints, one per seed")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json; run nothing")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        help="result files of runs made in parallel (one per seed) to merge into --out",
+    )
+    args = ap.parse_args()
+    results_file = Path(args.out + ".json")
+    if args.merge:
+        from memr1.files import write_json_atomic
+
+        merged: dict = {"cells": {}, "runs": []}
+        for part in args.merge:
+            got = json.loads(Path(part).read_text())
+            merged["cells"].update(got["cells"])
+            merged["runs"] += got["runs"]
+        write_json_atomic(results_file, merged)
+        return write_table(merged, args)
+    if args.table_only:
+        return write_table(json.loads(results_file.read_text()), args)
+    from memr1.files import write_json_atomic
+
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"cells": {}, "runs": []}
+    started = time.perf_counter()
+    trained_options = (False, True) if args.steps > 0 else (False,)
+    for seed in args.seeds:
+        todo = [
+            (trained, mode, n)
+            for trained in trained_options
+            for n in args.ns
+            for mode in args.modes
+            if cell_key(mode, n, seed, trained) not in results["cells"]
+        ]
+        if not todo:
+            continue
+        gens = policies(args, seed, need_trained=any(t for t, _, _ in todo))
+        for i, (trained, mode, n) in enumerate(todo, 1):
+            key = cell_key(mode, n, seed, trained)
+            print(f"[{i}/{len(todo)}] {key} ...", flush=True)
+            row = run_cell(args, gens[trained], mode, n, seed)
+            results["cells"][key] = {"mode": mode, "n": n, "seed": seed, "trained": trained, **row}
+            write_json_atomic(results_file, results)
+            print(
+                f"    EM {row['em']:.2f} (strict {row['em_strict']:.2f}) peak {row['peak_tokens']:.0f} "
+                f"turns {row['turns']:.1f} stops {row['stops']} {row['cell_s']:.0f} s",
+                flush=True,
+            )
+    results["runs"].append(
+        {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "wall_s": time.perf_counter() - started,
+            "command": shlex.join([".venv/bin/python", "experiments/mem1_horizon.py", *sys.argv[1:]]),
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+            "budgets": {
+                k: getattr(args, k)
+                for k in (
+                    "tasks",
+                    "max_new_tokens",
+                    "steps",
+                    "tasks_per_step",
+                    "group_size",
+                    "lr",
+                    "lora_r",
+                    "model",
+                    "environment",
+                )
+            },
+        }
+    )
+    write_json_atomic(results_file, results)
+    write_table(results, args)
+
+
+def write_table(results: dict, args: argparse.Namespace) -> None:
+    cells = list(results["cells"].values())
+    groups: dict[tuple[bool, str, int], list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["trained"], c["mode"], c["n"]), []).append(c)
+    header = "| model | mode | N | turns allowed | seeds | " + " | ".join(label for _, label in MEASURES) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for (trained, mode, n), rows in sorted(groups.items()):
+        fmt = {"em": ".2f", "em_strict": ".2f", "f1": ".2f", "turns": ".1f", "wall_s": ".1f"}
+        vals = [mean_std([r.get(m) for r in rows], fmt.get(m, ".0f")) for m, _ in MEASURES]
+        lines.append(
+            f"| {'RL at N=2' if trained else 'untrained'} | {mode} | {n} | {rows[0].get('max_turns', '')} | "
+            f"{len(rows)} ({', '.join(str(r['seed']) for r in sorted(rows, key=lambda r: r['seed']))}) | "
+            + " | ".join(vals)
+            + " |"
+        )
+    runs = results.get("runs", [])
+    last = runs[-1] if runs else {}
+    tokenizer = cells[0].get("tokenizer", "?") if cells else "?"
+    commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)) or "?"
+    text = f"""# MEM1 horizon generalisation ({last.get("budgets", {}).get("model", "?")}, CPU)
+
+{last.get("date", "?")}, {last.get("machine", "?")}. Command(s): {commands}.
+Wall time: {sum(r["wall_s"] for r in runs) / 60:.1f} min over {len(runs)} invocation(s).
+Budgets: {json.dumps(last.get("budgets", {}))}.
+
+Training: MEM1 RL (`memr1.rl.mem1_trainer`, GRPO-style groups, EM reward, exact per-turn rows) on
+2-objective tasks of the train pool only; evaluation on held-out tasks of the test pool (HotpotQA:
+the second half of the 100-question sample; LoCoMo: the 8 test conversations), greedy, stopped at
+`</query>` / `</answer>`, turn budget 6 up to 4 objectives and 20 beyond. Mean ± std over seeds
+(each seed draws its own tasks and trains its own model). EM and F1 are summed over a task's
+objectives (0 to N); "EM strict" is 0 when the answer count differs from N. "Peak (ours)": the
+longest context, prompt included; "peak (MEM1, …)": prompt excluded, each internal state counted
+twice, averaged over tasks with EM > 0 (MEM1's rule; "–" when no task scored) or over all tasks.
+Tokens counted with: {tokenizer} (MEM1 used tiktoken o200k).
+
+"""
+    text += "\n".join(lines) + "\n"
+    out = Path(args.out + ".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
