@@ -64,7 +64,8 @@ class Profile:
 
 
 # Sized from measurements on a 2-core CPU (docs/results/answer_format.md): SmolLM2-135M writes the
-# answer line reliably only when asked for it alone, in 32 tokens, from a few memories.
+# answer line reliably only when asked for it alone, in 32 tokens, from a few memories; it writes
+# facts and operations only in the "lines" prompt style (docs/results/demo_cpu.md).
 _CPU_BUDGETS = (
     ("train_answer.steps", 2),
     ("train_answer.train_limit", 8),
@@ -80,16 +81,23 @@ _CPU_BUDGETS = (
     ("train_manager.eval_every", 0),
     ("train_manager.k_per_speaker", 5),
     ("train_manager.answer_style", "direct"),
-    ("train_manager.max_completion_length", 256),
+    ("train_manager.answer_tokens", 32),
+    ("train_manager.reward", "f1"),
+    ("train_manager.memory_style", "lines"),
+    ("train_manager.max_completion_length", 128),
     ("evaluate.system", "base"),
-    ("evaluate.limit", 10),
-    ("evaluate.max_turns", 8),
+    ("evaluate.limit", 6),
+    ("evaluate.max_turns", 16),
+    ("evaluate.answerable", True),
     ("evaluate.k_per_speaker", 5),
     ("evaluate.answer_style", "direct"),
     ("evaluate.answer_tokens", 32),
-    ("evaluate.extract_tokens", 128),
-    ("evaluate.manager_tokens", 384),
+    ("evaluate.memory_style", "lines"),
+    ("evaluate.extract_tokens", 64),
+    ("evaluate.manager_tokens", 160),
     ("mem1.n_tasks", 2),
+    ("mem1.eval_objectives", "1,2,4"),
+    ("mem1.max_new_tokens", 128),
     ("mem1.memory_r1_k", 5),
 )
 

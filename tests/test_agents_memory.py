@@ -113,6 +113,54 @@ def test_parse_facts(raw, facts, ok):
     assert parse_facts(raw) == (facts, ok)
 
 
+@pytest.mark.parametrize(
+    "raw, facts, ok",
+    [
+        ("- Ann likes tea.\n- Ann has a cat.", ["Ann likes tea.", "Ann has a cat."], True),
+        ("Notes:\n* Ann likes tea\nthat is all", ["Ann likes tea"], True),
+        ("- nothing", [], True),
+        ("- Nothing.", [], True),
+        ("Ann likes tea.", [], False),  # no bullet, no JSON: unreadable
+    ],
+)
+def test_parse_facts_reads_bullet_lines(raw, facts, ok):
+    assert parse_facts(raw) == (facts, ok)
+
+
+def test_lines_prompts_show_the_turn_with_its_date_and_worked_examples(conv):
+    d14 = conv.turn("D1:4")
+    msgs = FactExtractor(None, style="lines").messages(conv, [d14])[0]
+    roles = [m["role"] for m in msgs]
+    assert roles[0] == "system" and roles[1:7] == ["user", "assistant"] * 3 and roles[-1] == "user"
+    day = conv.session_time(d14.session).split(" on ")[-1].replace(",", "")
+    assert msgs[-1]["content"] == f"[{day}] {d14.render()}"
+    view = [{"id": "0", "text": "Ann likes tea"}]
+    last = manager_messages(["Ann loves green tea"], view, "Ann", "t", style="lines")[-1]["content"]
+    assert last == "Memories:\n0: Ann likes tea\nNew facts:\n- Ann loves green tea"
+    with pytest.raises(ConfigError, match="unknown extraction prompt style"):
+        FactExtractor(None, style="yaml")
+    with pytest.raises(ConfigError, match="unknown manager prompt style"):
+        MemoryManager(None, style="yaml")
+
+
+def test_lines_manager_adds_changes_and_removes_through_the_arrow_form():
+    def fn(m):  # a model following the lines prompt: NEW on an empty bank, then CHANGE 0 / REMOVE 0
+        text = m[-1]["content"]
+        facts = [line[2:] for line in text.split("New facts:\n")[1].splitlines()]
+        if "(empty)" in text:
+            return "\n".join(f"- {f} => NEW" for f in facts)
+        return f"- {facts[0]} => {'REMOVE' if 'no longer' in facts[0] else 'CHANGE'} 0"
+
+    bank = MemoryBank("Ann", make_embedder("hash"))
+    mgr = MemoryManager(ScriptedGenerator(fn), style="lines")
+    steps = [
+        mgr.step([(bank, [fact], TurnContext(turn, f"D1:{turn}", "t"))])[0]
+        for turn, fact in enumerate(["Ann likes tea", "Ann likes green tea", "Ann no longer likes tea"], 1)
+    ]
+    assert [[op.kind for op in s.applied.ops] for s in steps] == [[OpKind.ADD], [OpKind.UPDATE], [OpKind.DELETE]]
+    assert len(bank) == 0 and steps[1].applied.ops[0].new_text == "Ann likes green tea"
+
+
 def test_parse_facts_caps_at_max_facts():
     raw = json.dumps({"facts": [f"fact {i}" for i in range(12)]})
     assert parse_facts(raw, max_facts=3) == (["fact 0", "fact 1", "fact 2"], True)

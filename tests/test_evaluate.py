@@ -85,7 +85,7 @@ def test_base_pipeline_with_scripted_llm_writes_memories(data_dir, tmp_path):
         return "**Answer:** support group"
 
     res = run(
-        _cfg(tmp_path, data_dir, system="base", limit=3, max_turns=10),
+        _cfg(tmp_path, data_dir, system="base", limit=3, max_turns=10, run_dir=str(tmp_path / "05_evaluate_locomo")),
         generator=ScriptedGenerator(policy),
         progress=False,
     )
@@ -93,6 +93,21 @@ def test_base_pipeline_with_scripted_llm_writes_memories(data_dir, tmp_path):
     assert all(len(r) == 10 for r in res.records.retrieved)  # 5 per speaker after 10 turns
     lat = res.latency_frame().set_index("component")
     assert lat.loc["extract", "calls"] == 10 and lat.loc["manager", "calls"] == 10
+
+    # the report and notebook 05 show the banks the manager built, turn by turn
+    from widgets.bank_timeline import evaluated_banks
+    from widgets.report import report_html
+
+    timeline = evaluated_banks(res, str(data_dir))
+    assert timeline is not None and timeline.conv.sample_id == res.records.sample_id.iloc[0]
+    assert len(timeline.turns) == 10 and "Caroline attended a support group." in timeline.static_html()
+    assert "Memory banks built by the base system" in report_html(str(tmp_path))
+    rag = run(
+        _cfg(tmp_path, data_dir, system="rag", limit=1, run_dir=str(tmp_path / "rag")),
+        generator=ScriptedGenerator(policy),
+        progress=False,
+    )
+    assert rag.store == "" and evaluated_banks(rag) is None
 
 
 def test_rerun_gives_the_same_records_and_counts(data_dir, tmp_path):
@@ -151,6 +166,70 @@ def test_bad_configs():
         EvalConfig.from_params({"backend": "openai"})
     with pytest.raises(ConfigError, match="judge_base_url and judge_model"):
         EvalConfig.from_params({"judge_model": "gpt-4o-mini"})
+
+
+def test_memory_r1_systems_need_their_adapters():
+    with pytest.raises(ConfigError, match="needs answer_adapter and manager_adapter"):
+        EvalConfig.from_params({"system": "memory-r1"})
+    with pytest.raises(ConfigError, match="needs answer_adapter: a training run folder"):
+        EvalConfig.from_params({"system": "memory-r1-answer"})
+    with pytest.raises(ConfigError, match="manager_adapter applies to system memory-r1, not to 'base'"):
+        EvalConfig.from_params({"system": "base", "manager_adapter": "x"})
+    with pytest.raises(ConfigError, match="answer_adapter applies to memory systems, not to 'rag'"):
+        EvalConfig.from_params({"system": "rag", "answer_adapter": "x"})
+    with pytest.raises(ConfigError, match="memory_style must be one of"):
+        EvalConfig.from_params({"memory_style": "yaml"})
+
+
+def test_question_subsets_and_turn_cuts(locomo):
+    from memr1.stages.evaluate import select_questions, system_key
+
+    def pick(**kw):
+        return select_questions(locomo, EvalConfig.from_params({"split": "test", "limit": 0, "max_turns": 16, **kw}))
+
+    every, seen = pick(), pick(answerable=True)
+    by_conv = {c.sample_id: c for c in locomo.conversations}
+    assert 0 < len(seen) < len(every)
+    for q in seen:  # every evidence turn lies in the first 16 turns
+        assert max(by_conv[q.sample_id].turn(e).position for e in q.evidence) < 16
+    balanced = pick(per_category=1)
+    keys = [(q.sample_id, q.category) for q in balanced]
+    assert len(keys) == len(set(keys)) == len({(q.sample_id, q.category) for q in every})
+    assert len(pick(per_category=1, limit=3)) == 3
+    conv = by_conv["conv-26"]
+    cut = conv.first_turns(16)
+    assert [t.position for t in cut.turns()] == list(range(16)) and cut.qa == conv.qa
+    assert conv.first_turns(0) is conv
+    with pytest.raises(Exception, match="no turn"):
+        cut.turn(conv.sessions[-1].turns[-1].dia_id)
+    base = EvalConfig.from_params({"system": "base"})
+    r1 = base.replace(system="memory-r1-answer", answer_adapter="x")  # the trained answerer reads base's banks
+    assert system_key(r1) == system_key(base) != system_key(base.replace(memory_style="lines"))
+
+
+@pytest.mark.slow
+def test_memory_r1_runs_the_trained_manager_and_answer_agent(data_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from memr1.llm.load import load_policy
+
+    policy = load_policy("tiny", "transformers")
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False)
+    adapter = tmp_path / "adapter"
+    get_peft_model(policy.model, lora).save_pretrained(str(adapter))
+    (tmp_path / "train_config.json").write_text(json.dumps({"model": "tiny", "base_model": "tiny"}))
+    kw = dict(limit=2, max_turns=6, answer_tokens=8, extract_tokens=16, manager_tokens=16, memory_style="lines")
+    extractor = ScriptedGenerator(lambda m: "- Caroline likes tea.")  # the plain model's role here
+    res = run(
+        _cfg(tmp_path, data_dir, system="memory-r1", answer_adapter=str(tmp_path), manager_adapter=str(adapter), **kw),
+        generator=extractor,
+        progress=False,
+    )
+    calls = {row["component"]: row["calls"] for row in res.latency}
+    assert len(res.records) == 2 and calls["answer"] == 2 and calls["extract"] == 6
+    assert calls["manager"] > 0 and res.truncated["manager"]["calls"] == calls["manager"]  # the adapter's manager
+    assert not res.records.raw_output.str.contains("Caroline likes tea").all()  # answers are not the script's
+    assert res.system == "memory-r1" and (tmp_path / "run" / "metrics.json").is_file()
 
 
 def test_judge_column_through_a_real_local_endpoint(data_dir, tmp_path):

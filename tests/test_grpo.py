@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from memr1.errors import ConfigError
-from memr1.rl.grpo import GRPOSettings, TrainingError, greedy_completions, resolve_answer_model, run_grpo
+from memr1.rl.grpo import GRPOSettings, TrainingError, greedy_completions, resolve_adapter, run_grpo
 from memr1.runs import read_result
 from memr1.stages import train_answer, train_manager
 from memr1.stages.train_answer import AnswerTrainConfig, AnswerTrainResult
@@ -276,7 +276,7 @@ def test_adapter_tensorboard_and_validation_em(tmp_path):
     for key, value in lora_b.items():
         match = [p for n, p in params.items() if n.replace(".default", "").endswith(key.split("base_model.")[-1])]
         assert len(match) == 1 and torch.equal(match[0].detach(), value), key
-    assert resolve_answer_model(str(run), "other") == ("tiny", str(adapter))  # run dir → its adapter
+    assert resolve_adapter(str(run), "other") == ("tiny", str(adapter))  # run dir → its adapter
 
     assert [e["step"] for e in result.eval_history] == [2, 4]
     with_em = [e["step"] for e in result.log_history if "eval/em" in e]
@@ -291,6 +291,29 @@ def test_adapter_tensorboard_and_validation_em(tmp_path):
     assert [s.step for s in acc.Scalars("train/eval/em")] == [2, 4]
     saved = json.loads((run / "train_config.json").read_text())
     assert (saved["steps"], saved["base_model"]) == (4, "tiny")
+    assert saved["sequence_cap"]["longest_prompt"] > 0
+
+    # the manager's frozen agent: the trained PEFT model with its adapter off is the plain base model
+    from memr1.llm.generate import Sampling
+    from memr1.rl.frozen import FrozenBase
+
+    trained = make_generator("tiny", "transformers", lora_path=str(adapter))
+    plain = make_generator("tiny", "transformers")
+    frozen = FrozenBase("tiny")
+    prompts, greedy = [r["prompt"] for r in SHORT_ROWS], Sampling(max_new_tokens=6)
+    with pytest.raises(ConfigError, match="before bind"):
+        frozen.generate(prompts, greedy)
+    with pytest.raises(ConfigError, match="needs a PEFT model"):
+        frozen.bind(plain.model, plain.tokenizer)
+    frozen.bind(trained.model, trained.tokenizer)
+    ids = trained.tokenizer(["Caroline went"], return_tensors="pt")
+    with torch.no_grad():
+        on = trained.model(**ids).logits
+        with trained.model.disable_adapter():
+            off = trained.model(**ids).logits
+        base = plain.model(**ids).logits
+    assert not torch.allclose(on, base) and torch.allclose(off, base, atol=1e-5)  # the adapter matters; off is base
+    assert [g.text for g in frozen.generate(prompts, greedy)] == [g.text for g in plain.generate(prompts, greedy)]
 
 
 # ----------------------------------------------------------------------------- stages
@@ -395,6 +418,9 @@ def test_memr1_train_manager_writes_the_op_mix_to_metrics_json(data_dir, tmp_pat
         ({"resume": 1}, "resume must be bool"),
         ({"profile": "huge"}, "unknown profile"),
         ({"lr": 1e-5}, "no field"),
+        ({"questions_per_step": 3, "num_generations": 4, "batch_size": 8}, "12 completions must be a multiple"),
+        ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
+        ({"max_seq_length": -1}, "max_seq_length must be >= 0"),
     ],
 )
 def test_config_errors(params, message):
@@ -419,9 +445,38 @@ def test_config_docs_are_papermill_safe_and_errors_are_typed(tmp_path):
         run_grpo(
             GRPOSettings(**{**FAST, "backend": "unsloth"}), SHORT_ROWS, [overlap_reward], run_dir=tmp_path / "u", seed=0
         )
-    with pytest.raises(ConfigError, match="neither an answer-agent run dir"):
-        resolve_answer_model(str(tmp_path), "tiny")
-    assert resolve_answer_model("", "tiny") == ("tiny", "")
+    with pytest.raises(ConfigError, match="neither a training run dir"):
+        resolve_adapter(str(tmp_path), "tiny")
+    assert resolve_adapter("", "tiny") == ("tiny", "")
+
+
+def test_questions_per_step_accumulates_gradients_and_warmup_sets_the_schedule(tmp_path):
+    from memr1.rl.grpo import grpo_args
+
+    one = GRPOSettings(**{**FAST, "num_generations": 4, "batch_size": 4})
+    many = GRPOSettings(**{**FAST, "num_generations": 4, "batch_size": 8, "questions_per_step": 6, "warmup_steps": 3})
+    assert (one.accumulation_steps, many.accumulation_steps) == (1, 3)
+    args = grpo_args(many, run_dir=tmp_path, seed=0)
+    # TRL: one generation batch per optimizer step = per-device batch x accumulation = questions x group
+    assert (args.gradient_accumulation_steps, args.generation_batch_size) == (3, 24)
+    assert args.generation_batch_size // args.num_generations == 6
+    assert (args.warmup_steps, str(args.lr_scheduler_type)) == (3, "SchedulerType.CONSTANT_WITH_WARMUP")
+    assert str(grpo_args(one, run_dir=tmp_path, seed=0).lr_scheduler_type) == "SchedulerType.CONSTANT"
+
+
+def test_sequence_cap_is_derived_from_the_prompts_and_refuses_a_prompt_that_does_not_fit():
+    from memr1.llm.load import load_policy
+    from memr1.rl.grpo import sequence_cap
+
+    policy = load_policy("tiny", "transformers")
+    rows = [{"prompt": chat("short")}, {"prompt": chat("a much longer prompt " * 20)}]
+    got = sequence_cap(GRPOSettings(**{**FAST, "max_completion_length": 8}), rows, policy)
+    assert got["longest_prompt"] > 40 and got["max_seq_length"] == got["longest_prompt"] + 8
+    with pytest.raises(ConfigError, match="longest training prompt has .* over the cap of 30"):
+        sequence_cap(GRPOSettings(**{**FAST, "max_seq_length": 30}), rows, policy)
+    window = policy.model.config.max_position_embeddings
+    with pytest.raises(ConfigError, match=f"over the cap of {window}"):
+        sequence_cap(GRPOSettings(**FAST), [{"prompt": chat("word " * (window + 10))}], policy)
 
 
 def test_defaults_resolve_to_a_smoke_run():

@@ -141,13 +141,13 @@ MJ, BS, UI, UE = R.malformed_json, R.bad_schema, R.unknown_id, R.unknown_event
 MT, ET, TL, DI = R.missing_text, R.empty_text, R.text_too_long, R.duplicate_id
 
 CASES = [  # (raw output, kind, expected messages)
-    ("", MJ, ["output: no JSON object found in 0 chars"]),
-    ("I have nothing to add.", MJ, ["output: no JSON object found in 22 chars"]),
-    ('{"memory": [', MJ, ["output: no JSON object found in 12 chars"]),
-    ("[1, 2]", MJ, ["output: no JSON object found in 6 chars"]),
+    ("", MJ, ["output: no JSON object or operation line in 0 chars"]),
+    ("I have nothing to add.", MJ, ["output: no JSON object or operation line in 22 chars"]),
+    ('{"memory": [', MJ, ["output: no JSON object or operation line in 12 chars"]),
+    ("[1, 2]", MJ, ["output: no JSON object or operation line in 6 chars"]),
     (None, MJ, ["output: expected a str, got NoneType"]),
     (42, MJ, ["output: expected a str, got int"]),
-    (b"\xff\xfe{", MJ, ["output: no JSON object found in 3 chars"]),
+    (b"\xff\xfe{", MJ, ["output: no JSON object or operation line in 3 chars"]),
     ('{"memories": []}', BS, ["output: expected a 'memory' list, got no 'memory' key"]),
     ('{"memory": {"id": "0"}}', BS, ["output: expected a 'memory' list, got dict"]),
     (
@@ -665,3 +665,49 @@ def test_fuzz_hypothesis_item_shapes(items, noise):
 def test_fuzz_hypothesis_jsonish_text(raw):
     res = check_invariants(raw, MAP, 500)
     check_strict(raw, MAP, 500, res)
+
+
+# ----------------------------------------------------------------------------- line form (small models)
+
+
+def test_line_form_reads_keyword_and_arrow_lines_and_ignores_prose():
+    raw = (
+        "Here is what I would do:\n"
+        "New facts:\n"  # an echoed header is not an operation
+        "- Ann moved to Oslo. => CHANGE 1\n"
+        "- Ann has a cat. => NEW\n"
+        "ADD Ann likes tea\n"
+        "DELETE 2\n"
+        "- Ann plays chess. => same 3\n"
+    )
+    r = parse_operations(raw, MAP)
+    assert r.ok, r.messages
+    assert [(op.kind, op.entry_id, op.text) for op in r.ops] == [
+        (OpKind.UPDATE, "mem-b", "Ann moved to Oslo."),
+        (OpKind.ADD, None, "Ann has a cat."),
+        (OpKind.ADD, None, "Ann likes tea"),
+        (OpKind.DELETE, "mem-c", None),
+        (OpKind.NOOP, "mem-d", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw, kind",
+    [
+        ("- Ann left. => REMOVE 7", RejectKind.unknown_id),  # an id that was not shown
+        ("UPDATE 0", RejectKind.empty_text),  # no new sentence
+        ("- Ann left. => CHANGE 0\n- Ann moved. => CHANGE 0", RejectKind.duplicate_id),
+        ("I would keep everything as it is.", RejectKind.malformed_json),
+    ],
+)
+def test_line_form_rejections_are_counted_like_json_items(raw, kind):
+    r = parse_operations(raw, MAP)
+    assert not r.ops or kind is RejectKind.duplicate_id
+    assert kind in r.rejections, r.messages
+    with pytest.raises(OperationError):
+        parse_operations(raw, MAP, strict=True)
+
+
+def test_json_wins_over_lines_when_both_are_present():
+    raw = 'ADD Ann likes tea\n{"memory": [{"id": "0", "event": "DELETE"}]}'
+    assert [(op.kind, op.entry_id) for op in parse_operations(raw, MAP).ops] == [(OpKind.DELETE, "mem-a")]

@@ -20,6 +20,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from memr1.data.locomo import Conversation
 from memr1.memory.bank import MemoryBank
@@ -238,3 +239,23 @@ f.innerHTML=D.heads[t]+'<h4>'+e(sp)+': change at this turn</h4>'+(ch.length?'<ul
 '<h4>'+e(sp)+"'s bank after this turn ("+rows.length+' entries)</h4>'+(rows.length?'<div class="bankbox"><table><tr><th>id</th><th>text</th><th>session time</th><th>sources</th></tr>'+rows.join('')+'</table></div>':'<p><i>empty bank</i></p>');}
 s.oninput=draw;p.onchange=draw;b.onclick=function(){if(timer){clearInterval(timer);timer=null;b.textContent='▶';return;}
 b.textContent='❚❚';if(+s.value>=D.turns.length-1)s.value=0;timer=setInterval(function(){if(+s.value>=D.turns.length-1){clearInterval(timer);timer=null;b.textContent='▶';return;}s.value=+s.value+1;draw();},600);};draw();})();"""
+
+
+def evaluated_banks(result: Any, data_dir: str | None = None) -> BankTimeline | None:
+    """The timeline of the first conversation's banks that an evaluation built (stage 05), or None.
+
+    ``result`` is an ``EvalResult``; systems without banks (full-context, rag) and runs whose store
+    is gone give None.
+    """
+    from pathlib import Path
+
+    from memr1.data.locomo import load_locomo
+    from memr1.memory.embed import make_embedder
+
+    store = Path(result.store) if result.store else None
+    convs = sorted(p for p in store.iterdir() if p.is_dir()) if store is not None and store.is_dir() else []
+    if not convs:
+        return None
+    conv = load_locomo(data_dir or None).conversation(convs[0].name)
+    embedder = make_embedder(result.embedder)
+    return BankTimeline(conv, {sp: MemoryBank.open(convs[0], sp, embedder) for sp in conv.speakers})

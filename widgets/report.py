@@ -25,6 +25,7 @@ from memr1.stages.memory_bank import BankResult
 from memr1.stages.report import ReportResult
 from memr1.stages.train_answer import AnswerTrainResult
 from memr1.stages.train_manager import ManagerTrainResult
+from widgets.bank_timeline import evaluated_banks
 from widgets.charts import category_bars, recall_bars
 from widgets.display import figure_html
 
@@ -103,7 +104,17 @@ def _evaluation(r: EvalResult) -> str:
         + _table([{"role": role, **counts} for role, counts in r.truncated.items()], "{:.0f}")
         + "<h3>Latency (s)</h3>"
         + _table(r.latency, "{:.4f}")
+        + _evaluated_banks(r)
     )
+
+
+def _evaluated_banks(r: EvalResult) -> str:
+    """The bank timeline of the first evaluated conversation ("" for systems without banks)."""
+    timeline = evaluated_banks(r)
+    if timeline is None:
+        return ""
+    who = "LoCoMo's observations (replay)" if r.system == "replay" else f"the {r.system} system"
+    return f"<h3>Memory banks built by {_e(who)}</h3>" + timeline.static_html()
 
 
 def _mem1(r: Mem1Result) -> str:

@@ -12,12 +12,18 @@ Mem0's LoCoMo harness instead feeds both speakers' lines to each bank with the r
 keep one extraction per turn, which halves the extraction calls and keeps each fact's source
 unambiguous.
 
+The ``lines`` style asks for one ``- fact`` line per fact (``- nothing`` for none), taught by three
+worked chat examples; a 135M model follows it, while it loops on the JSON form. `parse_facts`
+reads either reply form.
+
 `TurnAsFactExtractor` needs no model: the fact is the rendered turn itself (CPU baselines, smoke).
 
 >>> parse_facts('```json\\n{"facts": ["Ann likes tea", " Ann likes tea ", 3]}\\n```')
 (['Ann likes tea'], True)
 >>> parse_facts("no idea")
 ([], False)
+>>> parse_facts("- Ann likes tea.\\n- nothing")
+(['Ann likes tea.'], True)
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from memr1.errors import ConfigError
 from memr1.jsontext import json_values
 from memr1.llm.generate import GREEDY, Generation, Generator, Messages, Sampling
 
-EXTRACT_PROMPT_VERSION = "extract-v1"
+EXTRACT_PROMPT_VERSION = "extract-v2"
 """Bump whenever the wording below changes; recorded with every run."""
 
 _SYSTEM = """\
@@ -61,8 +67,51 @@ Answer: {{"facts": ["Jon opened a bakery with his sister Ana in February 2024", 
 Latest turn: "Jon: Haha thanks, talk soon!" Answer: {{"facts": []}}"""
 
 
-def extraction_messages(turn: Turn, session_time: str, context: Sequence[Turn] = (), *, max_facts: int = 8) -> Messages:
-    """The chat prompt asking for the facts of ``turn`` (``context``: the turns just before it)."""
+EXTRACT_STYLES = ("json", "lines")
+
+_LINES_SYSTEM = """\
+You write short notes about what a person says. For each fact the message gives about the speaker, \
+write one line starting with '- ' that names the speaker and uses dates, not words like "yesterday". \
+If the message gives no fact, write '- nothing'."""
+
+_LINES_SHOTS = (
+    (
+        "[3 March 2024] Jon: My sister Ana and I opened a bakery last month!",
+        "- Jon opened a bakery with his sister Ana in February 2024.\n- Jon has a sister named Ana.",
+    ),
+    ("[3 March 2024] Jon: Haha thanks, talk soon!", "- nothing"),
+    (
+        "[9 June 2023] Ana: I just got back from a hiking trip in Peru, it was amazing.",
+        "- Ana went on a hiking trip in Peru in June 2023.",
+    ),
+)
+_NOTHING = {"nothing", "none", "no facts", "n/a"}
+
+
+def _short_date(session_time: str) -> str:
+    """'1:56 pm on 8 May, 2023' -> '8 May 2023' (the lines prompt shows the day only)."""
+    day = session_time.split(" on ", 1)[-1]
+    return day.replace(",", "").strip() or session_time
+
+
+def _lines_messages(turn: Turn, session_time: str) -> Messages:
+    msgs: Messages = [{"role": "system", "content": _LINES_SYSTEM}]
+    for user, reply in _LINES_SHOTS:
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return msgs + [{"role": "user", "content": f"[{_short_date(session_time)}] {turn.render()}"}]
+
+
+def extraction_messages(
+    turn: Turn, session_time: str, context: Sequence[Turn] = (), *, max_facts: int = 8, style: str = "json"
+) -> Messages:
+    """The chat prompt asking for the facts of ``turn`` (``context``: the turns just before it).
+
+    ``style`` is one of `EXTRACT_STYLES`; ``lines`` shows no earlier turns and no fact limit.
+    """
+    if style not in EXTRACT_STYLES:
+        raise ConfigError(f"unknown extraction prompt style {style!r}; valid: {', '.join(EXTRACT_STYLES)}")
+    if style == "lines":
+        return _lines_messages(turn, session_time)
     earlier = "\n".join(t.render() for t in context) if context else "(this turn opens the session)"
     user = (
         f"Speaker: {turn.speaker}\nSession date-time: {session_time}\n\n"
@@ -80,7 +129,8 @@ def parse_facts(raw: str, max_facts: int = 8) -> tuple[list[str], bool]:
     """The facts in an extractor output, and whether any could be read. Never raises.
 
     Takes the first ``{"facts": [...]}`` object anywhere in the text (code fences and prose
-    around it are fine), else the first bare JSON list. Non-string items and blanks are dropped,
+    around it are fine), else the first bare JSON list, else the lines that start with ``- `` or
+    ``* `` (``- nothing`` names no fact). Non-string items and blanks are dropped,
     texts are stripped, repeats (same text ignoring case and spacing) removed, and at most
     ``max_facts`` kept. ``ok`` is False when no such list was found (then the facts are empty).
     """
@@ -96,6 +146,9 @@ def parse_facts(raw: str, max_facts: int = 8) -> tuple[list[str], bool]:
                 found = value
     except Exception:  # noqa: BLE001 - model output must never crash a run
         found = None
+    if found is None:
+        bullets = [line.strip()[2:].strip() for line in raw.splitlines() if line.strip()[:2] in ("- ", "* ")]
+        found = [b for b in bullets if b.lower().rstrip(".") not in _NOTHING] if bullets else None
     if found is None:
         return [], False
     facts, seen = [], set()
@@ -145,8 +198,9 @@ class FactExtractor:
         generator: any `Generator` (transformers, OpenAI-compatible, scripted).
         sampling: decoding settings (greedy by default).
         max_facts: at most this many facts per turn (asked for in the prompt, enforced on parse).
-        context_turns: how many earlier turns of the same session the prompt shows.
+        context_turns: how many earlier turns of the same session the prompt shows (json style).
         batch_size: turns per `generate` call.
+        style: prompt style, one of `EXTRACT_STYLES`.
     """
 
     def __init__(
@@ -156,7 +210,10 @@ class FactExtractor:
         max_facts: int = 8,
         context_turns: int = 2,
         batch_size: int = 16,
+        style: str = "json",
     ):
+        if style not in EXTRACT_STYLES:
+            raise ConfigError(f"unknown extraction prompt style {style!r}; valid: {', '.join(EXTRACT_STYLES)}")
         if max_facts < 1 or context_turns < 0 or batch_size < 1:
             raise ConfigError(
                 f"FactExtractor needs max_facts >= 1, context_turns >= 0 and "
@@ -164,11 +221,12 @@ class FactExtractor:
             )
         self.generator, self.sampling = generator, sampling
         self.max_facts, self.context_turns, self.batch_size = max_facts, context_turns, batch_size
+        self.style = style
 
     def messages(self, conv: Conversation, turns: Sequence[Turn]) -> list[Messages]:
         """The prompts for ``turns`` (pure; what `extract` sends)."""
         return [
-            extraction_messages(t, conv.session_time(t.session), ctx, max_facts=self.max_facts)
+            extraction_messages(t, conv.session_time(t.session), ctx, max_facts=self.max_facts, style=self.style)
             for t, ctx in zip(turns, _previous(conv, turns, self.context_turns))
         ]
 

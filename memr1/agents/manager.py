@@ -25,7 +25,7 @@ from memr1.memory.bank import AppliedTurn, MemoryBank
 from memr1.memory.entry import MemoryEntry, Operation, OpKind, TurnContext
 from memr1.memory.ops import ParseResult, remap_ids, render_operations
 
-MANAGER_PROMPT_VERSION = "manager-v1"
+MANAGER_PROMPT_VERSION = "manager-v2"
 """Bump whenever the wording below changes; recorded with every run."""
 
 _SYSTEM = """\
@@ -58,15 +58,66 @@ A fact that overturns a memory can be added after the DELETE if it is worth keep
 ("old_memory" only for UPDATE)."""
 
 
-def manager_messages(facts: Sequence[str], memories_view: Sequence[dict], speaker: str, session_time: str) -> Messages:
+MANAGER_STYLES = ("json", "lines")
+"""json: Memory-R1's JSON object (docs/design.md §Operations); lines: each new fact copied on its
+own line with its operation in plain words (``<fact> => NEW`` / ``CHANGE n`` / ``REMOVE n`` /
+``SAME n``), taught by five worked chat examples. Measured on SmolLM2-135M: it loops on the JSON
+form and on ``ADD`` / ``NONE`` keywords, and writes the arrow form, mostly choosing NEW."""
+
+_LINES_SYSTEM = """\
+You keep a person's memory up to date. Copy each new fact on its own line and end the line with \
+what to do: => NEW when no memory says it, => CHANGE n when memory n is about the same thing but the \
+fact changes or adds to it, => REMOVE n when the fact shows memory n is no longer true, => SAME n \
+when memory n already says it."""
+
+_LINES_SHOTS = (
+    (
+        "Memories:\n(empty)\nNew facts:\n- Jon works as a nurse.\n- Jon has two daughters.",
+        "- Jon works as a nurse. => NEW\n- Jon has two daughters. => NEW",
+    ),
+    (
+        "Memories:\n0: Jon plays tennis.\n1: Jon plans a trip to Rome in June 2024.\nNew facts:\n"
+        "- Jon plays tennis with his sister every Sunday.\n- Jon called off his trip to Rome.",
+        "- Jon plays tennis with his sister every Sunday. => CHANGE 0\n- Jon called off his trip to Rome. => REMOVE 1",
+    ),
+    ("Memories:\n(empty)\nNew facts:\n- Jon visited Paris in May 2023.", "- Jon visited Paris in May 2023. => NEW"),
+    (
+        "Memories:\n0: Jon has a dog named Rex.\nNew facts:\n- Jon owns a dog called Rex.\n- Jon likes jazz.",
+        "- Jon owns a dog called Rex. => SAME 0\n- Jon likes jazz. => NEW",
+    ),
+    (
+        "Memories:\n0: Jon works as a nurse.\n1: Jon lives in Ohio.\nNew facts:\n- Jon moved to Texas.\n"
+        "- Jon is learning to cook.",
+        "- Jon moved to Texas. => CHANGE 1\n- Jon is learning to cook. => NEW",
+    ),
+)
+
+
+def _lines_messages(facts: Sequence[str], memories_view: Sequence[dict]) -> Messages:
+    shown = "\n".join(f"{m['id']}: {m['text']}" for m in memories_view) or "(empty)"
+    new = "\n".join(f"- {f}" for f in facts)
+    msgs: Messages = [{"role": "system", "content": _LINES_SYSTEM}]
+    for user, reply in _LINES_SHOTS:
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return msgs + [{"role": "user", "content": f"Memories:\n{shown}\nNew facts:\n{new}"}]
+
+
+def manager_messages(
+    facts: Sequence[str], memories_view: Sequence[dict], speaker: str, session_time: str, style: str = "json"
+) -> Messages:
     """The manager's chat prompt (pure).
 
     Args:
         facts: new facts of the turn.
         memories_view: the related memories as ``[{"id": "0", "text": ...}, ...]`` (`remap_ids`).
         speaker: whose bank it is.
-        session_time: LoCoMo date-time string of the turn's session.
+        session_time: LoCoMo date-time string of the turn's session (json style only).
+        style: one of `MANAGER_STYLES`; the parser reads either reply form.
     """
+    if style not in MANAGER_STYLES:
+        raise ConfigError(f"unknown manager prompt style {style!r}; valid: {', '.join(MANAGER_STYLES)}")
+    if style == "lines":
+        return _lines_messages(facts, memories_view)
     if memories_view:
         shown = json.dumps(list(memories_view), ensure_ascii=False)
     else:
@@ -143,6 +194,7 @@ def _clean(facts: Sequence[str]) -> tuple[str, ...]:
 class _BaseManager:
     k_similar: int
     max_text_chars: int = 500
+    style: str = "json"
 
     def _prepare(self, items: Sequence[Item]) -> list[_Prepared]:
         banks = [id(bank) for bank, _, _ in items]
@@ -157,7 +209,7 @@ class _BaseManager:
             facts = _clean(facts)
             hits = _search_facts(bank, facts, self.k_similar)
             view, id_map = remap_ids(_merge_hits(hits))
-            msgs = manager_messages(facts, view, bank.speaker, ctx.session_time) if facts else []
+            msgs = manager_messages(facts, view, bank.speaker, ctx.session_time, self.style) if facts else []
             out.append(_Prepared(bank, facts, ctx, hits, id_map, msgs))
         return out
 
@@ -184,17 +236,25 @@ class MemoryManager(_BaseManager):
         sampling: decoding settings (greedy by default; GRPO samples at temperature 1).
         k_similar: related memories retrieved per fact.
         max_text_chars: longer ADD / UPDATE texts reject the output (`RejectKind.text_too_long`).
+        style: prompt style, one of `MANAGER_STYLES`.
     """
 
     def __init__(
-        self, generator: Generator, sampling: Sampling = GREEDY, k_similar: int = 5, max_text_chars: int = 500
+        self,
+        generator: Generator,
+        sampling: Sampling = GREEDY,
+        k_similar: int = 5,
+        max_text_chars: int = 500,
+        style: str = "json",
     ):
         if k_similar < 1 or max_text_chars < 1:
             raise ConfigError(
                 f"MemoryManager needs k_similar >= 1 and max_text_chars >= 1, got {k_similar} and {max_text_chars}"
             )
+        if style not in MANAGER_STYLES:
+            raise ConfigError(f"unknown manager prompt style {style!r}; valid: {', '.join(MANAGER_STYLES)}")
         self.generator, self.sampling = generator, sampling
-        self.k_similar, self.max_text_chars = k_similar, max_text_chars
+        self.k_similar, self.max_text_chars, self.style = k_similar, max_text_chars, style
 
     def step(self, items: Sequence[Item]) -> list[ManagerStep]:
         """Decide and apply one turn per item (items on distinct banks), one `generate` call.

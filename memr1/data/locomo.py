@@ -16,6 +16,7 @@ Those are repaired where unambiguous and counted in ``LoCoMo.evidence_report``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -109,6 +110,13 @@ class Conversation:
 
     def num_turns(self) -> int:
         return len(self._by_dia)
+
+    def first_turns(self, n: int) -> Conversation:
+        """The conversation cut after its first ``n`` turns (sessions left empty dropped); 0 keeps all."""
+        if n <= 0:
+            return self
+        sessions = [Session(s.index, s.date_time, tuple(t for t in s.turns if t.position < n)) for s in self.sessions]
+        return dataclasses.replace(self, sessions=[s for s in sessions if s.turns], _by_dia={})
 
     def turn(self, dia_id: str) -> Turn:
         try:

@@ -5,11 +5,17 @@ answers ``{"memory": [{"id", "text", "event", "old_memory"}, ...]}`` (docs/desig
 `parse_operations` maps the ids back to real ones, keeps the valid operations in output order and
 counts every rejected item by `RejectKind`. Counting mode never raises (a bad item changes nothing
 and the caller gives reward 0); strict mode raises `OperationError` at the first rejection.
+
+An output with no JSON object is read as operation lines, a form small models can write (the
+``lines`` prompt style, docs/design.md §Operations): ``ADD <text>``, ``UPDATE <id> <text>``,
+``DELETE <id>``, ``NONE <id>``, or the arrow form ``<fact> => NEW`` / ``CHANGE <id>`` /
+``REMOVE <id>`` / ``SAME <id>``, where the fact is the text; other lines are ignored.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +49,7 @@ def remap_ids(entries: Sequence[MemoryEntry]) -> tuple[list[dict], dict[str, str
 class RejectKind(str, Enum):
     """Why an output or one of its items was rejected (it then changes nothing)."""
 
-    malformed_json = "malformed_json"  # no JSON object could be decoded from the output
+    malformed_json = "malformed_json"  # no JSON object (and no operation line) could be read from the output
     bad_schema = "bad_schema"  # no `memory` list, an item not an object, a field of the wrong type
     unknown_id = "unknown_id"  # UPDATE / DELETE / NONE names an id that is not in the id map
     unknown_event = "unknown_event"  # event not one of ADD, UPDATE, DELETE, NONE (or NOOP)
@@ -107,6 +113,46 @@ def _find_object(text: str) -> dict | None:
             if first is None:
                 first = obj
     return first
+
+
+_LINE_EVENTS = {"NEW": "ADD", "CHANGE": "UPDATE", "REMOVE": "DELETE", "SAME": "NONE"}
+"""The plain words of the arrow form, and the events they stand for."""
+_WORDS = "ADD|UPDATE|DELETE|NONE|NOOP|" + "|".join(_LINE_EVENTS)
+_OP_LINE = re.compile(r"^\W{0,3}(ADD|UPDATE|DELETE|NONE|NOOP)\b[\s:]*(.*)$", re.IGNORECASE)
+_ARROW_LINE = re.compile(rf"^[-*\s]*(.*?)\s*=>\s*({_WORDS})\b\W*(\w*)", re.IGNORECASE)
+_ID_TEXT = re.compile(r"^(?:id\s*)?#?(\d+)\b[\s:.,)-]*(.*)$", re.IGNORECASE)
+
+
+def _line_item(line: str) -> dict | None:
+    """One operation line as a JSON-form item (None: not an operation line)."""
+    if m := _ARROW_LINE.match(line):  # "<fact> => CHANGE 0": the fact is the new text
+        text, word, small = m.group(1).strip(), m.group(2).upper(), m.group(3)
+    elif m := _OP_LINE.match(line):  # "UPDATE 0 <text>"
+        word, rest = m.group(1).upper(), m.group(2).strip()
+        found = _ID_TEXT.match(rest)
+        small, text = (found.group(1), found.group(2).strip()) if found else (rest.split(" ")[0], "")
+        if word == "ADD":
+            small, text = "", rest
+    else:
+        return None
+    event = _LINE_EVENTS.get(word, word)
+    item: dict = {"event": event}
+    if event != "ADD":
+        item["id"] = small
+    if event in ("ADD", "UPDATE"):
+        item["text"] = text
+    return item
+
+
+def _line_items(text: str) -> list[dict] | None:
+    """The operation lines of ``text`` as JSON-form items, or None when no line is one.
+
+    >>> _line_items("Sure.\\nADD Ann likes tea\\nupdate 1: Ann has two cats\\n- Ann left Rome. => REMOVE 0")
+    [{'event': 'ADD', 'text': 'Ann likes tea'}, {'event': 'UPDATE', 'id': '1', 'text': 'Ann has two cats'}, \
+{'event': 'DELETE', 'id': '0'}]
+    """
+    items = [item for line in text.splitlines() if (item := _line_item(line.strip())) is not None]
+    return items or None
 
 
 def _small_id(raw: object) -> str | None:
@@ -187,7 +233,9 @@ def parse_operations(
 
     The JSON object may sit in a code fence or in prose; events are case-insensitive, ``NOOP``
     is an alias of ``NONE``; ids may be ints or strings; texts are stripped. Items are numbered
-    from 0 in the messages. Bytes are decoded as utf-8; any other non-str is malformed_json.
+    from 0 in the messages. Bytes are decoded as utf-8; any other non-str is malformed_json. A
+    text with no JSON object is read as operation lines (module docstring); with none of those
+    either it is malformed_json.
 
     >>> out = '''Here you go: ```json
     ... {"memory": [{"id": 0, "text": " Loves tea ", "event": "update", "old_memory": "Likes tea"},
@@ -204,14 +252,15 @@ def parse_operations(
     if isinstance(raw, (bytes, bytearray)):
         raw = bytes(raw).decode("utf-8", errors="replace")
     obj = _find_object(raw) if isinstance(raw, str) else None
-    items = None if obj is None else obj.get("memory")
+    lines = _line_items(raw) if obj is None and isinstance(raw, str) else None
+    items = lines if obj is None else obj.get("memory")
     results: list[Operation | _Reject]
     if not isinstance(raw, str):
         results = [(RejectKind.malformed_json, f"output: expected a str, got {type(raw).__name__}")]
-    elif obj is None:
-        results = [(RejectKind.malformed_json, f"output: no JSON object found in {len(raw)} chars")]
+    elif obj is None and lines is None:
+        results = [(RejectKind.malformed_json, f"output: no JSON object or operation line in {len(raw)} chars")]
     elif not isinstance(items, list):
-        got = type(items).__name__ if "memory" in obj else "no 'memory' key"
+        got = type(items).__name__ if obj is not None and "memory" in obj else "no 'memory' key"
         results = [(RejectKind.bad_schema, f"output: expected a 'memory' list, got {got}")]
     else:
         results = [_check_item(i, item, id_map, max_text_chars) for i, item in enumerate(items)]

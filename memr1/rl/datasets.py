@@ -196,7 +196,14 @@ def answer_agent_rows(
 
 
 def manager_rows(
-    data: LoCoMo, split: str, embedder: Embedder, *, store_dir: str | Path, k_similar: int = 5, progress: bool = False
+    data: LoCoMo,
+    split: str,
+    embedder: Embedder,
+    *,
+    store_dir: str | Path,
+    k_similar: int = 5,
+    style: str = "json",
+    progress: bool = False,
 ) -> list[dict]:
     """One Memory-Manager row per (turn with linked questions, speaker with teacher facts there).
 
@@ -206,6 +213,7 @@ def manager_rows(
         embedder: embeds facts; the reward must reopen the stores with the same embedder.
         store_dir: parent folder of the teacher stores (created or resumed here).
         k_similar: related memories retrieved per fact for the prompt.
+        style: manager prompt style (``memr1.agents.manager.MANAGER_STYLES``).
         progress: progress bars over replay and rows.
 
     Returns:
@@ -233,7 +241,7 @@ def manager_rows(
                 session_time = conv.session_time(turn.session)
                 rows.append(
                     {
-                        "prompt": manager_messages(facts, view, speaker, session_time),
+                        "prompt": manager_messages(facts, view, speaker, session_time, style),
                         "id_map": json.dumps(id_map),
                         "store": str(store),
                         "sample_id": conv.sample_id,

@@ -9,7 +9,7 @@ as ``eval/em``.
 Run folder: ``checkpoints/`` (Trainer checkpoints, ``resume=True`` continues from the last one),
 ``tensorboard/`` (event files), ``adapter/`` (the final LoRA in PEFT layout, loadable with
 ``make_generator(base, lora_path=...)``), ``train_config.json`` (settings, seed and the base model the
-adapter sits on, which ``resolve_answer_model`` reads).
+adapter sits on, which ``resolve_adapter`` reads).
 
 Backends: on CPU the model comes from transformers and LoRA from ``peft_config``; with Unsloth (CUDA
 only) from ``FastLanguageModel`` with ``get_peft_model`` and no ``peft_config``. Unsloth is imported
@@ -66,13 +66,22 @@ class GRPOSettings(StageConfig):
     num_generations: int = 4
     """Completions sampled per prompt: the GRPO group size."""
     batch_size: int = 4
-    """Completions per device per step (per_device_train_batch_size); a multiple of num_generations."""
+    """Completions per forward/backward pass (per_device_train_batch_size); a multiple of num_generations."""
+    questions_per_step: int = 0
+    """Prompts per optimizer step, each with its group of num_generations completions (Memory-R1: 128);
+    reached by gradient accumulation over passes of batch_size completions (per process under accelerate).
+    0: batch_size / num_generations."""
     max_completion_length: int = 32
     """Token cap of each sampled completion (Memory-R1: 2048)."""
     temperature: float = 1.0
     """Sampling temperature of the training rollouts (Memory-R1: 1.0; validation is greedy)."""
     beta: float = 0.0
     """KL coefficient against the frozen base model (0 loads no reference model, as in TRL)."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warm-up before the constant rate (0 for none)."""
+    max_seq_length: int = 0
+    """Prompt + completion tokens the run must fit (the max_seq_length of Unsloth); 0: derived from the data,
+    the longest training prompt plus max_completion_length. A prompt that does not fit is an error."""
     lora_r: int = 8
     """LoRA rank on the q, k, v and o projections."""
     lora_alpha: int = 16
@@ -102,11 +111,24 @@ class GRPOSettings(StageConfig):
                 f"in one step; try batch_size={fix}"
             )
         check_min(self, 1, "steps", "max_completion_length", "lora_r", "lora_alpha")
-        check_min(self, 0, "learning_rate", "beta", "save_every", "eval_every")
+        check_min(self, 0, "learning_rate", "beta", "save_every", "eval_every", "questions_per_step")
+        check_min(self, 0, "warmup_steps", "max_seq_length")
+        completions = self.questions_per_step * self.num_generations
+        if completions % self.batch_size:
+            raise ConfigError(
+                f"{name}.questions_per_step ({self.questions_per_step}) x num_generations ({self.num_generations}) "
+                f"= {completions} completions must be a multiple of batch_size ({self.batch_size}), which is "
+                f"accumulated {completions / self.batch_size:.2f} times"
+            )
         if self.temperature <= 0:
             raise ConfigError(
                 f"{name}.temperature must be > 0 (training samples; validation is greedy), got {self.temperature}"
             )
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Forward/backward passes per optimizer step (gradient accumulation)."""
+        return max(1, self.questions_per_step * self.num_generations // self.batch_size)
 
 
 @dataclass
@@ -166,20 +188,21 @@ def reward_validator(rows: Rows, reward: Callable[..., list], max_new_tokens: in
     return validate
 
 
-def resolve_answer_model(answer_model: str, base_model: str) -> tuple[str, str]:
-    """``(base model, lora_path)`` of the frozen Answer Agent.
+def resolve_adapter(adapter_or_run: str, base_model: str, field: str = "answer_model") -> tuple[str, str]:
+    """``(base model, lora_path)`` of a role's model: a trained adapter, or the plain base.
 
-    ``""`` → the policy's own base, no adapter. A folder holding ``adapter_config.json`` (an adapter)
-    or ``adapter/adapter_config.json`` (an answer-agent run dir): that adapter, on the base recorded in
-    the run's ``train_config.json`` (else the adapter's ``base_model_name_or_path``).
+    ``""`` → ``base_model``, no adapter. A folder holding ``adapter_config.json`` (an adapter) or
+    ``adapter/adapter_config.json`` (a training run dir of stage 03 or 04): that adapter, on the base
+    recorded in the run's ``train_config.json`` (else the adapter's ``base_model_name_or_path``).
+    ``field`` names the setting in the error message.
     """
-    if not answer_model:
+    if not adapter_or_run:
         return base_model, ""
-    path = Path(answer_model).expanduser()
+    path = Path(adapter_or_run).expanduser()
     adapter = path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else path
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(
-            f"answer_model {answer_model!r} is neither an answer-agent run dir (with adapter/) nor "
+            f"{field} {adapter_or_run!r} is neither a training run dir (with adapter/) nor "
             'a LoRA adapter folder (with adapter_config.json); pass one, or "" for the base model'
         )
     for cfg_file in (adapter.parent / "train_config.json", adapter / "train_config.json"):
@@ -200,6 +223,7 @@ def run_grpo(
     validator: Callable[[Any, Any], dict[str, float]] | None = None,
     generation_kwargs: dict[str, Any] | None = None,
     callbacks: Sequence[Any] = (),
+    on_model: Callable[[Any, Any], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``settings.model`` with GRPO over ``train_rows`` (each with a chat ``prompt``).
 
@@ -213,6 +237,8 @@ def run_grpo(
         validator: ``(model, tokenizer) -> {"eval/em": ...}``, called every ``settings.eval_every`` steps.
         generation_kwargs: extra ``GenerationConfig`` fields for the rollouts (e.g. ``suppress_tokens``).
         callbacks: extra ``transformers.TrainerCallback`` objects.
+        on_model: called with ``(model, tokenizer)`` once the trainer holds the LoRA-wrapped model,
+            before training (``memr1.rl.frozen.FrozenBase.bind``: a frozen agent on the same weights).
     """
     from memr1.llm.load import load_policy
     from memr1.seeding import seed_everything
@@ -233,7 +259,9 @@ def run_grpo(
             f"{ckpt_dir} already holds checkpoints; set resume=True to continue that run, or choose a new run_dir"
         )
     seed_everything(seed)
-    policy = load_policy(settings.model, settings.backend, fallback=fallback)  # Unsloth before trl
+    load_kwargs: dict[str, Any] = {"max_seq_length": settings.max_seq_length} if settings.max_seq_length else {}
+    policy = load_policy(settings.model, settings.backend, fallback=fallback, **load_kwargs)  # Unsloth before trl
+    seq_cap = sequence_cap(settings, train_rows, policy)
 
     from datasets import Dataset
     from transformers.integrations import TensorBoardCallback
@@ -255,6 +283,8 @@ def run_grpo(
         peft_config=peft_config,
         callbacks=[*extra, *callbacks],
     )
+    if on_model is not None:
+        on_model(trainer.model, policy.tokenizer)
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(run_dir / "tensorboard")
@@ -268,6 +298,7 @@ def run_grpo(
                 "seed": seed,
                 "base_model": base_model,
                 "resolved_model": policy.resolved,
+                "sequence_cap": seq_cap,
             },
         )
     if resume_from is not None:
@@ -312,8 +343,10 @@ def grpo_args(
         output_dir=str(Path(run_dir) / "checkpoints"),
         max_steps=settings.steps,
         learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant",
+        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
         per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.accumulation_steps,
+        warmup_steps=settings.warmup_steps,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
@@ -328,6 +361,32 @@ def grpo_args(
         gradient_checkpointing=cuda and not unsloth,  # Unsloth brings its own; on CPU it only costs time
         generation_kwargs=generation_kwargs,
     )
+
+
+def sequence_cap(settings: GRPOSettings, rows: Rows, policy: Any) -> dict[str, int]:
+    """The longest prompt of ``rows`` (chat template applied) and the cap it needs; ConfigError if too long.
+
+    The cap is ``settings.max_seq_length``, or when 0 the longest prompt plus ``max_completion_length``;
+    it must also fit the model's context window (``max_position_embeddings``; Unsloth's
+    ``max_seq_length``). TRL itself no longer truncates prompts, so a prompt over the cap would
+    otherwise run into position limits or be cut by Unsloth.
+    """
+    tok = policy.tokenizer
+    texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    longest = max(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+    needed = longest + settings.max_completion_length
+    cap = settings.max_seq_length or needed
+    window = getattr(policy.model, "max_seq_length", None) or getattr(
+        policy.model.config, "max_position_embeddings", None
+    )
+    if needed > cap or (window and needed > window):
+        limit = min(c for c in (cap, window) if c)
+        raise ConfigError(
+            f"the longest training prompt has {longest} tokens; with max_completion_length "
+            f"{settings.max_completion_length} it needs {needed}, over the cap of {limit} "
+            "(max_seq_length or the model's window): shorten the prompts (fewer memories) or raise the cap"
+        )
+    return {"longest_prompt": longest, "max_seq_length": cap}
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
@@ -420,8 +479,9 @@ __all__ = [
     "RowReward",
     "run_grpo",
     "grpo_args",
+    "sequence_cap",
     "reward_validator",
-    "resolve_answer_model",
+    "resolve_adapter",
     "latest_checkpoint",
     "verify_adapter",
     "greedy_completions",

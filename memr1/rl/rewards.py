@@ -116,6 +116,8 @@ def answer_f1_reward(completions: Sequence[Any], gold: Sequence[str], **kwargs: 
 
 ANSWER_REWARDS = {"em": answer_em_reward, "f1": answer_f1_reward}
 """Answer-Agent rewards by name; ``em`` is Memory-R1's."""
+ANSWER_SCORES = {"em": exact_match, "f1": f1_mem0}
+"""How the Memory-Manager reward scores each frozen-agent answer, by the same names."""
 
 
 def _as_id_map(raw: Any) -> dict[str, str]:
@@ -133,7 +135,7 @@ def _as_id_map(raw: Any) -> dict[str, str]:
 
 
 class ManagerReward:
-    """Memory-Manager reward: mean EM of a frozen Answer Agent over the turn's linked questions.
+    """Memory-Manager reward: mean EM (or F1) of a frozen Answer Agent over the turn's linked questions.
 
     Args:
         answer_agent: the frozen Answer Agent (its generator and sampling are used; retrieval
@@ -142,9 +144,9 @@ class ManagerReward:
         log_dir: where the op log goes (`read_op_log`); None keeps it in memory only (`log`).
         k_per_speaker: memories per speaker shown to the Answer Agent (Memory-R1: 30).
         cache_size: snapshot banks kept in memory (least recently used dropped first).
+        score: ``em`` (Memory-R1) or ``f1`` (the ablation for small models) of each answer
+            (`ANSWER_SCORES`); TRL logs the reward as ``manager_<score>``.
     """
-
-    __name__ = "manager_em"
 
     def __init__(
         self,
@@ -154,11 +156,15 @@ class ManagerReward:
         log_dir: str | Path | None = None,
         k_per_speaker: int = K_PER_SPEAKER,
         cache_size: int = 1024,
+        score: str = "em",
     ):
         if k_per_speaker < 1 or cache_size < 1:
             raise ConfigError(
                 f"ManagerReward needs k_per_speaker >= 1 and cache_size >= 1, got {k_per_speaker} and {cache_size}"
             )
+        if score not in ANSWER_SCORES:
+            raise ConfigError(f"ManagerReward score must be one of {', '.join(ANSWER_SCORES)}, got {score!r}")
+        self.score, self.__name__ = ANSWER_SCORES[score], f"manager_{score}"
         self.answer_agent, self.embedder = answer_agent, embedder
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.k_per_speaker, self.cache_size = k_per_speaker, cache_size
@@ -268,7 +274,7 @@ class ManagerReward:
         texts = self._answer([(q, banks) for _, q, _, banks in jobs])
         scores: dict[int, list[float]] = {}
         for (i, _, gold, _), text in zip(jobs, texts):
-            scores.setdefault(i, []).append(exact_match(extract_answer(text), gold))
+            scores.setdefault(i, []).append(self.score(extract_answer(text), gold))
         for i, got in scores.items():
             rows[i]["reward"] = sum(got) / len(got)
         self._record(rows, kwargs.get("log_metric"))

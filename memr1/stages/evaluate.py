@@ -6,9 +6,12 @@ Systems (``EvalConfig.system``):
     replay        LoCoMo's own observation facts replayed into the banks (oracle memory), the Answer Agent
     full-context  the whole conversation (newest turns kept when it does not fit), no memory
     rag           LoCoMo-RAG: the top-k raw dialogue turns for the question, no memory
+    memory-r1     the extractor + the GRPO-trained manager (manager_adapter) + the GRPO-trained Answer
+                  Agent (answer_adapter): Memory-R1's own row
+    memory-r1-answer  base's banks (untrained extractor and manager) + the trained Answer Agent
 
-Banks are built once per conversation into ``run_dir/store/<system key>/`` (LanceDB, one commit per
-changed turn) and reused by a rerun, so the same config and seed give the same records. ``run``
+Banks are built once per conversation into ``<store_dir or run_dir/store>/<system key>/`` (LanceDB, one
+commit per changed turn) and reused by a rerun, so the same config and seed give the same records. ``run``
 writes one row per question to ``run_dir/records.parquet`` (layout: ``memr1.eval.records``) and the
 ``EvalResult`` to ``run_dir/metrics.json``.
 
@@ -29,8 +32,10 @@ from memr1.config import RunConfig, check_choice, check_min, get_profile, profil
 from memr1.errors import ConfigError
 from memr1.runs import StageResult, save_result, transient
 
-SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag")
+SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag", "memory-r1", "memory-r1-answer")
 """Memory systems this stage can run (see the module docstring)."""
+LLM_BANK_SYSTEMS = ("base", "memory-r1", "memory-r1-answer")
+"""Systems whose banks an LLM extractor and manager build."""
 LATENCY_COMPONENTS = ("extract", "manager", "search", "answer")
 """Pipeline components timed per call."""
 
@@ -42,8 +47,9 @@ class EvalConfig(RunConfig):
     STAGE: ClassVar[str] = "05_evaluate_locomo"
 
     system: str = "heuristic"
-    """base (LLM extractor + LLM manager), heuristic (no-LLM manager), replay (oracle banks), full-context
-    or rag."""
+    """base (LLM extractor + LLM manager), heuristic (no-LLM manager), replay (oracle banks), full-context,
+    rag, memory-r1 (trained manager + trained answer agent) or memory-r1-answer (trained answer agent on
+    the banks of base)."""
     model: str = ""
     """Policy model for every LLM role; "" uses the model of the profile (tiny for smoke)."""
     backend: str = ""
@@ -54,8 +60,14 @@ class EvalConfig(RunConfig):
     """LoCoMo split: train, validation, test or all (category 5 always excluded)."""
     limit: int = -1
     """Questions evaluated, in file order (0 for all, -1 for the cap of the profile)."""
+    per_category: int = 0
+    """At most this many questions per category and conversation, in file order (0: no cap); with limit,
+    a fixed category-balanced subset."""
+    answerable: bool = False
+    """Keep only questions whose evidence turns all lie in the first max_turns turns (the ones memory saw)."""
     max_turns: int = -1
-    """Dialogue turns per conversation used to build memory (0 for all, -1 for the cap of the profile)."""
+    """Dialogue turns per conversation every system sees: memory is built from them, full-context and rag read
+    only them (0 for all, -1 for the cap of the profile)."""
     metric_family: str = "mem0"
     """F1/BLEU-1 family shown first: mem0 (Memory-R1's tables) or locomo (the benchmark's scorer)."""
     judge_base_url: str = ""
@@ -64,6 +76,9 @@ class EvalConfig(RunConfig):
     """Judge model name on that endpoint (e.g. gpt-4o-mini); "" skips the judge."""
     embedder: str = "minilm"
     """Embedding model for memory search: minilm or hash."""
+    store_dir: str = ""
+    """Folder of the banks, one subfolder per system key ("": run_dir/store); runs sharing it reuse banks
+    (memory-r1-answer reads those of base)."""
     k_per_speaker: int = 30
     """Memories retrieved per speaker for each question (60 in all, as in Memory-R1)."""
     answer_tokens: int = 128
@@ -72,10 +87,15 @@ class EvalConfig(RunConfig):
     """Token cap of each fact-extractor output (system base)."""
     manager_tokens: int = 1024
     """Token cap of each Memory Manager output, which lists every memory it was shown (system base)."""
+    memory_style: str = "json"
+    """Extractor and manager prompts: json (the JSON forms of Memory-R1) or lines (one item per line, taught
+    by worked examples; what a 135M model can write)."""
     answer_style: str = "distill"
     """distill (list the relevant memories, then answer; Memory-R1) or direct (the answer line only)."""
     answer_adapter: str = ""
     """LoRA adapter of the Answer Agent: a stage-03 run folder or an adapter folder; "" for none (the base model)."""
+    manager_adapter: str = ""
+    """LoRA adapter of the Memory Manager (system memory-r1): a stage-04 run folder or an adapter folder."""
 
     def check(self) -> None:
         from memr1.data.splits import SPLITS
@@ -98,12 +118,21 @@ class EvalConfig(RunConfig):
         check_min(self, -1, "limit", "max_turns")
         check_min(self, 1, "k_per_speaker", "answer_tokens", "extract_tokens", "manager_tokens")
         from memr1.agents.answer import STYLES
+        from memr1.agents.manager import MANAGER_STYLES
 
         check_choice(self, "answer_style", STYLES)
-        if self.answer_adapter and self.system not in ("base", "heuristic", "replay"):
+        check_choice(self, "memory_style", MANAGER_STYLES)
+        check_min(self, 0, "per_category")
+        if self.answer_adapter and self.system in ("full-context", "rag"):
+            raise ConfigError(f"EvalConfig.answer_adapter applies to memory systems, not to {self.system!r}")
+        if self.manager_adapter and self.system != "memory-r1":
+            raise ConfigError(f"EvalConfig.manager_adapter applies to system memory-r1, not to {self.system!r}")
+        needs = {"memory-r1": ("answer_adapter", "manager_adapter"), "memory-r1-answer": ("answer_adapter",)}
+        missing = [f for f in needs.get(self.system, ()) if not getattr(self, f)]
+        if missing:
             raise ConfigError(
-                f"EvalConfig.answer_adapter applies to the Answer Agent of base, heuristic or replay, "
-                f"not to {self.system!r}"
+                f"EvalConfig.system={self.system!r} needs {' and '.join(missing)}: a training run folder "
+                "(stage 03 for the answer agent, 04 for the manager) or an adapter folder"
             )
 
     def resolved(self) -> EvalConfig:
@@ -127,6 +156,8 @@ def metric_columns(metric_family: str, judged: bool) -> list[str]:
 class EvalResult(StageResult):
     """Scores of one memory system on a LoCoMo split, per category, with its costs."""
 
+    SCHEMA: ClassVar[int] = 2  # 2: store and embedder
+
     system: str
     model: str
     """The resolved policy model of every LLM role."""
@@ -147,6 +178,10 @@ class EvalResult(StageResult):
     """``LLMJudge.describe()`` when a judge scored the answers, else None."""
     latency: list[dict[str, Any]]
     """Per component (extract, manager, search, answer): calls, p50_s and p95_s seconds per call."""
+    store: str
+    """Folder of this system's banks, one subfolder per conversation ("" for full-context and rag)."""
+    embedder: str
+    """Embedding model the banks were written with (needed to open them)."""
     records: Any = transient()
     """One row per question, the frame written to records.parquet (notebook only)."""
 
@@ -167,11 +202,14 @@ class EvalResult(StageResult):
 
 
 def system_key(cfg: EvalConfig) -> str:
-    """Folder name of a system's banks: what they depend on, hashed (model, turns, embedder)."""
-    digest = hashlib.sha1(
-        f"{cfg.system}|{cfg.model}|{cfg.max_turns}|{cfg.embedder}|{cfg.extract_tokens}|{cfg.manager_tokens}".encode()
-    ).hexdigest()[:10]
-    return f"{cfg.system}-{digest}"
+    """Folder name of a system's banks: what they depend on, hashed (model, turns, embedder, caps, prompt
+    style, manager adapter). memory-r1-answer reads base's banks, so it shares base's key."""
+    system = "base" if cfg.system == "memory-r1-answer" else cfg.system
+    parts = [system, cfg.model, cfg.max_turns, cfg.embedder, cfg.extract_tokens, cfg.manager_tokens]
+    if cfg.memory_style != "json" or cfg.manager_adapter:  # keeps the keys of earlier json runs
+        parts += [cfg.memory_style, cfg.manager_adapter]
+    digest = hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:10]
+    return f"{system}-{digest}"
 
 
 @dataclass
@@ -208,6 +246,8 @@ class _Setup:
     generator: Any
     answerer: Any
     """The Answer Agent's generator: ``generator``, or the base model with ``answer_adapter`` on it."""
+    manager: Any
+    """The Memory Manager's generator: ``generator``, or the base model with ``manager_adapter`` on it."""
     embedder: Any
     store: Path
     """Folder of this system's banks."""
@@ -228,7 +268,6 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     from tqdm.auto import tqdm
 
     from memr1.data.locomo import load_locomo
-    from memr1.data.splits import split_questions
     from memr1.eval.records import record_row, score_records
     from memr1.eval.tables import category_table
     from memr1.files import atomic_path
@@ -239,23 +278,24 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     seed_everything(cfg.seed)
     data = load_locomo(cfg.data_dir or None)
     by_conv: dict[str, list] = {}
-    for q in split_questions(data, cfg.split, limit=cfg.limit):
+    for q in select_questions(data, cfg):
         by_conv.setdefault(q.sample_id, []).append(q)
-    from memr1.llm.backends import make_generator
+    answerer = _adapter_generator(cfg, cfg.answer_adapter, "answer_adapter")
+    manager = _adapter_generator(cfg, cfg.manager_adapter, "manager_adapter")
+    if generator is None and (answerer is None or cfg.system in LLM_BANK_SYSTEMS):
+        from memr1.llm.backends import make_generator
 
-    answerer = None
-    if cfg.answer_adapter:
-        from memr1.rl.grpo import resolve_answer_model
-
-        base, lora = resolve_answer_model(cfg.answer_adapter, cfg.model)
-        answerer = make_generator(base, cfg.backend, lora_path=lora)
-    if generator is None and (answerer is None or cfg.system == "base"):  # beside an adapter, only base's
-        generator = make_generator(  # extractor and manager use the plain model: load it only then
+        generator = make_generator(  # the plain model, needed unless an adapter does every LLM role
             cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
         )
-    answerer = answerer or generator
     setup = _Setup(
-        cfg, generator, answerer, make_embedder(cfg.embedder), Path(cfg.run_dir) / "store" / system_key(cfg), progress
+        cfg,
+        generator,
+        answerer or generator,
+        manager or generator,
+        make_embedder(cfg.embedder),
+        Path(cfg.store_dir or Path(cfg.run_dir) / "store") / system_key(cfg),
+        progress,
     )
     rows, tally = [], _Tally()
     for sample_id, qs in tqdm(by_conv.items(), desc=f"evaluate {cfg.system}", disable=not progress, unit="conv"):
@@ -287,6 +327,8 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
         },
         judge=judge_info,
         latency=[_latency(c, tally.seconds[c]) for c in LATENCY_COMPONENTS],
+        store="" if cfg.system in ("full-context", "rag") else str(setup.store),
+        embedder=cfg.embedder,
         records=df,
     )
     save_result(cfg.run_dir, result, cfg)
@@ -304,6 +346,7 @@ def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
 
     cfg, gen = setup.cfg, setup.answerer
     sampling = Sampling(max_new_tokens=cfg.answer_tokens)
+    seen = conv.first_turns(cfg.max_turns)
     if cfg.system == "full-context":
         answerer = FullContextAnswerer(
             gen,
@@ -311,9 +354,9 @@ def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
             sampling=sampling,
             max_context_tokens=_context_budget(gen.context_window, cfg.answer_tokens),
         )
-        records, tally = answerer.answer(qs, conv), _Tally()
+        records, tally = answerer.answer(qs, seen), _Tally()
     elif cfg.system == "rag":
-        records = RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling).answer(qs, conv)
+        records = RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling).answer(qs, seen)
         tally = _Tally()
     else:
         banks, tally = _build(setup, conv)
@@ -325,6 +368,36 @@ def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
             tally.seconds["search"].append(time.perf_counter() - start)
     tally.generations("answer", [r.generation for r in records])
     return records, tally
+
+
+def select_questions(data: Any, cfg: EvalConfig) -> list:
+    """The questions ``cfg`` evaluates: its split, then ``answerable``, ``per_category`` and ``limit``."""
+    from memr1.data.splits import split_questions
+
+    qs = split_questions(data, cfg.split)
+    if cfg.answerable and cfg.max_turns:
+        seen = {c.sample_id: {t.dia_id for t in c.turns() if t.position < cfg.max_turns} for c in data.conversations}
+        qs = [q for q in qs if q.evidence and set(q.evidence) <= seen[q.sample_id]]
+    if cfg.per_category:
+        taken: Counter = Counter()
+        kept = []
+        for q in qs:
+            taken[q.sample_id, q.category] += 1
+            if taken[q.sample_id, q.category] <= cfg.per_category:
+                kept.append(q)
+        qs = kept
+    return qs[: cfg.limit] if cfg.limit else qs
+
+
+def _adapter_generator(cfg: EvalConfig, adapter: str, field: str) -> Any:
+    """The base model with ``adapter`` (a run folder or adapter folder) on it; None without one."""
+    if not adapter:
+        return None
+    from memr1.llm.backends import make_generator
+    from memr1.rl.grpo import resolve_adapter
+
+    base, lora = resolve_adapter(adapter, cfg.model, field)
+    return make_generator(base, cfg.backend, lora_path=lora)
 
 
 def _context_budget(window: int | None, max_new_tokens: int) -> int | None:
@@ -356,9 +429,9 @@ def _build(setup: _Setup, conv: Any) -> tuple[Any, _Tally]:
     else:
         extractor: FactExtractor | TurnAsFactExtractor
         manager: MemoryManager | HeuristicManager
-        if cfg.system == "base":
-            extractor = FactExtractor(gen, Sampling(max_new_tokens=cfg.extract_tokens))
-            manager = MemoryManager(gen, Sampling(max_new_tokens=cfg.manager_tokens))
+        if cfg.system in LLM_BANK_SYSTEMS:
+            extractor = FactExtractor(gen, Sampling(max_new_tokens=cfg.extract_tokens), style=cfg.memory_style)
+            manager = MemoryManager(setup.manager, Sampling(max_new_tokens=cfg.manager_tokens), style=cfg.memory_style)
         else:
             extractor, manager = TurnAsFactExtractor(), HeuristicManager()
         built = build_banks(

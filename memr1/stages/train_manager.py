@@ -4,8 +4,10 @@ For every training turn of conv-26 that LoCoMo questions cite as evidence, the m
 turn's facts and the most similar memories of the teacher bank before the turn, and writes
 operations. Each sampled output is applied to a fork of that snapshot; a frozen Answer Agent
 (``answer_model``) answers the linked questions from the forked bank, and the reward is their mean
-exact match (a rejected output earns 0). The reward logs every sampled completion's operations;
-the result keeps their mix (``memr1.rl.rewards.op_mix``) for the report.
+exact match (a rejected output earns 0). The untrained frozen agent is the policy itself with its
+LoRA switched off (``memr1.rl.frozen.FrozenBase``), so the base weights are held once. The reward
+logs every sampled completion's operations; the result keeps their mix (``memr1.rl.rewards.op_mix``)
+for the report.
 
 >>> ManagerTrainConfig.from_params({"k_similar": "0"})
 Traceback (most recent call last):
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from memr1.config import check_min, get_profile
+from memr1.config import check_choice, check_min, get_profile
 from memr1.rl.grpo import TrainResult
 from memr1.runs import save_result, transient
 from memr1.stages.train_answer import GRPOStageConfig, resolved_as, teacher_data
@@ -37,9 +39,21 @@ class ManagerTrainConfig(GRPOStageConfig):
     """Frozen Answer Agent: "" for the base model, or an answer-agent run dir or adapter folder (LoRA)."""
     k_similar: int = 5
     """Stored memories shown to the manager per new fact (Mem0 convention: 5)."""
+    answer_tokens: int = 128
+    """Token cap of each frozen Answer Agent output (the answers the reward scores)."""
+    reward: str = "em"
+    """Score of each frozen-agent answer: em (Memory-R1) or f1 (an ablation for small models)."""
+    memory_style: str = "json"
+    """Manager prompt: json (the JSON object of Memory-R1) or lines (one fact per line with its operation;
+    for small models)."""
 
     def check(self) -> None:
-        check_min(self, 1, "k_similar")
+        from memr1.agents.manager import MANAGER_STYLES
+        from memr1.rl.rewards import ANSWER_SCORES
+
+        check_min(self, 1, "k_similar", "answer_tokens")
+        check_choice(self, "memory_style", MANAGER_STYLES)
+        check_choice(self, "reward", ANSWER_SCORES)
 
 
 @dataclass
@@ -63,7 +77,8 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
     from memr1.llm.backends import make_generator
     from memr1.llm.generate import Sampling
     from memr1.rl.datasets import manager_rows
-    from memr1.rl.grpo import main_process_first, resolve_answer_model, reward_validator, run_grpo
+    from memr1.rl.frozen import FrozenBase
+    from memr1.rl.grpo import main_process_first, resolve_adapter, reward_validator, run_grpo
     from memr1.rl.rewards import ManagerReward, op_mix, read_op_log
     from memr1.seeding import seed_everything
 
@@ -71,21 +86,30 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
     seed_everything(cfg.seed)
     data, embedder, store = teacher_data(cfg)
     with main_process_first():
-        train = manager_rows(data, "train", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
-        val = manager_rows(data, "validation", embedder, store_dir=store, k_similar=cfg.k_similar, progress=True)
+        rows = {
+            split: manager_rows(
+                data, split, embedder, store_dir=store, k_similar=cfg.k_similar, style=cfg.memory_style, progress=True
+            )
+            for split in ("train", "validation")
+        }
+    train, val = rows["train"], rows["validation"]
     train = train[: cfg.train_limit] if cfg.train_limit else train
     val = val[: cfg.eval_limit] if cfg.eval_limit else val
     fallback = get_profile(cfg.profile).fallback_model
-    base, lora = resolve_answer_model(cfg.answer_model, cfg.model)
-    frozen = make_generator(base, cfg.backend, lora_path=lora, fallback=fallback)
+    frozen: Any
+    if cfg.answer_model:  # a trained answer agent has weights of its own
+        base, lora = resolve_adapter(cfg.answer_model, cfg.model)
+        frozen = make_generator(base, cfg.backend, lora_path=lora, fallback=fallback)
+    else:
+        frozen = FrozenBase(cfg.model)
     agent = AnswerAgent(
         frozen,
-        Sampling(max_new_tokens=cfg.max_completion_length),
+        Sampling(max_new_tokens=cfg.answer_tokens),
         k_per_speaker=cfg.k_per_speaker,
         style=cfg.answer_style,
     )
     log_dir = Path(cfg.run_dir) / "reward_log"
-    reward = ManagerReward(agent, embedder, log_dir=log_dir, k_per_speaker=cfg.k_per_speaker)
+    reward = ManagerReward(agent, embedder, log_dir=log_dir, k_per_speaker=cfg.k_per_speaker, score=cfg.reward)
     validator = reward_validator(val, reward, cfg.max_completion_length) if val else None
     trained = run_grpo(
         cfg,
@@ -96,6 +120,7 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
         fallback=fallback,
         validator=validator,
         callbacks=callbacks,
+        on_model=frozen.bind if isinstance(frozen, FrozenBase) else None,
     )
     op_log = read_op_log(log_dir)
     result = ManagerTrainResult(
