@@ -28,6 +28,8 @@ bench: setup
 	$(PY) bench/bench_bank.py
 	$(PY) bench/bench_recall.py
 	$(PY) bench/bench_mem1.py
+	$(PY) bench/bench_mem1_logprob_memory.py
+	$(PY) bench/bench_manager_memory.py
 	$(PY) bench/bench_grpo.py
 	$(PY) bench/bench_grpo_cuda.py
 

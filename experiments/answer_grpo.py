@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+from stats import mean_std
+
 RUNS = Path("runs/experiments/answer_grpo")
 COMMON = {"profile": "cpu", "model": "smollm2-135m", "k_per_speaker": 5, "answer_style": "direct"}
 
@@ -107,10 +109,6 @@ def group_signal(n_questions: int, group: int, seed: int) -> dict:
         out[f"{name}_groups_with_signal_pct"] = 100 * sum(len(set(g)) > 1 for g in groups) / len(groups)
         out[f"{name}_mean_reward"] = sum(scores) / len(scores)
     return out
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
 def main() -> None:
