@@ -27,15 +27,20 @@ ARGS = [
 ]
 
 
+def require_chromium() -> None:
+    """Skip without Chromium, except under CI, where its absence is a failure."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium); .ci/run should have done it")
+        pytest.skip("chromium is not installed")
+
+
 @pytest.fixture(scope="module")
 def exported(data_dir, tmp_path_factory):
     """Notebooks 01 and 02 executed by ``memr1 run`` and exported with nbconvert, as HTML files."""
     from nbconvert import HTMLExporter
 
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium); .ci/run should have done it")
-        pytest.skip("chromium is not installed")
+    require_chromium()
     old = os.environ.get("MEMR1_DATA_DIR")
     os.environ["MEMR1_DATA_DIR"] = str(data_dir)
     try:

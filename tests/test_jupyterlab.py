@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, _artifacts
+from tests.test_browser import ARGS, CHROMIUM, _artifacts, require_chromium
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +43,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(data_dir, tmp_path_factory):
     """A running JupyterLab serving a folder of notebook copies: ``(base url, token, folder)``."""
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium); .ci/run should have done it")
-        pytest.skip("chromium is not installed")
+    require_chromium()
     folder = tmp_path_factory.mktemp("lab")
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "MEMR1_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), "JUPYTER_PLATFORM_DIRS": "1"}
