@@ -101,6 +101,12 @@ _CPU_BUDGETS = (
     ("mem1.memory_r1_k", 5),
 )
 
+# Memory-R1's completion cap: the manager lists every memory it was shown (docs/design.md §Training).
+_PAPER_BUDGETS = (
+    ("evaluate.manager_tokens", 2048),
+    ("train_manager.max_completion_length", 2048),
+)
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
@@ -132,6 +138,7 @@ PROFILES: dict[str, Profile] = {
             max_questions=0,
             max_turns=0,
             description="Qwen2.5-7B-Instruct (or Llama-3.1-8B-Instruct), Unsloth 4-bit LoRA on one GPU, full split",
+            budgets=_PAPER_BUDGETS,
         ),
     )
 }

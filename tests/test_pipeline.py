@@ -128,3 +128,6 @@ def test_the_profile_budgets_apply_under_the_users_overrides():
     assert planned["05_evaluate_locomo"].params["limit"] == 3
     smoke = by_name(plan("smoke", {}, run_dir=RUN))["05_evaluate_locomo"].config
     assert smoke.system == "heuristic" and smoke.k_per_speaker == 30  # smoke has no budgets
+    paper = by_name(plan("paper", {}, run_dir=RUN))
+    assert paper["05_evaluate_locomo"].config.manager_tokens == 2048  # Memory-R1's cap for the manager
+    assert paper["04_train_memory_manager"].config.max_completion_length == 2048
