@@ -47,6 +47,8 @@ def lab(data_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lab")
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "MEMR1_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), "JUPYTER_PLATFORM_DIRS": "1"}
+    for var in ("JUPYTER_CONFIG_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):  # a fresh user
+        env[var] = str(tmp_path_factory.mktemp(var.lower()))
     server = subprocess.Popen(
         [
             sys.executable,
@@ -104,6 +106,24 @@ STARTED = (
 )
 
 
+def _dismiss_dialogs(page, name: str) -> list[str]:
+    """Answer the modal dialogs a fresh JupyterLab may open (kernel choice: the default; anything else,
+    e.g. a build suggestion: dismissed); their texts are saved beside the screenshots."""
+    seen = []
+    for _ in range(5):
+        dialog = page.locator(".jp-Dialog")
+        try:
+            dialog.first.wait_for(timeout=3_000)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: no dialog
+            break
+        text = dialog.first.inner_text()
+        seen.append(text)
+        kind = "accept" if "kernel" in text.lower() else "reject"
+        dialog.first.locator(f".jp-Dialog-button.jp-mod-{kind}").first.click()
+    (_artifacts() / f"dialogs_{name}.json").write_text(json.dumps(seen))
+    return seen
+
+
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_training_curves_update_while_training_runs(lab, name):
     from playwright.sync_api import sync_playwright
@@ -117,6 +137,7 @@ def test_training_curves_update_while_training_runs(lab, name):
         page.goto(f"{url}/lab/workspaces/{name.replace('_', '-')}/tree/{name}.ipynb?reset&token={token}")
         page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
         page.wait_for_function(IDLE, timeout=120_000)  # the kernel has started
+        _dismiss_dialogs(page, name)
         for _ in range(3):  # a click while the kernel is still connecting runs nothing: try again
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_text("Run All Cells", exact=True).click()
