@@ -63,7 +63,7 @@ def train_config(seed: int, lr: float, steps: int):
 
 
 def _setup(n_val: int):
-    """Validation rows (conv-30), and EM / F1 rewards around the plain frozen agent."""
+    """Training rows (conv-26), validation rows (conv-30), EM / F1 rewards around the plain frozen agent."""
     from memr1.agents.answer import AnswerAgent
     from memr1.llm.backends import make_generator
     from memr1.llm.generate import Sampling
@@ -72,11 +72,14 @@ def _setup(n_val: int):
     from memr1.stages.train_answer import teacher_data
 
     data, embedder, store = teacher_data(train_config(0, 0.0, 1).resolved())
-    rows = manager_rows(data, "validation", embedder, store_dir=store, k_similar=5, style="lines")[:n_val]
+    rows = {
+        split: manager_rows(data, split, embedder, store_dir=store, k_similar=5, style="lines")
+        for split in ("train", "validation")
+    }
     frozen = make_generator(MODEL, "transformers")
     agent = AnswerAgent(frozen, Sampling(max_new_tokens=ANSWER_TOKENS), k_per_speaker=K, style="direct")
     rewards = {s: ManagerReward(agent, embedder, k_per_speaker=K, score=s) for s in ("em", "f1")}
-    return rows, rewards, frozen
+    return rows["train"], rows["validation"][:n_val], rewards, frozen
 
 
 def score_manager(generator, rows, rewards, sampling) -> tuple[dict, list[list[float]]]:
@@ -128,14 +131,12 @@ def main() -> None:
         from memr1.files import write_json_atomic
         from memr1.llm.backends import make_generator
         from memr1.llm.generate import Sampling
-        from memr1.rl.datasets import manager_rows
-        from memr1.stages.train_answer import teacher_data
         from memr1.stages.train_manager import run
 
         started = time.time()
         results.setdefault("started", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         results["machine"] = f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 1"
-        rows, rewards, frozen = _setup(args.val)
+        train_rows, rows, rewards, frozen = _setup(args.val)
         greedy = Sampling(max_new_tokens=MAX_TOKENS)
 
         before_s = results.get("wall_s", 0.0)  # earlier invocations of a resumed run
@@ -149,8 +150,6 @@ def main() -> None:
             print("before", results["before"], flush=True)
             save()
         if "signal" not in results:
-            data, embedder, store = teacher_data(train_config(0, 0.0, 1).resolved())
-            train_rows = manager_rows(data, "train", embedder, store_dir=store, k_similar=5, style="lines")
             step = max(1, len(train_rows) // args.signal_rows)
             results["signal"] = group_signal(train_rows[::step][: args.signal_rows], rewards, frozen, 4, 0)
             print("signal", results["signal"], flush=True)

@@ -376,8 +376,8 @@ def select_questions(data: Any, cfg: EvalConfig) -> list:
 
     qs = split_questions(data, cfg.split)
     if cfg.answerable and cfg.max_turns:
-        seen = {c.sample_id: {t.dia_id for t in c.turns() if t.position < cfg.max_turns} for c in data.conversations}
-        qs = [q for q in qs if q.evidence and set(q.evidence) <= seen[q.sample_id]]
+        seen = {q.qid for c in data.conversations for q in c.questions_up_to(cfg.max_turns - 1)}
+        qs = [q for q in qs if q.qid in seen]
     if cfg.per_category:
         taken: Counter = Counter()
         kept = []
