@@ -15,9 +15,13 @@ ends and skipped on rerun; ``--table-only`` re-renders ``<out>.md`` from the JSO
 options with small defaults sized for a 2-core CPU (SmolLM2-135M fp32: ~1.5 s per short answer, a
 MEM1 turn of up to 256 tokens several seconds).
 
-    .venv/bin/python experiments/mem1_horizon.py --seeds 0 1 2 --tasks 4 --steps 8 --max-new-tokens 128
-    .venv/bin/python experiments/mem1_horizon.py --model tiny --profile smoke --seeds 0 --ns 1 2 --tasks 1 \\
+    .venv/bin/python experiments/mem1_horizon.py --seeds 0 1 2 --tasks 3 --steps 4 --packed --max-new-tokens 128
+    .venv/bin/python experiments/mem1_horizon.py --model tiny --seeds 0 --ns 1 2 --tasks 1 \\
         --steps 1 --max-new-tokens 8 --group-size 2 --tasks-per-step 1 --out /tmp/h/mem1_horizon --runs /tmp/h/runs
+
+The prompt style (``--prompt-style``, default "examples") and the training reward (``--reward``,
+default "f1") are the ``cpu`` profile's; ``plain`` and ``em`` are MEM1's (their run on SmolLM2:
+docs/results/mem1_horizon_plain.md: almost every episode ended at an invalid first turn).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from stats import mean_std
 
 MODES = ("mem1", "full")
 MEASURES = (
+    ("answered", "answered"),
     ("em", "EM"),
     ("em_strict", "EM strict"),
     ("f1", "F1"),
@@ -65,25 +70,38 @@ def train_settings(args: argparse.Namespace) -> Any:
         learning_rate=args.lr,
         max_new_tokens=args.max_new_tokens,
         lora_r=args.lora_r,
+        packed=args.packed,
+        micro_batch=args.micro_batch,
+        reward=args.reward,
+        prompt_style=args.prompt_style,
     )
 
 
-def policies(args: argparse.Namespace, seed: int, need_trained: bool) -> dict[bool, Any]:
-    """The untrained generator and, when needed, the generator over the model trained for ``seed``."""
+def policy(args: argparse.Namespace, seed: int, trained: bool, results: dict[str, Any]) -> Any:
+    """The untrained generator, or (trained) the generator over the model trained for ``seed``, whose
+    training log goes into ``results["training"]``."""
     from memr1.llm.backends import TransformersGenerator, make_generator
     from memr1.rl.mem1_trainer import train_mem1
 
-    out = {False: make_generator(args.model, "transformers")}
-    if need_trained:
-        t0 = time.perf_counter()
-        trained = train_mem1(
-            train_settings(args), run_dir=Path(args.runs) / f"seed{seed}", seed=seed, data_dir=args.data_dir or None
-        )
-        rewards = [round(e["reward_mean"], 3) for e in trained.history]
-        print(f"seed {seed}: trained {trained.steps_done} steps in {time.perf_counter() - t0:.0f} s; rewards {rewards}")
-        trained.tokenizer.padding_side = "left"  # batched generation pads on the left
-        out[True] = TransformersGenerator.from_model(trained.model, trained.tokenizer, name=f"{args.model}+mem1-rl")
-    return out
+    if not trained:
+        return make_generator(args.model, "transformers")
+    t0 = time.perf_counter()
+    run = train_mem1(
+        train_settings(args), run_dir=Path(args.runs) / f"seed{seed}", seed=seed, data_dir=args.data_dir or None
+    )
+    rewards = [round(e["reward_mean"], 3) for e in run.history]
+    print(f"seed {seed}: trained {run.steps_done} steps in {time.perf_counter() - t0:.0f} s; rewards {rewards}")
+    results.setdefault("training", {})[str(seed)] = read_log(Path(args.runs) / f"seed{seed}")
+    run.tokenizer.padding_side = "left"  # batched generation pads on the left
+    return TransformersGenerator.from_model(run.model, run.tokenizer, name=f"{args.model}+mem1-rl")
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The training log of one seed (every step, earlier invocations included)."""
+    from memr1.rl.mem1_trainer import LOG_FILE
+
+    path = run_dir / LOG_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def run_cell(args: argparse.Namespace, policy: Any, mode: str, n: int, seed: int) -> dict[str, Any]:
@@ -96,11 +114,20 @@ def run_cell(args: argparse.Namespace, policy: Any, mode: str, n: int, seed: int
     tasks = make_tasks(args.environment, n, args.tasks, seed, data_dir=args.data_dir or None, split="test")
     sampling = Sampling(max_new_tokens=args.max_new_tokens, stop=STOP_STRINGS)
     start = time.perf_counter()
-    eps = run_episodes(tasks, policy, (mode,), max_turns=-1, count_tokens=token_counter_for(policy), sampling=sampling)
+    eps = run_episodes(
+        tasks,
+        policy,
+        (mode,),
+        max_turns=-1,
+        count_tokens=token_counter_for(policy),
+        sampling=sampling,
+        prompt_style=args.prompt_style,
+    )
     row = aggregate(eps).iloc[0].to_dict()
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     row["cell_s"] = time.perf_counter() - start
     row["stops"] = {s: sum(e.stop == s for e in eps) for s in ("answer", "invalid", "max_turns")}
+    row["answered"] = row["stops"]["answer"] / len(eps)
     row["task_ids"] = [t.id for t in tasks]
     return row
 
@@ -119,6 +146,10 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning")
+    ap.add_argument("--packed", action="store_true", help="one row per trajectory, prompt prefix stored once")
+    ap.add_argument("--micro-batch", type=int, default=1, help="trajectories per forward pass (memory, not result)")
+    ap.add_argument("--reward", default="f1", choices=["em", "f1"], help="training reward (MEM1: em)")
+    ap.add_argument("--prompt-style", default="examples", choices=["plain", "examples"])
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--out", default="docs/results/mem1_horizon")
     ap.add_argument("--runs", default="runs/experiments/mem1_horizon", help="training checkpoints, one per seed")
@@ -134,11 +165,12 @@ def main() -> None:
     if args.merge:
         from memr1.files import write_json_atomic
 
-        merged: dict = {"cells": {}, "runs": []}
+        merged: dict = {"cells": {}, "runs": [], "training": {}}
         for part in args.merge:
             got = json.loads(Path(part).read_text())
             merged["cells"].update(got["cells"])
             merged["runs"] += got["runs"]
+            merged["training"].update(got.get("training", {}))
         write_json_atomic(results_file, merged)
         return write_table(merged, args)
     if args.table_only:
@@ -158,8 +190,11 @@ def main() -> None:
         ]
         if not todo:
             continue
-        gens = policies(args, seed, need_trained=any(t for t, _, _ in todo))
+        gens: dict[bool, Any] = {}  # the untrained cells run before training starts
         for i, (trained, mode, n) in enumerate(todo, 1):
+            if trained not in gens:
+                gens[trained] = policy(args, seed, trained, results)
+                write_json_atomic(results_file, results)
             key = cell_key(mode, n, seed, trained)
             print(f"[{i}/{len(todo)}] {key} ...", flush=True)
             row = run_cell(args, gens[trained], mode, n, seed)
@@ -186,8 +221,12 @@ def main() -> None:
                     "group_size",
                     "lr",
                     "lora_r",
+                    "packed",
+                    "micro_batch",
                     "model",
                     "environment",
+                    "reward",
+                    "prompt_style",
                 )
             },
         }
@@ -204,7 +243,7 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     header = "| model | mode | N | turns allowed | seeds | " + " | ".join(label for _, label in MEASURES) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (trained, mode, n), rows in sorted(groups.items()):
-        fmt = {"em": ".2f", "em_strict": ".2f", "f1": ".2f", "turns": ".1f", "wall_s": ".1f"}
+        fmt = {"answered": ".2f", "em": ".2f", "em_strict": ".2f", "f1": ".2f", "turns": ".1f", "wall_s": ".1f"}
         vals = [mean_std([r.get(m) for r in rows], fmt.get(m, ".0f")) for m, _ in MEASURES]
         lines.append(
             f"| {'RL at N=2' if trained else 'untrained'} | {mode} | {n} | {rows[0].get('max_turns', '')} | "
@@ -216,13 +255,15 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     last = runs[-1] if runs else {}
     tokenizer = cells[0].get("tokenizer", "?") if cells else "?"
     commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)) or "?"
+    budgets = last.get("budgets", {})
     text = f"""# MEM1 horizon generalisation ({last.get("budgets", {}).get("model", "?")}, CPU)
 
 {last.get("date", "?")}, {last.get("machine", "?")}. Command(s): {commands}.
 Wall time: {sum(r["wall_s"] for r in runs) / 60:.1f} min over {len(runs)} invocation(s).
 Budgets: {json.dumps(last.get("budgets", {}))}.
 
-Training: MEM1 RL (`memr1.rl.mem1_trainer`, GRPO-style groups, EM reward, exact per-turn rows) on
+Prompt style: {budgets.get("prompt_style", "plain")} (`memr1.agents.mem1.PROMPT_STYLES`). Training: MEM1 RL
+(`memr1.rl.mem1_trainer`, GRPO-style groups, {budgets.get("reward", "em").upper()} reward, exact per-turn rows) on
 2-objective tasks of the train pool only; evaluation on held-out tasks of the test pool (HotpotQA:
 the second half of the 100-question sample; LoCoMo: the 8 test conversations), greedy, stopped at
 `</query>` / `</answer>`, turn budget 6 up to 4 objectives and 20 beyond. Mean ± std over seeds
@@ -230,10 +271,19 @@ the second half of the 100-question sample; LoCoMo: the 8 test conversations), g
 objectives (0 to N); "EM strict" is 0 when the answer count differs from N. "Peak (ours)": the
 longest context, prompt included; "peak (MEM1, …)": prompt excluded, each internal state counted
 twice, averaged over tasks with EM > 0 (MEM1's rule; "–" when no task scored) or over all tasks.
-Tokens counted with: {tokenizer} (MEM1 used tiktoken o200k).
+"Answered": the share of episodes that ended in an `<answer>` (the others wrote an invalid turn or
+ran out of turns). Tokens counted with: {tokenizer} (MEM1 used tiktoken o200k).
 
 """
     text += "\n".join(lines) + "\n"
+    training = results.get("training", {})
+    if training:
+        text += "\nTraining reward per step (mean over the step's rollouts; a group with one reward value gives "
+        text += "no gradient):\n\n"
+        for seed, log in sorted(training.items()):
+            rewards = ", ".join(f"{e['reward_mean']:.2f}" for e in log)
+            flat = sum(e.get("groups_flat", 0) for e in log)
+            text += f"- seed {seed}: {rewards}" + (f" ({flat} flat groups)" if flat else "") + "\n"
     out = Path(args.out + ".md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

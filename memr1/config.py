@@ -99,6 +99,8 @@ _CPU_BUDGETS = (
     ("mem1.eval_objectives", "1,2,4"),
     ("mem1.max_new_tokens", 128),
     ("mem1.memory_r1_k", 5),
+    ("mem1.prompt_style", "examples"),  # "plain": almost no valid turn (docs/results/mem1_horizon_plain.md)
+    ("mem1.reward", "f1"),
 )
 
 # Memory-R1's completion cap: the manager lists every memory it was shown (docs/design.md §Training).

@@ -15,6 +15,7 @@ from memr1.agents.mem1 import (
     Episode,
     TurnRecord,
     build_context,
+    example_messages,
     format_docs,
     parse_action,
     render_turn,
@@ -295,6 +296,64 @@ def test_hotpotqa_loader_reads_official_layout_and_rejects_bad_files(tmp_path, m
         load_hotpotqa()
 
 
+# --------------------------------------------------------------------------- prompt styles
+
+
+def test_worked_examples_are_episodes_the_parser_reads():
+    for n, answers in ((1, ("Tessa",)), (2, ("Tessa", "1908")), (16, ("Tessa", "1908"))):
+        msgs = example_messages(n)
+        assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
+        turns = [parse_action(m["content"], min(n, 2)) for m in msgs[1::2]]
+        assert all(a.ok and a.state for a in turns)
+        assert [a.kind for a in turns] == ["query"] * (len(turns) - 1) + ["answer"]
+        assert turns[-1].answers == answers
+        for a, info in zip(turns, msgs[2::2]):  # each search is answered with its documents
+            assert info["content"].startswith("<info>\nDoc 1 (Title: ") and a.query.split()[0] in info["content"]
+    assert example_messages(4, "plain") == []
+    with pytest.raises(ConfigError, match="prompt style"):
+        example_messages(1, "fewshot")
+
+
+def test_examples_style_prefixes_every_context_and_counts_as_prompt():
+    task = _toy_task()
+
+    def policy(messages):  # reads its turn from its own last state, whatever came before
+        first = not messages[-1]["content"].startswith("<info>")
+        t = 0 if first else int(parse_action(messages[-2]["content"]).state.split()[-1]) + 1
+        return (
+            f"<IS>state {t}</IS><answer>ans0 ; ans1</answer>" if t == 3 else f"<IS>state {t}</IS><query>alpha</query>"
+        )
+
+    runs = {
+        style: run_episode(
+            task, ScriptedGenerator(policy), None, mode, max_turns=6, score=score_answer, prompt_style=style
+        )
+        for style in ("plain", "examples")
+        for mode in ("mem1",)
+    }
+    plain, ex = runs["plain"], runs["examples"]
+    prefix = example_messages(2)
+    assert ex.em == [1.0, 1.0] and len(ex.turns) == len(plain.turns) == 4
+    for t, (p, e) in enumerate(zip(plain.turns, ex.turns)):
+        assert e.context[: len(prefix)] == prefix
+        assert e.context[len(prefix)]["content"].startswith(task_prompt(task, "examples"))
+        assert len(e.context) - len(prefix) == len(p.context)  # the same episode after the prefix
+        assert e.context_state_tokens == p.context_state_tokens  # example states are not the agent's
+        extra = sum(WHITESPACE(m["content"]) for m in prefix)
+        assert e.prompt_tokens == WHITESPACE(task_prompt(task, "examples")) + extra
+    full = run_episode(
+        task, ScriptedGenerator(policy), None, "full", max_turns=6, score=score_answer, prompt_style="examples"
+    )
+    assert all(r.context[: len(prefix)] == prefix for r in full.turns)
+    assert len(full.turns[-1].context) == len(prefix) + 1 + 2 * 3
+
+
+def test_gold_policy_solves_tasks_under_the_examples_style(hotpot):
+    tasks = make_tasks(hotpot, 2, 2, seed=0)
+    for ep in run_episodes(tasks, GOLD, ("mem1", "full"), max_turns=gold_max_turns(2, 6), prompt_style="examples"):
+        assert ep.stop == "answer" and ep.em == [1.0, 1.0]
+
+
 # --------------------------------------------------------------------------- gold policy and growth
 
 
@@ -521,6 +580,9 @@ def test_context_widget_and_stage_registration():
             Mem1Config.from_params({"eval_objectives": bad})
     with pytest.raises(ConfigError, match="max_turns"):
         Mem1Config.from_params({"max_turns": 0})
+    for bad in ({"prompt_style": "fewshot"}, {"reward": "bleu"}):
+        with pytest.raises(ConfigError, match="prompt_style must be one of"):
+            Mem1Config.from_params(bad)
     assert Mem1Config.from_params({"profile": "cpu"}).resolved().max_new_tokens == 256
 
 
@@ -554,10 +616,19 @@ def test_train_stage_writes_a_typed_result(tmp_path, data_dir, monkeypatch):
 
 
 def test_stage_trains_on_train_tasks_and_scores_held_out_tasks_at_every_n(tmp_path, data_dir, monkeypatch):
-    from memr1.stages.mem1 import Mem1Config, run
+    from memr1.runs import read_result
+    from memr1.stages.mem1 import Mem1Config, Mem1TrainResult, run
 
     monkeypatch.setenv("MEMR1_DATA_DIR", str(data_dir))
-    cfg = Mem1Config(run_dir=str(tmp_path / "s06"), steps=1, n_tasks=2, eval_objectives="1,8", max_new_tokens=8)
+    cfg = Mem1Config(
+        run_dir=str(tmp_path / "s06"),
+        steps=1,
+        n_tasks=2,
+        eval_objectives="1,8",
+        max_new_tokens=8,
+        prompt_style="examples",
+        reward="f1",
+    )
     result = run(cfg)
     log = [json.loads(x) for x in (tmp_path / "s06" / "train" / "train_log.jsonl").read_text().splitlines()]
     trained_on = {t for line in log for t in line["tasks"]}
@@ -567,6 +638,13 @@ def test_stage_trains_on_train_tasks_and_scores_held_out_tasks_at_every_n(tmp_pa
     table = result.table_frame
     assert set(table.policy) == {"tiny", "tiny+mem1-rl", "gold-scripted"} and set(table.n_objectives) == {1, 8}
     assert result.turn_budgets == {"1": 6, "8": 20}
+    trained_cfg = read_result(tmp_path / "s06" / "train", Mem1TrainResult).config
+    assert (trained_cfg["prompt_style"], trained_cfg["reward"]) == ("examples", "f1")  # passed on to training
+    for ep in result.model_episodes + result.gold_episodes:  # every context opens with the worked episode
+        prefix = example_messages(ep.n_objectives)
+        assert all(t.context[: len(prefix)] == prefix for t in ep.turns)
+    gold = table[table.policy == "gold-scripted"]
+    assert (gold.em == gold.n_objectives).all()
     model_rows = table[table.policy != "gold-scripted"]
     assert (model_rows.set_index("n_objectives").max_turns.to_dict()) == {1: 6, 8: 20}
     assert {

@@ -12,6 +12,7 @@ import statistics
 import pytest
 import torch
 
+from memr1.errors import ConfigError
 from memr1.rl.mem1_loss import loss_weights, policy_loss, train_step
 from memr1.rl.mem1_trainer import (
     Mem1TrainSettings,
@@ -330,6 +331,17 @@ def test_rollout_groups_keep_ids_prune_the_context_and_score_by_em(tiny_path, mo
     assert list(trajs[0].turns[2].prompt_ids) == encode_messages(tok, expected)
     last_context = tok.decode(trajs[0].turns[2].prompt_ids)
     assert "Q1 Paris" in last_context and "need both" not in last_context  # older turns pruned
+    final[:] = ["Paris France ; 1969", "Paris ; 1970"]  # member 0 half right on Q1: EM 0, F1 2/3
+    rewards = {}
+    for reward in ("em", "f1"):
+        calls.clear()
+        (trajs,) = rollout_groups(
+            [task], model, tok, OneDocRetriever(), group_size=2, max_turns=4, temperature=1.0, seed=0, reward=reward
+        )
+        rewards[reward] = [round(t.reward, 3) for t in trajs]
+    assert rewards == {"em": [1.0, 1.0], "f1": [1.667, 1.0]}
+    with pytest.raises(ConfigError, match="reward"):
+        rollout_groups([task], model, tok, group_size=2, max_turns=4, temperature=1.0, seed=0, reward="bleu")
 
 
 def test_sampler_logprobs_are_the_logprobs_the_loss_scores(tiny_path, model):
@@ -379,10 +391,17 @@ def test_train_mem1_runs_on_hotpotqa_tasks_with_the_real_agent(tmp_path, data_di
     (entry,) = result.history
     assert entry["trajectories"] == 2 and 2 <= entry["turns"] <= 4
     assert 2 <= entry["loss_tokens"] <= 2 * 2 * 8
+    assert entry["groups_flat"] == 1  # the random model scores 0 in every rollout: no gradient signal
     assert (result.run_dir / "checkpoint" / "model" / "config.json").is_file()
 
 
-def toy_rollout(tasks, policy, tokenizer, retriever, *, group_size, max_turns, temperature, seed, max_new_tokens):
+@pytest.mark.parametrize("bad", [{"reward": "bleu"}, {"prompt_style": "fewshot"}, {"temperature": 0}])
+def test_training_settings_reject_unknown_values(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        Mem1TrainSettings(model="tiny", **bad).validate()
+
+
+def toy_rollout(tasks, policy, tokenizer, retriever, *, group_size, max_turns, temperature, seed, max_new_tokens, **kw):
     """A stand-in environment: a pruned two-message context per turn; reward = even first tokens."""
     generator = torch.Generator().manual_seed(seed)
     groups = []

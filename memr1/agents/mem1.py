@@ -18,6 +18,13 @@ Turn budget (``turn_budget``): MEM1 allows 6 turns for 1 to 4 objectives and 20 
 Generation stops at ``</query>`` or ``</answer>`` (``STOP_STRINGS``), so no time is spent on text the
 loop would throw away.
 
+Prompt styles (``PROMPT_STYLES``): "plain" shows only the instructions (``task_prompt``), as MEM1
+does; "examples" shortens them and puts a worked episode before them (``example_messages``:
+invented questions and documents, searches, then the answer, rendered exactly as real turns are),
+a constant prefix of every context in every mode. SmolLM2-135M wrote almost no valid turn under "plain" (it repeated the
+instructions; docs/results/mem1_horizon_plain.md) and mostly valid ones under "examples"
+(docs/results/mem1_horizon.md).
+
 The last user message ends with a turns-left hint. All N questions are answered in one ``<answer>``,
 in question order, separated by ``" ; "`` (MEM1) or one per line (numbering like ``1.`` or ``Q2:`` is
 stripped); each is scored by position with the ``score`` function the caller passes (the evaluation
@@ -42,6 +49,7 @@ from memr1.llm.generate import Generator, Messages, Sampling
 from memr1.memory.passages import Retriever, retriever_for
 
 MODES = ("mem1", "full", "truncate")
+PROMPT_STYLES = ("plain", "examples")
 ANSWER_SEPARATOR = " ; "
 STOP_STRINGS = ("</query>", "</answer>")
 """Generation ends after the turn's action tag, as in MEM1's inference code."""
@@ -90,10 +98,26 @@ def resolve_turns(max_turns: int, n_objectives: int) -> int:
     return max_turns
 
 
-def task_prompt(task: Task) -> str:
+def task_prompt(task: Task, style: str = "plain") -> str:
     """The task prompt (constant over an episode): the questions and the rules of the loop."""
-    n = task.n_objectives
-    qs = "\n".join(f"{i}. {o.question.strip()}" for i, o in enumerate(task.objectives, 1))
+    return questions_prompt([o.question for o in task.objectives], style)
+
+
+def questions_prompt(questions: Sequence[str], style: str = "plain") -> str:
+    """``task_prompt`` of any list of questions (the worked examples use it too).
+
+    "plain" spells out MEM1's rules; "examples" states them in two sentences, since its worked
+    episode shows them (SmolLM2-135M copied the long rules back instead of following them).
+    """
+    n = len(questions)
+    qs = "\n".join(f"{i}. {q.strip()}" for i, q in enumerate(questions, 1))
+    if style == "examples":
+        answer = "<answer>your answer</answer>" if n == 1 else "<answer>answer 1 ; answer 2 ; ...</answer>"
+        return (
+            f"Questions:\n{qs}\n\nSearch the documents, one search per turn. Each turn write <IS>notes: the "
+            "answers found so far, by question number, and what is still missing</IS>, then <query>search "
+            f"words</query>, or, once every question has an answer, {answer}."
+        )
     fmt = (
         "<answer>your answer</answer> to finish with one short answer"
         if n == 1
@@ -134,6 +158,74 @@ def render_info(info: str, turns_left: int) -> str:
     return f"<info>\n{info}\n</info>\n{turns_hint(turns_left)}"
 
 
+# The worked episodes of the "examples" style: invented people, places and documents (no dataset
+# question leaks in), one per answer shape: a single question, and two answered with " ; ".
+_EXAMPLE_Q1 = "Which river flows through the birthplace of the painter Lena Ostrova?"
+_EXAMPLE_Q2 = "In which year did the Harbour Line tram open?"
+_EXAMPLE_DOCS = {
+    "Lena Ostrova painter birthplace": [
+        Passage("x1", "Lena Ostrova", "Lena Ostrova (1931-2004) was a painter born in Velmar."),
+        Passage("x2", "Ostrova Prize", "The Ostrova Prize is an art award given every two years."),
+        Passage("x3", "Velmar Museum", "The Velmar Museum shows local crafts."),
+    ],
+    "Velmar river": [
+        Passage("x4", "Velmar", "Velmar is a market town on the river Tessa."),
+        Passage("x5", "Tessa", "The Tessa is a river 120 km long."),
+        Passage("x1", "Lena Ostrova", "Lena Ostrova (1931-2004) was a painter born in Velmar."),
+    ],
+    "Harbour Line tram opened": [
+        Passage("x6", "Harbour Line", "The Harbour Line is a tram line of Port Ellis, opened in 1908."),
+        Passage("x7", "Port Ellis", "Port Ellis is a harbour town."),
+        Passage("x8", "Trams", "Trams run on rails laid in the street."),
+    ],
+}
+_EXAMPLE_EPISODES = {
+    1: (
+        [_EXAMPLE_Q1],
+        [
+            ("Q1: need where Lena Ostrova was born.", "Lena Ostrova painter birthplace"),
+            ("Q1: she was born in Velmar; need its river.", "Velmar river"),
+        ],
+        ("Q1: Tessa.", ["Tessa"]),
+    ),
+    2: (
+        [_EXAMPLE_Q1, _EXAMPLE_Q2],
+        [
+            ("Q1: need where Lena Ostrova was born. Q2: not searched yet.", "Lena Ostrova painter birthplace"),
+            ("Q1: born in Velmar; need its river. Q2: not searched yet.", "Velmar river"),
+            ("Q1: Tessa. Q2: not searched yet.", "Harbour Line tram opened"),
+        ],
+        ("Q1: Tessa. Q2: 1908.", ["Tessa", "1908"]),
+    ),
+}
+
+
+def example_messages(n_objectives: int, style: str = "examples") -> Messages:
+    """The constant prefix a prompt style puts before the task: nothing for "plain"; for "examples" a
+    worked episode (one question when N is 1, two otherwise) as earlier chat turns.
+
+    >>> [m["role"] for m in example_messages(1)]
+    ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']
+    >>> example_messages(3, "plain")
+    []
+    """
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"unknown prompt style {style!r}; choose one of {PROMPT_STYLES}")
+    if style == "plain":
+        return []
+    questions, searches, (state, answers) = _EXAMPLE_EPISODES[1 if n_objectives == 1 else 2]
+    left = TURNS_SHORT
+    msgs: Messages = [{"role": "user", "content": f"{questions_prompt(questions, style)}\n\n{turns_hint(left)}"}]
+    for s, query in searches:
+        left -= 1
+        msgs.append({"role": "assistant", "content": render_turn(s, query)})
+        msgs.append({"role": "user", "content": render_info(format_docs(_EXAMPLE_DOCS[query]), left)})
+    msgs.append(
+        {"role": "assistant", "content": f"<IS>{state}</IS>\n<answer>{ANSWER_SEPARATOR.join(answers)}</answer>"}
+    )
+    return msgs
+
+
 def build_context(
     task: Task,
     turn: int,
@@ -146,6 +238,7 @@ def build_context(
     history: Sequence[tuple[str, str | None, str]] = (),
     budget_tokens: int = 0,
     count_tokens: Callable[[str], int] = WHITESPACE,
+    prompt_style: str = "plain",
 ) -> Messages:
     """The messages the model sees at ``turn`` (a pure function: same arguments, same messages).
 
@@ -154,12 +247,13 @@ def build_context(
     this turn. "full" and "truncate" also need ``history``: the (state, query, info) of the ``turn - 1``
     turns before the previous one, oldest first ("mem1" ignores it); "truncate" keeps the newest
     turns whose ``count_tokens`` fit ``budget_tokens`` (prompt included; the newest turn always stays).
+    ``prompt_style`` "examples" puts ``example_messages`` first (outside the truncation budget).
     """
     if mode not in MODES:
         raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
-    prompt = task_prompt(task)
+    prompt, prefix = task_prompt(task, prompt_style), example_messages(task.n_objectives, prompt_style)
     if turn == 0:
-        return [{"role": "user", "content": f"{prompt}\n\n{turns_hint(turns_left)}"}]
+        return [*prefix, {"role": "user", "content": f"{prompt}\n\n{turns_hint(turns_left)}"}]
     if mode == "mem1":
         past = [(state, last_query, last_info)]
     elif len(history) != turn - 1:
@@ -185,7 +279,7 @@ def build_context(
             kept.insert(0, pair)
             used += cost
         pairs = kept
-    return [{"role": "user", "content": prompt}] + [m for pair in pairs for m in pair]
+    return [*prefix, {"role": "user", "content": prompt}] + [m for pair in pairs for m in pair]
 
 
 @dataclass(frozen=True)
@@ -380,6 +474,7 @@ def run_episode(
     k: int = 3,
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
+    prompt_style: str = "plain",
 ) -> Episode:
     """Run one task to an answer, an invalid turn or its turn budget; score the answers per objective.
 
@@ -399,6 +494,7 @@ def run_episode(
         k=k,
         budget_tokens=budget_tokens,
         stop_on_invalid=stop_on_invalid,
+        prompt_style=prompt_style,
     )[0]
 
 
@@ -418,6 +514,7 @@ def run_batch(
     k: int = 3,
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
+    prompt_style: str = "plain",
 ) -> list[Episode]:
     """``run_episode`` for several tasks in lockstep: one batched ``step`` per turn for all live episodes.
 
@@ -425,10 +522,12 @@ def run_batch(
     ``sampling``, stop strings included), training a token-level ``TurnPolicy``; a task may appear
     several times (a training group). Each task gets ``max_turns`` turns, or ``turn_budget`` of its
     N when ``max_turns`` is -1. A turn's wall time is its share of the batched call plus its own
-    retrieval.
+    retrieval. ``prompt_style`` (``PROMPT_STYLES``) counts as prompt: its examples are in
+    ``prompt_tokens`` and their states are not in ``context_state_tokens``.
     """
     if mode not in MODES:
         raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
+    prefixes = {t.n_objectives: example_messages(t.n_objectives, prompt_style) for t in tasks}
     policy = as_policy(generator, sampling)
     budgets = [resolve_turns(max_turns, t.n_objectives) for t in tasks]
     rets = [r or retriever_for(t.corpus) for t, r in zip(tasks, retrievers or [None] * len(tasks))]
@@ -449,6 +548,7 @@ def run_batch(
                 history=pasts[i][:-1],
                 budget_tokens=budget_tokens,
                 count_tokens=count_tokens,
+                prompt_style=prompt_style,
             )
             for i in live
         ]
@@ -463,13 +563,17 @@ def run_batch(
             info = format_docs(hits) if action.query is not None else ""
             if not action.ok and not stop_on_invalid:
                 info = f"Invalid turn ({action.error}). {INVALID_HINT}"
-            shown = [s for m in msgs if m["role"] == "assistant" for s in _STATE_IN_CONTEXT.findall(m["content"])]
+            prefix = prefixes[task.n_objectives]
+            episode_msgs = msgs[len(prefix) :]
+            shown = [
+                s for m in episode_msgs if m["role"] == "assistant" for s in _STATE_IN_CONTEXT.findall(m["content"])
+            ]
             ep.turns.append(
                 TurnRecord(
                     turn,
                     msgs,
                     sum(count_tokens(m["content"]) for m in msgs),
-                    count_tokens(task_prompt(task)),
+                    count_tokens(task_prompt(task, prompt_style)) + sum(count_tokens(m["content"]) for m in prefix),
                     count_tokens(text),
                     text,
                     action.state,

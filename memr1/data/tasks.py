@@ -131,7 +131,7 @@ def make_tasks(
                 f"no LoCoMo conversation {conversation!r} in split {split!r}; that split holds {sorted(held)}"
             )
         groups = [
-            (locomo_corpus(c), _distinct([_locomo_objective(q) for q in c.qa if q.category != 5 and q.evidence]))
+            (locomo_corpus(c), _distinct([locomo_objective(q) for q in c.qa if q.category != 5 and q.evidence]))
             for c in convs
         ]
     groups = [(corpus, objs[:pool] if pool else objs) for corpus, objs in groups]
@@ -207,7 +207,8 @@ def _hotpot_objective(q: Any) -> Objective:
     return Objective(q.qid, q.question, (q.answer,), q.gold_ids, q.type)
 
 
-def _locomo_objective(q: Any) -> Objective:
+def locomo_objective(q: Any) -> Objective:
+    """A LoCoMo question as an objective (its evidence turns are its gold passages)."""
     return Objective(q.qid, q.question, (q.answer,), q.evidence, str(q.category))
 
 

@@ -214,8 +214,9 @@ def gold_policy(task: Task, name: str = "gold-scripted") -> ScriptedGenerator:
         return f"{out}\n<answer>{body}</answer>"
 
     def act(messages: Messages) -> str:
-        prev = parse_action(messages[-2]["content"]) if len(messages) >= 3 else Action("")
-        info = messages[-1]["content"] if len(messages) >= 3 else ""
+        first = not messages[-1]["content"].startswith("<info>")  # turn 0, after any worked examples
+        prev = Action("") if first else parse_action(messages[-2]["content"])
+        info = "" if first else messages[-1]["content"]
         answers: dict[int, str] = {}
         have: dict[int, set[int]] = {}
         for item in filter(None, (s.strip() for s in re.split(r";\s*(?=Q\d+(?:=| has ))", prev.state))):
@@ -256,16 +257,21 @@ def run_episodes(
     embedder: str = "minilm",
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
+    prompt_style: str = "plain",
 ) -> list[Episode]:
     """Every task under every mode, with ``policy`` a generator or ``"gold"`` (``gold_policy`` per task).
 
     ``max_turns`` -1 gives each task MEM1's budget for its N (``turn_budget``); ``retriever`` "bm25"
-    or "dense" (with ``embedder``, MiniLM by default)."""
+    or "dense" (with ``embedder``, MiniLM by default); ``prompt_style`` as in ``run_batch``."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"unknown mode(s) {unknown}; choose from {MODES}")
     episodes: list[Episode] = []
-    kw: dict[str, Any] = {"budget_tokens": budget_tokens, "stop_on_invalid": stop_on_invalid}
+    kw: dict[str, Any] = {
+        "budget_tokens": budget_tokens,
+        "stop_on_invalid": stop_on_invalid,
+        "prompt_style": prompt_style,
+    }
     for mode in modes:
         rets = [retriever_for(t.corpus, retriever, embedder) for t in tasks]
         if policy == GOLD:

@@ -130,6 +130,7 @@ def train_step(
         "input_tokens": read,
         "turns": sum(len(t.turns) for t in trajs),
         "trajectories": len(trajs),
+        "groups_flat": sum(len({t.reward for t in g}) == 1 for g in groups),
         "grad_norm": grad_norm,
     }
 

@@ -12,7 +12,8 @@
   ``</query>`` / ``</answer>``, and keeps prompt ids, sampled ids and their log-probs: nothing is
   decoded and re-tokenised. It writes its own loop rather than calling ``generate``, whose
   ``output_scores`` would hold steps × batch × vocabulary floats (gigabytes at a 150k vocabulary).
-  Reward = objectives answered correctly (exact match by position), no format reward.
+  Reward (``reward``): objectives answered correctly (exact match by position, MEM1's), or the sum
+  of their F1 (a denser signal for a small model that rarely matches exactly); no format reward.
 * ``train_mem1``: the loop: rollouts, a step of ``memr1.rl.mem1_loss`` (our own GRPO-style loss), a
   JSON-lines log line, a checkpoint (``memr1.rl.mem1_checkpoint``) from which a rerun resumes exactly.
 
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memr1.agents.mem1 import STOP_STRINGS, StepOutput
+from memr1.agents.mem1 import PROMPT_STYLES, STOP_STRINGS, StepOutput
 from memr1.config import StageConfig
 from memr1.errors import ConfigError
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("memr1")
 
 LOG_FILE, CHECKPOINT_DIR = "train_log.jsonl", "checkpoint"
+REWARDS = ("em", "f1")
 
 
 @dataclass
@@ -86,11 +88,19 @@ class Mem1TrainSettings(StageConfig):
     """LoRA rank on every linear layer (alpha is twice the rank); 0 means full fine-tuning."""
     save_every: int = 1
     """Steps between checkpoints in run_dir/checkpoint (the last step is always saved)."""
+    reward: str = "em"
+    """Episode reward: em (objectives answered exactly, as MEM1) or f1 (the sum of their F1 scores)."""
+    prompt_style: str = "plain"
+    """plain (the instructions of MEM1) or examples (a worked episode first; memr1.agents.mem1.PROMPT_STYLES)."""
 
     def check(self) -> None:
         name = type(self).__name__
         if self.environment not in ("hotpotqa", "locomo"):
             raise ConfigError(f"{name}.environment must be hotpotqa or locomo, got {self.environment!r}")
+        if self.reward not in REWARDS:
+            raise ConfigError(f"{name}.reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ConfigError(f"{name}.prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
         if self.loss_type not in ("token", "trajectory"):
             raise ConfigError(f"{name}.loss_type must be token or trajectory, got {self.loss_type!r}")
         for key in (
@@ -281,22 +291,36 @@ def rollout_groups(
     seed: int,
     max_new_tokens: int = 128,
     k: int = 3,
+    reward: str = "em",
+    prompt_style: str = "plain",
 ) -> list[list[Trajectory]]:
     """``group_size`` MEM1 episodes of every task, all advancing together; one group per task.
 
     The episodes are ``memr1.agents.mem1.run_batch`` in "mem1" mode with a ``TokenSampler``
     (seeded with ``seed``); a query goes to ``retriever.search(query, k)`` (None: BM25 over each
-    task's corpus). ``max_turns`` -1 follows MEM1's turn budget for the task's N.
+    task's corpus). ``max_turns`` -1 follows MEM1's turn budget for the task's N. A trajectory's
+    reward is the sum over objectives of EM (``reward`` "em") or F1 ("f1").
     """
     from memr1.agents.mem1 import run_batch
     from memr1.eval.mem1_metrics import score_answer
     from memr1.rl.packing import Trajectory, TrajectoryTurn
 
+    if reward not in REWARDS:
+        raise ConfigError(f"reward must be one of {REWARDS}, got {reward!r}")
     if group_size < 1 or not tasks:
         raise ConfigError(f"rollout_groups needs tasks and group_size >= 1, got {len(tasks)} tasks, {group_size}")
     sampler = TokenSampler(policy, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     members = [t for t in tasks for _ in range(group_size)]
-    episodes = run_batch(members, sampler, [retriever] * len(members), "mem1", max_turns, score=score_answer, k=k)
+    episodes = run_batch(
+        members,
+        sampler,
+        [retriever] * len(members),
+        "mem1",
+        max_turns,
+        score=score_answer,
+        k=k,
+        prompt_style=prompt_style,
+    )
     groups: list[list[Trajectory]] = []
     for g in range(len(tasks)):
         group = []
@@ -308,7 +332,7 @@ def rollout_groups(
                 "stop": ep.stop,
                 "logprobs": [t.logprobs for t in ep.turns],
             }
-            group.append(Trajectory(turns, float(sum(ep.em)), info))
+            group.append(Trajectory(turns, float(sum(ep.em if reward == "em" else ep.f1)), info))
         groups.append(group)
     return groups
 
@@ -404,6 +428,8 @@ def train_mem1(
             temperature=s.temperature,
             max_new_tokens=s.max_new_tokens,
             seed=seed * 100_003 + step,
+            reward=s.reward,
+            prompt_style=s.prompt_style,
         )
         stats = train_step(
             model,

@@ -23,9 +23,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from memr1.agents.mem1 import PROMPT_STYLES
 from memr1.config import RunConfig, check_min, get_profile, profile_value
 from memr1.errors import ConfigError
-from memr1.rl.mem1_trainer import Mem1TrainSettings
+from memr1.rl.mem1_trainer import REWARDS, Mem1TrainSettings
 from memr1.runs import StageResult, save_result, transient
 
 ENVIRONMENTS = ("hotpotqa", "locomo")
@@ -73,6 +74,10 @@ class Mem1Config(RunConfig):
     paper 1024)."""
     memory_r1_k: int = 30
     """Memories per speaker the Memory-R1 side of the comparison retrieves (Memory-R1: 30)."""
+    prompt_style: str = "plain"
+    """plain (the instructions of MEM1) or examples (a worked episode first), in training and evaluation."""
+    reward: str = "em"
+    """Training reward: em (objectives answered exactly, as MEM1) or f1 (the sum of their F1 scores)."""
 
     def check(self) -> None:
         name = type(self).__name__
@@ -86,6 +91,11 @@ class Mem1Config(RunConfig):
             raise ConfigError(f"{name}.n_objectives must be from 1 to 16, got {self.n_objectives}")
         self.objectives()
         check_min(self, 1, "memory_r1_k")
+        if self.prompt_style not in PROMPT_STYLES or self.reward not in REWARDS:
+            raise ConfigError(
+                f"{name}: prompt_style must be one of {PROMPT_STYLES} and reward one of {REWARDS}, "
+                f"got {self.prompt_style!r}, {self.reward!r}"
+            )
         if self.n_tasks < 1 or self.steps < 0:
             raise ConfigError(f"{name}: n_tasks must be >= 1 and steps >= 0, got {self.n_tasks}, {self.steps}")
         for key in ("max_turns", "max_new_tokens"):
@@ -171,12 +181,25 @@ def run(cfg: Mem1Config, *, generator: Any = None) -> Mem1Result:
     model_eps = []
     for policy in policies:  # every N together: one batched call per turn
         model_eps += run_episodes(
-            tasks, policy, MODES, max_turns=cfg.max_turns, count_tokens=counter, sampling=stage_sampling(cfg)
+            tasks,
+            policy,
+            MODES,
+            max_turns=cfg.max_turns,
+            count_tokens=counter,
+            sampling=stage_sampling(cfg),
+            prompt_style=cfg.prompt_style,
         )
     gold_eps = [
         e
         for n in ns
-        for e in run_episodes(by_n[n], GOLD, MODES, max_turns=gold_max_turns(n, cfg.max_turns), count_tokens=counter)
+        for e in run_episodes(
+            by_n[n],
+            GOLD,
+            MODES,
+            max_turns=gold_max_turns(n, cfg.max_turns),
+            count_tokens=counter,
+            prompt_style=cfg.prompt_style,
+        )
     ]
     table = aggregate(model_eps + gold_eps)
     comparison = compare_with_memory_r1(cfg, policies[-1], counter, system="replay")
@@ -282,7 +305,13 @@ def compare_with_memory_r1(
         ("MEM1 gold-scripted policy (ceiling)", GOLD, gold_max_turns(n, cfg.max_turns)),
     ):
         eps = run_episodes(
-            tasks, policy, ("mem1",), max_turns=turns, count_tokens=count_tokens, sampling=stage_sampling(cfg)
+            tasks,
+            policy,
+            ("mem1",),
+            max_turns=turns,
+            count_tokens=count_tokens,
+            sampling=stage_sampling(cfg),
+            prompt_style=cfg.prompt_style,
         )
         per_q = (
             pd.DataFrame(
