@@ -79,7 +79,8 @@ def train_settings(args: argparse.Namespace) -> Any:
 
 def policy(args: argparse.Namespace, seed: int, trained: bool, results: dict[str, Any]) -> Any:
     """The untrained generator, or (trained) the generator over the model trained for ``seed``, whose
-    training log goes into ``results["training"]``."""
+    training log goes into ``results["training"]`` and whether its weights still equal the base
+    model's into ``results["unchanged"]`` (no step had a gradient: its rows are the untrained rows)."""
     from memr1.llm.backends import TransformersGenerator, make_generator
     from memr1.rl.mem1_trainer import train_mem1
 
@@ -92,6 +93,10 @@ def policy(args: argparse.Namespace, seed: int, trained: bool, results: dict[str
     rewards = [round(e["reward_mean"], 3) for e in run.history]
     print(f"seed {seed}: trained {run.steps_done} steps in {time.perf_counter() - t0:.0f} s; rewards {rewards}")
     results.setdefault("training", {})[str(seed)] = read_log(Path(args.runs) / f"seed{seed}")
+    base = make_generator(args.model, "transformers").model
+    same = all(a.equal(b) for a, b in zip(run.model.state_dict().values(), base.state_dict().values()))
+    results.setdefault("unchanged", {})[str(seed)] = same
+    print(f"seed {seed}: trained weights {'equal' if same else 'differ from'} the base model's", flush=True)
     run.tokenizer.padding_side = "left"  # batched generation pads on the left
     return TransformersGenerator.from_model(run.model, run.tokenizer, name=f"{args.model}+mem1-rl")
 
@@ -171,6 +176,7 @@ def main() -> None:
             merged["cells"].update(got["cells"])
             merged["runs"] += got["runs"]
             merged["training"].update(got.get("training", {}))
+            merged.setdefault("unchanged", {}).update(got.get("unchanged", {}))
         write_json_atomic(results_file, merged)
         return write_table(merged, args)
     if args.table_only:
@@ -181,24 +187,30 @@ def main() -> None:
     started = time.perf_counter()
     trained_options = (False, True) if args.steps > 0 else (False,)
     for seed in args.seeds:
+        # N-major: every N is scored before and after training before the next, larger (slower) N,
+        # so a run cut short has both rows of the Ns it reached.
         todo = [
             (trained, mode, n)
-            for trained in trained_options
             for n in args.ns
+            for trained in trained_options
             for mode in args.modes
             if cell_key(mode, n, seed, trained) not in results["cells"]
         ]
         if not todo:
             continue
-        gens: dict[bool, Any] = {}  # the untrained cells run before training starts
+        gens: dict[bool, Any] = {}  # a policy is made (the trained one: trained) at its first cell
         for i, (trained, mode, n) in enumerate(todo, 1):
             if trained not in gens:
                 gens[trained] = policy(args, seed, trained, results)
                 write_json_atomic(results_file, results)
-            key = cell_key(mode, n, seed, trained)
+            key, twin = cell_key(mode, n, seed, trained), cell_key(mode, n, seed, False)
             print(f"[{i}/{len(todo)}] {key} ...", flush=True)
-            row = run_cell(args, gens[trained], mode, n, seed)
-            results["cells"][key] = {"mode": mode, "n": n, "seed": seed, "trained": trained, **row}
+            if trained and results.get("unchanged", {}).get(str(seed)) and twin in results["cells"]:
+                # bit-identical weights, greedy decoding: the same episodes; not rerun
+                row = {**results["cells"][twin], "same_weights_as_untrained": True}
+            else:
+                row = run_cell(args, gens[trained], mode, n, seed)
+            results["cells"][key] = {**row, "mode": mode, "n": n, "seed": seed, "trained": trained}
             write_json_atomic(results_file, results)
             print(
                 f"    EM {row['em']:.2f} (strict {row['em_strict']:.2f}) peak {row['peak_tokens']:.0f} "
@@ -245,8 +257,10 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     for (trained, mode, n), rows in sorted(groups.items()):
         fmt = {"answered": ".2f", "em": ".2f", "em_strict": ".2f", "f1": ".2f", "turns": ".1f", "wall_s": ".1f"}
         vals = [mean_std([r.get(m) for r in rows], fmt.get(m, ".0f")) for m, _ in MEASURES]
+        reused = sorted(r["seed"] for r in rows if r.get("same_weights_as_untrained"))
+        label = "RL at N=2" + (f" (seeds {', '.join(map(str, reused))}: = untrained)" if reused else "")
         lines.append(
-            f"| {'RL at N=2' if trained else 'untrained'} | {mode} | {n} | {rows[0].get('max_turns', '')} | "
+            f"| {label if trained else 'untrained'} | {mode} | {n} | {rows[0].get('max_turns', '')} | "
             f"{len(rows)} ({', '.join(str(r['seed']) for r in sorted(rows, key=lambda r: r['seed']))}) | "
             + " | ".join(vals)
             + " |"
@@ -271,6 +285,9 @@ the second half of the 100-question sample; LoCoMo: the 8 test conversations), g
 objectives (0 to N); "EM strict" is 0 when the answer count differs from N. "Peak (ours)": the
 longest context, prompt included; "peak (MEM1, …)": prompt excluded, each internal state counted
 twice, averaged over tasks with EM > 0 (MEM1's rule; "–" when no task scored) or over all tasks.
+"= untrained": seeds whose RL steps never had a gradient (every group had one reward value), so
+their weights equal the base model's bit for bit (checked) and, decoding being greedy, their
+episodes are the untrained ones, reused rather than rerun.
 "Answered": the share of episodes that ended in an `<answer>` (the others wrote an invalid turn or
 ran out of turns). Tokens counted with: {tokenizer} (MEM1 used tiktoken o200k).
 
