@@ -76,6 +76,14 @@ def run_mem1(generator: Any, tasks: list[Any], args: argparse.Namespace) -> dict
     }
 
 
+def same_weights(model: Any, base_name: str) -> bool:
+    """Whether ``model``'s weights equal those of the base model ``base_name``, tensor by tensor."""
+    from memr1.llm.backends import make_generator
+
+    base = make_generator(base_name, "transformers").model
+    return all(a.equal(b) for a, b in zip(model.state_dict().values(), base.state_dict().values()))
+
+
 def table_rows(args: argparse.Namespace, qids: set[str]) -> dict[str, dict[str, Any]]:
     """Per-question F1, EM and Answer Agent prompt tokens of the test table's runs (missing runs skipped)."""
     import pandas as pd
@@ -134,8 +142,13 @@ def main() -> None:
         gen = make_generator(
             args.model if run == "untrained" else str(Path(run) / "checkpoint" / "model"), "transformers"
         )
-        print(f"MEM1 agent, {run}: {len(tasks)} questions ...", flush=True)
-        results["mem1"][run] = run_mem1(gen, tasks, args)
+        if run != "untrained" and "untrained" in results["mem1"] and same_weights(gen.model, args.model):
+            # no RL step had a gradient: bit-identical weights and greedy decoding give the same episodes
+            print(f"MEM1 agent, {run}: weights equal the base model's; untrained episodes reused", flush=True)
+            results["mem1"][run] = {**results["mem1"]["untrained"], "same_weights_as_untrained": True}
+        else:
+            print(f"MEM1 agent, {run}: {len(tasks)} questions ...", flush=True)
+            results["mem1"][run] = run_mem1(gen, tasks, args)
         write_json_atomic(out, results)
     results["memory_r1"] = table_rows(args, {q.qid for q in qs})
     results["runs"].append(
@@ -168,7 +181,10 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
         lines.append(row("MEM1 agent, untrained (pruned)", [mem1["untrained"]["per_question"]], "–"))
     trained = [k for k in mem1 if k != "untrained"]
     if trained:
-        seeds = ", ".join(Path(k).name.removeprefix("seed") for k in trained)
+        seeds = ", ".join(
+            Path(k).name.removeprefix("seed") + (" (= untrained)" if mem1[k].get("same_weights_as_untrained") else "")
+            for k in trained
+        )
         lines.append(
             row("MEM1 agent, RL at N=2 on HotpotQA (pruned)", [mem1[k]["per_question"] for k in trained], seeds)
         )
@@ -180,18 +196,21 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
         seeds = ", ".join(k.removeprefix("memory-r1-seed") for k in r1)
         lines.append(row("Memory-R1, trained manager + answer agent", [table[k] for k in r1], seeds))
     last = results["runs"][-1]
+    wall = sum(v["wall_s"] for v in mem1.values() if not v.get("same_weights_as_untrained"))
     text = f"""# MEM1 beside Memory-R1 on the same LoCoMo test questions ({args.model}, CPU)
 
 {last["date"]}, {last["machine"]}. Command: `{last["command"]}`. MEM1 wall time:
-{sum(v["wall_s"] for v in mem1.values()) / 60:.1f} min. Memory-R1 rows: the per-question records of
+{wall / 60:.1f} min. Memory-R1 rows: the per-question records of
 `experiments/locomo_table.py` (docs/results/locomo_test.md), restricted to these questions.
 
 Questions: the {last["questions"]} test questions whose evidence lies in the first {args.turns} turns of their
 conversation, each system seeing only those turns. MEM1: one question per task, searching those turns
 (BM25, top 3), prompt style `{last["prompt_style"]}`, 6 turns, greedy. F1 and EM: mem0-family token F1
 and exact match, ×100, mean over questions (± std over training seeds). "Answered": share of questions
-that got an answer (MEM1 episodes may end invalid or out of turns). Peak tokens: MEM1, the longest
-context of the episode (worked examples and prompt included); Memory-R1, the Answer Agent prompt.
+that got an answer (MEM1 episodes may end invalid or out of turns). "= untrained": a seed whose RL steps never
+had a gradient, so its weights equal the base model's (checked) and its episodes are the untrained ones.
+Peak tokens: MEM1, the longest context of the episode (worked examples and prompt included); Memory-R1,
+the Answer Agent prompt.
 
 """
     text += "\n".join(lines) + "\n"
