@@ -179,7 +179,7 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     lines = ["| system | seeds | questions | F1 | EM | answered | peak tokens |", "|---|---|---|---|---|---|---|"]
     if "untrained" in mem1:
         lines.append(row("MEM1 agent, untrained (pruned)", [mem1["untrained"]["per_question"]], "–"))
-    trained = [k for k in mem1 if k != "untrained"]
+    trained = sorted(k for k in mem1 if k != "untrained")
     if trained:
         seeds = ", ".join(
             Path(k).name.removeprefix("seed") + (" (= untrained)" if mem1[k].get("same_weights_as_untrained") else "")
