@@ -53,6 +53,23 @@ MEASURES = (
 )
 
 
+BUDGET_KEYS = (
+    "tasks",
+    "max_new_tokens",
+    "steps",
+    "tasks_per_step",
+    "group_size",
+    "lr",
+    "lora_r",
+    "packed",
+    "micro_batch",
+    "model",
+    "environment",
+    "reward",
+    "prompt_style",
+)
+
+
 def cell_key(mode: str, n: int, seed: int, trained: bool) -> str:
     return f"{mode}|N{n}|seed{seed}|{'trained' if trained else 'untrained'}"
 
@@ -185,6 +202,14 @@ def main() -> None:
 
     results = json.loads(results_file.read_text()) if results_file.exists() else {"cells": {}, "runs": []}
     started = time.perf_counter()
+    run = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "wall_s": 0.0,
+        "command": shlex.join([".venv/bin/python", "experiments/mem1_horizon.py", *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+        "budgets": {k: getattr(args, k) for k in BUDGET_KEYS},
+    }
+    results["runs"].append(run)  # on record from the start, its wall time updated after every cell
     trained_options = (False, True) if args.steps > 0 else (False,)
     for seed in args.seeds:
         # N-major: every N is scored before and after training before the next, larger (slower) N,
@@ -211,38 +236,13 @@ def main() -> None:
             else:
                 row = run_cell(args, gens[trained], mode, n, seed)
             results["cells"][key] = {**row, "mode": mode, "n": n, "seed": seed, "trained": trained}
+            run["wall_s"] = time.perf_counter() - started
             write_json_atomic(results_file, results)
             print(
                 f"    EM {row['em']:.2f} (strict {row['em_strict']:.2f}) peak {row['peak_tokens']:.0f} "
                 f"turns {row['turns']:.1f} stops {row['stops']} {row['cell_s']:.0f} s",
                 flush=True,
             )
-    results["runs"].append(
-        {
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "wall_s": time.perf_counter() - started,
-            "command": shlex.join([".venv/bin/python", "experiments/mem1_horizon.py", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
-            "budgets": {
-                k: getattr(args, k)
-                for k in (
-                    "tasks",
-                    "max_new_tokens",
-                    "steps",
-                    "tasks_per_step",
-                    "group_size",
-                    "lr",
-                    "lora_r",
-                    "packed",
-                    "micro_batch",
-                    "model",
-                    "environment",
-                    "reward",
-                    "prompt_style",
-                )
-            },
-        }
-    )
     write_json_atomic(results_file, results)
     write_table(results, args)
 
@@ -270,14 +270,16 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     tokenizer = cells[0].get("tokenizer", "?") if cells else "?"
     commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)) or "?"
     budgets = last.get("budgets", {})
+    notes = "".join(" " + r["note"] for r in runs if r.get("note"))
+    rows = "packed (prompt prefix once)" if budgets.get("packed") else "per-turn"
     text = f"""# MEM1 horizon generalisation ({last.get("budgets", {}).get("model", "?")}, CPU)
 
 {last.get("date", "?")}, {last.get("machine", "?")}. Command(s): {commands}.
-Wall time: {sum(r["wall_s"] for r in runs) / 60:.1f} min over {len(runs)} invocation(s).
+Wall time: {sum(r["wall_s"] for r in runs) / 60:.1f} min over {len(runs)} invocation(s) (some in parallel).{notes}
 Budgets: {json.dumps(last.get("budgets", {}))}.
 
 Prompt style: {budgets.get("prompt_style", "plain")} (`memr1.agents.mem1.PROMPT_STYLES`). Training: MEM1 RL
-(`memr1.rl.mem1_trainer`, GRPO-style groups, {budgets.get("reward", "em").upper()} reward, exact per-turn rows) on
+(`memr1.rl.mem1_trainer`, GRPO-style groups, {budgets.get("reward", "em").upper()} reward, {rows} rows) on
 2-objective tasks of the train pool only; evaluation on held-out tasks of the test pool (HotpotQA:
 the second half of the 100-question sample; LoCoMo: the 8 test conversations), greedy, stopped at
 `</query>` / `</answer>`, turn budget 6 up to 4 objectives and 20 beyond. Mean ± std over seeds
