@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--prompt-style", default="examples", choices=["plain", "examples"])
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--out", default="docs/results/mem1_horizon")
-    ap.add_argument("--runs", default="runs/experiments/mem1_horizon", help="training checkpoints, one per seed")
+    ap.add_argument("--runs", default="runs/experiments/mem1_examples/train", help="training checkpoints, one per seed")
     ap.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json; run nothing")
     ap.add_argument(
         "--merge",
