@@ -110,12 +110,19 @@ def policy(args: argparse.Namespace, seed: int, trained: bool, results: dict[str
     rewards = [round(e["reward_mean"], 3) for e in run.history]
     print(f"seed {seed}: trained {run.steps_done} steps in {time.perf_counter() - t0:.0f} s; rewards {rewards}")
     results.setdefault("training", {})[str(seed)] = read_log(Path(args.runs) / f"seed{seed}")
-    base = make_generator(args.model, "transformers").model
-    same = all(a.equal(b) for a, b in zip(run.model.state_dict().values(), base.state_dict().values()))
+    same = same_weights(run.model, args.model)
     results.setdefault("unchanged", {})[str(seed)] = same
     print(f"seed {seed}: trained weights {'equal' if same else 'differ from'} the base model's", flush=True)
     run.tokenizer.padding_side = "left"  # batched generation pads on the left
     return TransformersGenerator.from_model(run.model, run.tokenizer, name=f"{args.model}+mem1-rl")
+
+
+def same_weights(model: Any, base_name: str) -> bool:
+    """Whether ``model``'s weights equal those of the base model ``base_name``, tensor by tensor."""
+    from memr1.llm.backends import make_generator
+
+    base = make_generator(base_name, "transformers").model
+    return all(a.equal(b) for a, b in zip(model.state_dict().values(), base.state_dict().values()))
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:

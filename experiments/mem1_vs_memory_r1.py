@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mem1_horizon import same_weights
 from stats import mean_std
 
 TABLE_SYSTEMS = ("base", "memory-r1-seed0", "memory-r1-seed1", "memory-r1-seed2")
@@ -74,14 +75,6 @@ def run_mem1(generator: Any, tasks: list[Any], args: argparse.Namespace) -> dict
         },
         "wall_s": time.perf_counter() - start,
     }
-
-
-def same_weights(model: Any, base_name: str) -> bool:
-    """Whether ``model``'s weights equal those of the base model ``base_name``, tensor by tensor."""
-    from memr1.llm.backends import make_generator
-
-    base = make_generator(base_name, "transformers").model
-    return all(a.equal(b) for a, b in zip(model.state_dict().values(), base.state_dict().values()))
 
 
 def table_rows(args: argparse.Namespace, qids: set[str]) -> dict[str, dict[str, Any]]:

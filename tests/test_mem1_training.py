@@ -349,34 +349,28 @@ def test_sampler_logprobs_are_the_logprobs_the_loss_scores(tiny_path, model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_path)
-    (trajs,) = rollout_groups(
-        [toy_task()],
-        model,
-        tok,
-        OneDocRetriever(),
-        group_size=3,
-        max_turns=2,
-        temperature=1.0,
-        seed=1,
-        max_new_tokens=12,
-    )
+
+    def rollout():
+        return rollout_groups(
+            [toy_task()],
+            model,
+            tok,
+            OneDocRetriever(),
+            group_size=3,
+            max_turns=2,
+            temperature=1.0,
+            seed=1,
+            max_new_tokens=12,
+        )[0]
+
+    trajs = rollout()
     with torch.no_grad():
         scored, _ = trajectory_logprobs(model, trajs, packed=False)
     kept = [torch.tensor([x for turn in t.info["logprobs"] for x in turn]) for t in trajs]
     gap = max_gap(scored, kept)
     print(f"max |d log p| sampler vs loss rows: {gap:.2e}")
     assert gap <= 1e-4
-    again = rollout_groups(
-        [toy_task()],
-        model,
-        tok,
-        OneDocRetriever(),
-        group_size=3,
-        max_turns=2,
-        temperature=1.0,
-        seed=1,
-        max_new_tokens=12,
-    )[0]
+    again = rollout()
     assert [t.turns for t in again] == [t.turns for t in trajs]  # the seed fixes the samples
     sampler = TokenSampler(model, tok, max_new_tokens=4, temperature=1.0, seed=0)
     assert all(

@@ -528,6 +528,10 @@ def run_batch(
     if mode not in MODES:
         raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
     prefixes = {t.n_objectives: example_messages(t.n_objectives, prompt_style) for t in tasks}
+    prompt_counts = [  # constant over an episode: counted once
+        count_tokens(task_prompt(t, prompt_style)) + sum(count_tokens(m["content"]) for m in prefixes[t.n_objectives])
+        for t in tasks
+    ]
     policy = as_policy(generator, sampling)
     budgets = [resolve_turns(max_turns, t.n_objectives) for t in tasks]
     rets = [r or retriever_for(t.corpus) for t, r in zip(tasks, retrievers or [None] * len(tasks))]
@@ -573,7 +577,7 @@ def run_batch(
                     turn,
                     msgs,
                     sum(count_tokens(m["content"]) for m in msgs),
-                    count_tokens(task_prompt(task, prompt_style)) + sum(count_tokens(m["content"]) for m in prefix),
+                    prompt_counts[i],
                     count_tokens(text),
                     text,
                     action.state,
