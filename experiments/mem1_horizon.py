@@ -135,7 +135,7 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
 
 def run_cell(args: argparse.Namespace, policy: Any, mode: str, n: int, seed: int) -> dict[str, Any]:
     """One (mode, N, seed, policy) cell: ``args.tasks`` held-out tasks, the aggregate row as a dict."""
-    from memr1.agents.mem1 import STOP_STRINGS
+    from memr1.agents.mem1 import STOP_STRINGS, STOPS
     from memr1.data.tasks import make_tasks
     from memr1.eval.mem1_metrics import aggregate, run_episodes, token_counter_for
     from memr1.llm.generate import Sampling
@@ -155,7 +155,7 @@ def run_cell(args: argparse.Namespace, policy: Any, mode: str, n: int, seed: int
     row = aggregate(eps).iloc[0].to_dict()
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     row["cell_s"] = time.perf_counter() - start
-    row["stops"] = {s: sum(e.stop == s for e in eps) for s in ("answer", "invalid", "max_turns")}
+    row["stops"] = {s: sum(e.stop == s for e in eps) for s in STOPS}
     row["answered"] = row["stops"]["answer"] / len(eps)
     row["task_ids"] = [t.id for t in tasks]
     return row

@@ -208,6 +208,33 @@ def test_turn_budget_follows_mem1_and_the_loop_honours_it():
     assert "Last turn" in eps[0].turns[-1].context[-1]["content"]
 
 
+def test_a_context_past_the_model_window_ends_the_episode_before_generation():
+    from memr1.agents.mem1 import CHAT_TOKENS_PER_MESSAGE
+    from memr1.llm.generate import Sampling
+
+    sampling = Sampling(max_new_tokens=16)
+    unbounded = run_batch([_toy_task(8)], _counting_policy(99), None, "full", -1, sampling, score=score_answer)[0]
+    sizes = [t.context_tokens + CHAT_TOKENS_PER_MESSAGE * len(t.context) + 16 for t in unbounded.turns]
+    assert unbounded.stop == "max_turns" and sizes == sorted(sizes) and sizes[0] < sizes[3]  # full context grows
+
+    seen: list[int] = []
+
+    class Windowed(ScriptedGenerator):
+        context_window = sizes[3] - 1  # turn 3's context no longer fits
+
+        def generate(self, prompts, sampling=Sampling()):
+            seen.extend(len(p) for p in prompts)
+            return super().generate(prompts, sampling)
+
+    policy = Windowed(_counting_policy(99).fn)
+    full, pruned = (
+        run_batch([_toy_task(8)], policy, None, mode, -1, sampling, score=score_answer)[0] for mode in ("full", "mem1")
+    )
+    assert (full.stop, len(full.turns), full.em) == ("context_window", 3, [0.0] * 8)
+    assert max(len(t.context) for t in full.turns) == max(seen[:3])  # turn 3 was never generated
+    assert (pruned.stop, len(pruned.turns)) == ("max_turns", 20)  # MEM1's context stays inside the window
+
+
 def test_inference_decodes_with_the_stop_strings():
     from memr1.agents.mem1 import STOP_STRINGS
     from memr1.llm.generate import Sampling

@@ -53,6 +53,12 @@ PROMPT_STYLES = ("plain", "examples")
 ANSWER_SEPARATOR = " ; "
 STOP_STRINGS = ("</query>", "</answer>")
 """Generation ends after the turn's action tag, as in MEM1's inference code."""
+STOPS = ("answer", "invalid", "max_turns", "context_window")
+"""Why an episode ended: an answer, an invalid turn, its turn budget, or a context the model cannot read
+(prompt and the turn's new tokens past the policy's ``context_window``; the turn is not generated)."""
+CHAT_TOKENS_PER_MESSAGE = 8
+"""Tokens the chat template adds around each message (role markers; SmolLM2 adds 5), a safe margin
+for the context-window check, which counts message contents only."""
 DEFAULT_SAMPLING = Sampling(max_new_tokens=256, stop=STOP_STRINGS)
 TURNS_SHORT, TURNS_LONG, SHORT_UP_TO = 6, 20, 4
 """MEM1's turn caps: 6 turns for tasks of 1 to 4 objectives, 20 for harder ones."""
@@ -391,8 +397,8 @@ class TurnRecord:
 @dataclass
 class Episode:
     """One task run: ``policy`` is the generator name, ``tokenizer`` the counter behind every count,
-    ``em`` / ``f1`` are per objective, ``stop`` is "answer", "max_turns" or "invalid", ``max_turns``
-    the turn budget it had."""
+    ``em`` / ``f1`` are per objective, ``stop`` is one of ``STOPS``, ``max_turns`` the turn budget it
+    had."""
 
     task_id: str
     mode: str
@@ -443,6 +449,8 @@ class GeneratorPolicy:
     def __init__(self, generator: Generator, sampling: Sampling = DEFAULT_SAMPLING):
         self.generator, self.name = generator, getattr(generator, "name", "?")
         self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=STOP_STRINGS)
+        self.context_window: int | None = getattr(generator, "context_window", None)
+        self.max_new_tokens = self.sampling.max_new_tokens
 
     def step(self, contexts: Sequence[Messages]) -> list[StepOutput]:
         outs = self.generator.generate(list(contexts), self.sampling)
@@ -524,6 +532,10 @@ def run_batch(
     N when ``max_turns`` is -1. A turn's wall time is its share of the batched call plus its own
     retrieval. ``prompt_style`` (``PROMPT_STYLES``) counts as prompt: its examples are in
     ``prompt_tokens`` and their states are not in ``context_state_tokens``.
+
+    When the policy knows its ``context_window``, a context that would not fit with the turn's
+    ``max_new_tokens`` ends its episode (stop "context_window") instead of being generated past the
+    window; the check counts with ``count_tokens``, so pass the model's ``TokenCounter``.
     """
     if mode not in MODES:
         raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
@@ -538,6 +550,8 @@ def run_batch(
     counter = getattr(count_tokens, "name", "custom")
     eps = [Episode(t.id, mode, policy.name, counter, t.n_objectives, b) for t, b in zip(tasks, budgets)]
     pasts: list[list[tuple[str, str | None, str]]] = [[] for _ in tasks]
+    window = getattr(policy, "context_window", None)
+    reserve = getattr(policy, "max_new_tokens", sampling.max_new_tokens)
     live = list(range(len(tasks)))
     turn = 0
     while live:
@@ -556,10 +570,20 @@ def run_batch(
             )
             for i in live
         ]
+        sizes = [sum(count_tokens(m["content"]) for m in msgs) for msgs in contexts]
+        if window:
+            fits = [n + CHAT_TOKENS_PER_MESSAGE * len(m) + reserve <= window for n, m in zip(sizes, contexts)]
+            for i, ok in zip(live, fits):
+                if not ok:
+                    eps[i].stop = "context_window"
+            keep = [j for j, ok in enumerate(fits) if ok]
+            live, contexts, sizes = [live[j] for j in keep], [contexts[j] for j in keep], [sizes[j] for j in keep]
+            if not live:
+                break
         outputs = policy.step(contexts)
         share = (time.perf_counter() - start) / len(live)
         still = []
-        for i, msgs, out in zip(live, contexts, outputs):
+        for i, msgs, size, out in zip(live, contexts, sizes, outputs):
             t0, task, ep = time.perf_counter(), tasks[i], eps[i]
             text = cut_at_stop(out.text)  # a server may run past the action; nothing after it counts
             action = parse_action(text, task.n_objectives)
@@ -576,7 +600,7 @@ def run_batch(
                 TurnRecord(
                     turn,
                     msgs,
-                    sum(count_tokens(m["content"]) for m in msgs),
+                    size,
                     prompt_counts[i],
                     count_tokens(text),
                     text,

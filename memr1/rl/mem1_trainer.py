@@ -243,6 +243,7 @@ class TokenSampler:
     ):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.context_window: int | None = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         import torch
 
         self.name = name or getattr(getattr(model, "config", None), "name_or_path", "") or "policy"
