@@ -363,8 +363,11 @@ def test_oracle_manager_fills_the_banks_with_every_fact(conv, observations, orac
     assert entry.sources == ("D1:3",) and entry.session_time == conv.session_time(1)
 
 
-def test_rerun_with_a_store_resumes_after_the_last_commit(conv, observation_extractor, oracle_build):
+def test_rerun_with_a_store_resumes_after_the_last_turn_run(conv, observation_extractor, oracle_build):
     store, _, first = oracle_build
+    last_run = {
+        sp: max(t.position for t in conv.turns() if t.speaker == sp and t.position <= LAST) for sp in conv.speakers
+    }
     gen = Counting(oracle_manager)
     again = build_banks(
         conv,
@@ -375,12 +378,48 @@ def test_rerun_with_a_store_resumes_after_the_last_commit(conv, observation_extr
         until_turn=LAST,
         progress=False,
     )
-    assert again.resumed_from == {sp: b.committed_turns()[-1] for sp, b in first.banks.items()}
+    assert again.resumed_from == last_run
     assert set(again.op_counts().values()) == {0} and gen.batches == [] and again.manager_calls == 0
-    assert all(s.turn > again.resumed_from[s.speaker] for s in again.steps)
+    assert again.steps == [] and again.extractions == []  # nothing run, nor counted, twice
     for sp in conv.speakers:
         assert again.banks[sp] == first.banks[sp]
         assert again.banks[sp].committed_turns() == first.banks[sp].committed_turns()
+
+
+def test_turns_that_changed_nothing_are_not_run_again(conv, observation_extractor, tmp_path):
+    def keep_all(messages) -> str:
+        return json.dumps(
+            {"memory": [{"id": m["id"], "text": m["text"], "event": "NONE"} for m in shown_memories(messages)]}
+        )
+
+    emb, ext = make_embedder("hash"), observation_extractor
+    build_banks(
+        conv,
+        ext,
+        MemoryManager(ScriptedGenerator(oracle_manager)),
+        emb,
+        store_dir=tmp_path,
+        until_turn=20,
+        progress=False,
+    )
+    idle = build_banks(
+        conv, ext, MemoryManager(ScriptedGenerator(keep_all)), emb, store_dir=tmp_path, until_turn=LAST, progress=False
+    )
+    assert len(idle.steps) == LAST - 20 and max(b.committed_turns()[-1] for b in idle.banks.values()) <= 20
+    gen = Counting(oracle_manager)
+    again = build_banks(conv, ext, MemoryManager(gen), emb, store_dir=tmp_path, until_turn=LAST, progress=False)
+    assert again.steps == [] and gen.batches == [] and max(again.resumed_from.values()) == LAST
+
+
+@pytest.mark.parametrize("text", ["{not json", '["Caroline"]', '{"Caroline": "twelve"}'])
+def test_a_malformed_processed_file_is_a_config_error(conv, observation_extractor, tmp_path, text):
+    from memr1.agents.builder import PROCESSED_FILE
+
+    (tmp_path / conv.sample_id).mkdir()
+    (tmp_path / conv.sample_id / PROCESSED_FILE).write_text(text)
+    mgr = MemoryManager(ScriptedGenerator(oracle_manager))
+    with pytest.raises(ConfigError, match="speaker -> turn"):
+        build_banks(conv, observation_extractor, mgr, make_embedder("hash"), store_dir=tmp_path, until_turn=3)
 
 
 def test_partial_build_then_resume_equals_one_go(conv, observation_extractor, tmp_path):

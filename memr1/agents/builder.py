@@ -7,9 +7,10 @@ through the turns in order. Two consecutive turns of different speakers touch di
 they share one `step` call (one batched model call) without changing any result.
 
 With a ``store_dir`` the banks live in ``store_dir/<sample_id>`` (one LanceDB table per speaker),
-every turn that changed a bank is committed (tag ``turn-<position>``), a rerun resumes after each
-bank's last committed turn (turns after it changed nothing and are simply run again), and the
-tables are compacted at the end.
+every turn that changed a bank is committed (tag ``turn-<position>``), the last turn run per speaker
+is written beside the tables (``PROCESSED_FILE``, after that turn's commit), a rerun resumes after
+the later of the two (so a turn that changed nothing is not run, nor counted, twice), and the tables
+are compacted at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from memr1.agents.extractor import ExtractedFacts
 from memr1.agents.manager import ManagerStep
 from memr1.data.locomo import Conversation, Turn
 from memr1.errors import ConfigError
+from memr1.files import write_json_atomic
 from memr1.memory.bank import MemoryBank
 from memr1.memory.embed import Embedder
 from memr1.memory.entry import OpKind, TurnContext
@@ -53,7 +55,7 @@ class BuildResult:
     manager_calls: int = 0
     """`step` calls that had facts to decide (for `MemoryManager`: its `generate` calls)."""
     resumed_from: dict[str, int | None] = field(default_factory=dict)
-    """Per speaker, the committed turn this call resumed after (None: started from scratch)."""
+    """Per speaker, the turn this call resumed after, committed or run (None: started from scratch)."""
     store_dir: Path | None = None
     """Where this conversation's tables live (None: in memory only)."""
 
@@ -71,6 +73,25 @@ class BuildResult:
         for s in self.steps:
             total.update(s.result.rejections)
         return total
+
+
+PROCESSED_FILE = "processed.json"
+"""Speaker → position of the last turn a build ran for that speaker's bank, in the conversation's store."""
+
+
+def _processed(root: Path) -> dict[str, int]:
+    import json
+
+    path = root / PROCESSED_FILE
+    try:
+        done = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as e:
+        done = e
+    if not isinstance(done, dict) or not all(isinstance(v, int) for v in done.values()):
+        raise ConfigError(
+            f"{path} is not a speaker -> turn JSON object ({done}); delete it to resume after the last commit"
+        )
+    return done
 
 
 def _changed(step: ManagerStep) -> bool:
@@ -104,9 +125,11 @@ def build_banks(
         raise ConfigError(f"batch_turns must be at least 1, got {batch_turns}")
     root = None if store_dir is None else Path(store_dir) / conv.sample_id
     resumed: dict[str, int | None]
+    done = _processed(root) if root is not None else {}
     if root is not None:
         banks = {sp: MemoryBank.open(root, sp, embedder) for sp in conv.speakers}
-        resumed = {sp: next(reversed(b.committed_turns()), None) for sp, b in banks.items()}
+        commits = {sp: next(reversed(b.committed_turns()), None) for sp, b in banks.items()}
+        resumed = {sp: max((t for t in (c, done.get(sp)) if t is not None), default=None) for sp, c in commits.items()}
     else:
         banks = {sp: MemoryBank(sp, embedder) for sp in conv.speakers}
         resumed = dict.fromkeys(conv.speakers)
@@ -144,9 +167,12 @@ def build_banks(
             steps = manager.step(items)
             out.manager_calls += any(x.facts for x in group)
             out.steps.extend(steps)
-            for step in steps:
-                if root is not None and _changed(step):
-                    banks[step.speaker].commit(step.turn)
+            if root is not None:
+                for step in steps:
+                    if _changed(step):
+                        banks[step.speaker].commit(step.turn)
+                done.update({x.speaker: x.turn.position for x in group})
+                write_json_atomic(root / PROCESSED_FILE, done)
             bar.update(len(group))
     bar.close()
     if root is not None:
