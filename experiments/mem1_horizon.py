@@ -40,6 +40,7 @@ from stats import mean_std
 MODES = ("mem1", "full")
 MEASURES = (
     ("answered", "answered"),
+    ("past_window", "past window"),
     ("em", "EM"),
     ("em_strict", "EM strict"),
     ("f1", "F1"),
@@ -258,11 +259,20 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     cells = list(results["cells"].values())
     groups: dict[tuple[bool, str, int], list[dict]] = {}
     for c in cells:
+        c = {**c, "past_window": c["stops"].get("context_window", 0) / c["tasks"]}  # cells before the stop: 0
         groups.setdefault((c["trained"], c["mode"], c["n"]), []).append(c)
     header = "| model | mode | N | turns allowed | seeds | " + " | ".join(label for _, label in MEASURES) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (trained, mode, n), rows in sorted(groups.items()):
-        fmt = {"answered": ".2f", "em": ".2f", "em_strict": ".2f", "f1": ".2f", "turns": ".1f", "wall_s": ".1f"}
+        fmt = {
+            "answered": ".2f",
+            "past_window": ".2f",
+            "em": ".2f",
+            "em_strict": ".2f",
+            "f1": ".2f",
+            "turns": ".1f",
+            "wall_s": ".1f",
+        }
         vals = [mean_std([r.get(m) for r in rows], fmt.get(m, ".0f")) for m, _ in MEASURES]
         reused = sorted(r["seed"] for r in rows if r.get("same_weights_as_untrained"))
         label = "RL at N=2" + (f" (seeds {', '.join(map(str, reused))}: = untrained)" if reused else "")
@@ -297,8 +307,10 @@ twice, averaged over tasks with EM > 0 (MEM1's rule; "–" when no task scored) 
 "= untrained": seeds whose RL steps never had a gradient (every group had one reward value), so
 their weights equal the base model's bit for bit (checked) and, decoding being greedy, their
 episodes are the untrained ones, reused rather than rerun.
-"Answered": the share of episodes that ended in an `<answer>` (the others wrote an invalid turn or
-ran out of turns). Tokens counted with: {tokenizer} (MEM1 used tiktoken o200k).
+"Answered": the share of episodes that ended in an `<answer>` (the others wrote an invalid turn, ran
+out of turns or reached the model's window). "Past window": the share whose next context would not
+fit the model's window with the turn's new tokens, ended there rather than generated past it.
+Tokens counted with: {tokenizer} (MEM1 used tiktoken o200k).
 
 """
     text += "\n".join(lines) + "\n"
