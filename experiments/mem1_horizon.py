@@ -152,6 +152,7 @@ def run_cell(args: argparse.Namespace, policy: Any, mode: str, n: int, seed: int
         count_tokens=token_counter_for(policy),
         sampling=sampling,
         prompt_style=args.prompt_style,
+        progress=True,
     )
     row = aggregate(eps).iloc[0].to_dict()
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}

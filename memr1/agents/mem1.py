@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from tqdm.auto import tqdm
+
 from memr1.data.corpus import Passage
 from memr1.data.tasks import Task
 from memr1.errors import ConfigError
@@ -523,6 +525,7 @@ def run_batch(
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
     prompt_style: str = "plain",
+    progress: bool = False,
 ) -> list[Episode]:
     """``run_episode`` for several tasks in lockstep: one batched ``step`` per turn for all live episodes.
 
@@ -536,6 +539,7 @@ def run_batch(
     When the policy knows its ``context_window``, a context that would not fit with the turn's
     ``max_new_tokens`` ends its episode (stop "context_window") instead of being generated past the
     window; the check counts with ``count_tokens``, so pass the model's ``TokenCounter``.
+    ``progress`` shows a bar over turns with the live episodes and the longest context.
     """
     if mode not in MODES:
         raise ConfigError(f"unknown context mode {mode!r}; choose one of {MODES}")
@@ -554,6 +558,7 @@ def run_batch(
     reserve = getattr(policy, "max_new_tokens", sampling.max_new_tokens)
     live = list(range(len(tasks)))
     turn = 0
+    bar = tqdm(total=max(budgets, default=0), desc=f"{mode} episodes", unit="turn", disable=not progress)
     while live:
         start = time.perf_counter()
         contexts = [
@@ -625,6 +630,9 @@ def run_batch(
                 pasts[i].append((action.state, action.query, info))
                 still.append(i)
         live, turn = still, turn + 1
+        bar.set_postfix(live=len(live), context=max(sizes))
+        bar.update()
+    bar.close()
     for task, ep in zip(tasks, eps):
         ep.stop, ep.wall_s = ep.stop or "max_turns", sum(t.wall_s for t in ep.turns)
         for i, obj in enumerate(task.objectives):

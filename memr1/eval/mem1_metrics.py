@@ -258,11 +258,13 @@ def run_episodes(
     budget_tokens: int = 1024,
     stop_on_invalid: bool = True,
     prompt_style: str = "plain",
+    progress: bool = False,
 ) -> list[Episode]:
     """Every task under every mode, with ``policy`` a generator or ``"gold"`` (``gold_policy`` per task).
 
     ``max_turns`` -1 gives each task MEM1's budget for its N (``turn_budget``); ``retriever`` "bm25"
-    or "dense" (with ``embedder``, MiniLM by default); ``prompt_style`` as in ``run_batch``."""
+    or "dense" (with ``embedder``, MiniLM by default); ``prompt_style`` and ``progress`` as in
+    ``run_batch``."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"unknown mode(s) {unknown}; choose from {MODES}")
@@ -283,7 +285,16 @@ def run_episodes(
             if isinstance(policy, str):
                 raise ConfigError(f"policy must be a Generator or {GOLD!r}, got {policy!r}")
             episodes += run_batch(
-                tasks, policy, rets, mode, max_turns, sampling, count_tokens, score=score_answer, **kw
+                tasks,
+                policy,
+                rets,
+                mode,
+                max_turns,
+                sampling,
+                count_tokens,
+                score=score_answer,
+                progress=progress,
+                **kw,
             )
     return episodes
 
