@@ -7,6 +7,7 @@ import json
 import random
 import re
 
+import pandas as pd
 import pytest
 
 from memr1.agents.mem1 import (
@@ -586,6 +587,9 @@ def test_context_widget_and_stage_registration():
     assert len(fig.data) == 2 and list(fig.data[0].x) == [0, 1, 2, 3]
     assert "state 2" in fig.data[0].customdata[2][0]
     assert len(peak_figure(aggregate(eps)).data) == 2
+    two = pd.concat([aggregate(eps).assign(policy=p, spread=k) for k, p in enumerate(("base", "trained"))])
+    bars = peak_figure(two, error="spread").data
+    assert [(t.line.dash, list(t.error_y.array)) for t in bars] == [("solid", [0])] * 2 + [("dash", [1])] * 2
     assert any(s.name == "06_mem1" and s.config is Mem1Config and s.result is Mem1Result for s in STAGES)
     assert Mem1Result.json_fields() == [
         "environment",

@@ -76,18 +76,24 @@ def peak_figure(
     column: str = "peak_tokens",
     *,
     title: str = "Peak context tokens against the number of objectives",
+    error: str | None = None,
 ) -> go.Figure:
-    """Lines of ``column`` (mean over tasks) against N, one per (policy, mode) of an ``aggregate`` table."""
+    """Lines of ``column`` (mean over tasks) against N, one per (policy, mode) of an ``aggregate`` table.
+
+    ``error`` names a column of error-bar half-widths (e.g. the std over seeds); each policy after the
+    first is dashed, so one colour per mode carries across policies."""
     fig = go.Figure()
+    policies = list(dict.fromkeys(table["policy"]))
     for (policy, mode), rows in table.groupby(["policy", "mode"], sort=False):
         rows = rows.sort_values("n_objectives")
         fig.add_trace(
             go.Scatter(
                 x=rows["n_objectives"],
                 y=rows[column],
+                error_y=None if error is None else {"type": "data", "array": rows[error].fillna(0)},
                 mode="lines+markers",
                 name=f"{mode} · {policy}",
-                line={"color": MODE_COLOURS.get(mode)},
+                line={"color": MODE_COLOURS.get(mode), "dash": "dash" if policies.index(policy) else "solid"},
             )
         )
     tokenizer = table["tokenizer"].iloc[0] if "tokenizer" in table and len(table) else "tokens"
