@@ -1,8 +1,9 @@
 """The MEM1 horizon figure: peak context tokens against N, pruned vs full context, untrained vs RL.
 
 Reads a result file of ``experiments/mem1_horizon.py`` (mean ± std over its seeds, the error bars)
-and writes ``<out>.html`` (plotly, self-contained) and, where Chromium is installed (Playwright with
-the system browser, as in ``tests/test_browser.py``), ``<out>.png`` for the README:
+and writes ``<out>.png`` for the README through Chromium (Playwright with the system browser, as in
+``tests/test_browser.py``); ``<out>.html`` (plotly, self-contained, about 5 MB) with ``--html`` or
+where Chromium is missing:
 
     .venv/bin/python experiments/plot_mem1_horizon.py docs/results/mem1_horizon.json --out docs/img/mem1_horizon
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("results", help="a .json written by mem1_horizon.py")
     ap.add_argument("--out", default="docs/img/mem1_horizon", help="path without suffix")
     ap.add_argument("--window", type=int, default=8192, help="context window drawn (SmolLM2-135M: 8192)")
+    ap.add_argument("--html", action="store_true", help="keep the interactive HTML beside the PNG")
     args = ap.parse_args()
 
     frame = horizon_frame(json.loads(Path(args.results).read_text()))
@@ -59,18 +62,21 @@ def main() -> None:
     fig.update_xaxes(tickvals=sorted(frame["n_objectives"].unique()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(out.with_suffix(".html"), include_plotlyjs=True)
     print(frame.to_string(index=False))
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if args.html or chromium is None:
+        fig.write_html(out.with_suffix(".html"), include_plotlyjs=True)
+        print(f"wrote {out.with_suffix('.html')}" + (" (no chromium: no PNG)" if chromium is None else ""))
     if chromium is None:
-        print("no chromium: wrote the HTML only")
         return
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        page_file = Path(tmp) / "figure.html"
+        fig.write_html(page_file, include_plotlyjs=True)
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 920, "height": 500})
-        page.goto(out.with_suffix(".html").resolve().as_uri())
+        page.goto(page_file.as_uri())
         page.locator(".plotly-graph-div").first.screenshot(path=str(out.with_suffix(".png")))
         browser.close()
     print(f"wrote {out.with_suffix('.png')}")
