@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from memr1.agents.mem1 import Episode
 
 MODE_COLOURS = {"mem1": "#1f77b4", "full": "#d62728", "truncate": "#ff7f0e"}
+POLICY_DASHES = ("solid", "dash", "dot", "dashdot")
 
 
 def _hover_text(text: str, width: int = 70, limit: int = 600) -> str:
@@ -80,8 +81,8 @@ def peak_figure(
 ) -> go.Figure:
     """Lines of ``column`` (mean over tasks) against N, one per (policy, mode) of an ``aggregate`` table.
 
-    ``error`` names a column of error-bar half-widths (e.g. the std over seeds); each policy after the
-    first is dashed, so one colour per mode carries across policies."""
+    ``error`` names a column of error-bar half-widths (e.g. the std over seeds). Colour shows the mode,
+    the line style the policy (``POLICY_DASHES``, in order of first appearance)."""
     fig = go.Figure()
     policies = list(dict.fromkeys(table["policy"]))
     for (policy, mode), rows in table.groupby(["policy", "mode"], sort=False):
@@ -93,7 +94,10 @@ def peak_figure(
                 error_y=None if error is None else {"type": "data", "array": rows[error].fillna(0)},
                 mode="lines+markers",
                 name=f"{mode} · {policy}",
-                line={"color": MODE_COLOURS.get(mode), "dash": "dash" if policies.index(policy) else "solid"},
+                line={
+                    "color": MODE_COLOURS.get(mode),
+                    "dash": POLICY_DASHES[policies.index(policy) % len(POLICY_DASHES)],
+                },
             )
         )
     tokenizer = table["tokenizer"].iloc[0] if "tokenizer" in table and len(table) else "tokens"
