@@ -38,19 +38,19 @@ from typing import Any
 from stats import mean_std
 
 MODES = ("mem1", "full")
-MEASURES = (
-    ("answered", "answered"),
-    ("past_window", "past window"),
-    ("em", "EM"),
-    ("em_strict", "EM strict"),
-    ("f1", "F1"),
-    ("peak_tokens", "peak (ours)"),
-    ("peak_mem1", "peak (MEM1, EM>0)"),
-    ("peak_mem1_all_tasks", "peak (MEM1, all)"),
-    ("dependency", "dependency (ours)"),
-    ("dependency_mem1", "dependency (MEM1)"),
-    ("turns", "turns"),
-    ("wall_s", "s / task"),
+MEASURES = (  # result key, column label, number format
+    ("answered", "answered", ".2f"),
+    ("past_window", "past window", ".2f"),
+    ("em", "EM", ".2f"),
+    ("em_strict", "EM strict", ".2f"),
+    ("f1", "F1", ".2f"),
+    ("peak_tokens", "peak (ours)", ".0f"),
+    ("peak_mem1", "peak (MEM1, EM>0)", ".0f"),
+    ("peak_mem1_all_tasks", "peak (MEM1, all)", ".0f"),
+    ("dependency", "dependency (ours)", ".0f"),
+    ("dependency_mem1", "dependency (MEM1)", ".0f"),
+    ("turns", "turns", ".1f"),
+    ("wall_s", "s / task", ".1f"),
 )
 
 
@@ -262,19 +262,10 @@ def write_table(results: dict, args: argparse.Namespace) -> None:
     for c in cells:
         c = {**c, "past_window": c["stops"].get("context_window", 0) / c["tasks"]}  # cells before the stop: 0
         groups.setdefault((c["trained"], c["mode"], c["n"]), []).append(c)
-    header = "| model | mode | N | turns allowed | seeds | " + " | ".join(label for _, label in MEASURES) + " |"
+    header = "| model | mode | N | turns allowed | seeds | " + " | ".join(label for _, label, _ in MEASURES) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (trained, mode, n), rows in sorted(groups.items()):
-        fmt = {
-            "answered": ".2f",
-            "past_window": ".2f",
-            "em": ".2f",
-            "em_strict": ".2f",
-            "f1": ".2f",
-            "turns": ".1f",
-            "wall_s": ".1f",
-        }
-        vals = [mean_std([r.get(m) for r in rows], fmt.get(m, ".0f")) for m, _ in MEASURES]
+        vals = [mean_std([r.get(m) for r in rows], fmt) for m, _, fmt in MEASURES]
         reused = sorted(r["seed"] for r in rows if r.get("same_weights_as_untrained"))
         label = "RL at N=2" + (f" (seeds {', '.join(map(str, reused))}: = untrained)" if reused else "")
         lines.append(

@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # widgets/ lives beside memr1/
-
-from widgets.mem1_context import peak_figure  # noqa: E402
+from widgets.mem1_context import peak_figure
 
 
 def horizon_frame(results: dict, column: str = "peak_tokens") -> pd.DataFrame:

@@ -8,7 +8,7 @@ they share one `step` call (one batched model call) without changing any result.
 
 With a ``store_dir`` the banks live in ``store_dir/<sample_id>`` (one LanceDB table per speaker),
 every turn that changed a bank is committed (tag ``turn-<position>``), the last turn run per speaker
-is written beside the tables (``PROCESSED_FILE``, after that turn's commit), a rerun resumes after
+is written beside the tables (``PROCESSED_FILE``, after each chunk's commits), a rerun resumes after
 the later of the two (so a turn that changed nothing is not run, nor counted, twice), and the tables
 are compacted at the end.
 """
@@ -167,13 +167,13 @@ def build_banks(
             steps = manager.step(items)
             out.manager_calls += any(x.facts for x in group)
             out.steps.extend(steps)
-            if root is not None:
-                for step in steps:
-                    if _changed(step):
-                        banks[step.speaker].commit(step.turn)
-                done.update({x.speaker: x.turn.position for x in group})
-                write_json_atomic(root / PROCESSED_FILE, done)
+            for step in steps:
+                if root is not None and _changed(step):
+                    banks[step.speaker].commit(step.turn)
             bar.update(len(group))
+        if root is not None:  # after the chunk's commits; a crash re-runs at most one chunk's idle turns
+            done.update({t.speaker: t.position for t in chunk})
+            write_json_atomic(root / PROCESSED_FILE, done)
     bar.close()
     if root is not None:
         for bank in banks.values():

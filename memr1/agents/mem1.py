@@ -451,8 +451,14 @@ class GeneratorPolicy:
     def __init__(self, generator: Generator, sampling: Sampling = DEFAULT_SAMPLING):
         self.generator, self.name = generator, getattr(generator, "name", "?")
         self.sampling = sampling if sampling.stop else dataclasses.replace(sampling, stop=STOP_STRINGS)
-        self.context_window: int | None = getattr(generator, "context_window", None)
-        self.max_new_tokens = self.sampling.max_new_tokens
+
+    @property
+    def context_window(self) -> int | None:
+        return getattr(self.generator, "context_window", None)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.sampling.max_new_tokens
 
     def step(self, contexts: Sequence[Messages]) -> list[StepOutput]:
         outs = self.generator.generate(list(contexts), self.sampling)
