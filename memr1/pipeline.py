@@ -124,7 +124,34 @@ def plan(
         hints = typing.get_type_hints(stage.config)
         typed = {k: getattr(cfg, k) for k in params if k in hints}
         planned.append(PlannedStage(stage, cfg, typed))
+    check_adapters(planned)
     return planned
+
+
+ADAPTER_FIELDS = ("answer_adapter", "manager_adapter", "answer_model")
+"""Stage fields that name a trained adapter (a training run folder or an adapter folder)."""
+
+
+def check_adapters(planned: Sequence[PlannedStage]) -> None:
+    """Every adapter a stage names exists now, or is the run folder of a planned stage (written before it).
+
+    Raises ConfigError naming the field, so a wrong path fails the plan, not stage 05 an hour later.
+    """
+    from memr1.rl.grpo import resolve_adapter
+
+    written = {Path(p.config.run_dir).resolve() for p in planned}
+    for p in planned:
+        for field in ADAPTER_FIELDS:
+            value = getattr(p.config, field, "")
+            if not value:
+                continue
+            path = Path(value).expanduser().resolve()
+            if path in written or path.parent in written:  # a run folder of this plan, or its adapter/
+                continue
+            try:
+                resolve_adapter(value, "", field)
+            except ConfigError as exc:
+                raise ConfigError(f"{p.name}: {exc}") from exc
 
 
 @contextmanager

@@ -326,10 +326,12 @@ def teacher_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_answer_agent_on_conv26_validates_on_conv30(data_dir, tmp_path, teacher_store):
+@pytest.mark.parametrize("engine", ["trl", "memr1"])
+def test_train_answer_agent_on_conv26_validates_on_conv30(data_dir, tmp_path, teacher_store, engine):
     cfg = AnswerTrainConfig(
         **{
             **STAGE_FAST,
+            "engine": engine,
             "data_dir": str(data_dir),
             "run_dir": str(tmp_path / "aa"),
             "steps": 2,
@@ -344,17 +346,22 @@ def test_train_answer_agent_on_conv26_validates_on_conv30(data_dir, tmp_path, te
     )
     result = train_answer.run(cfg)
     assert result.steps == 2 and (result.adapter_path / "adapter_model.safetensors").is_file()
-    assert result.eval_history == [{"step": 2, "eval/em": result.eval_history[0]["eval/em"], "eval/n": 3.0}]
+    probe = result.eval_history
+    assert [e["step"] for e in probe] == [2] and probe[0]["eval/n"] == 3.0  # the probe, every eval_every steps
+    assert set(probe[0]) >= {"eval/em", "eval/f1", "eval/format", "eval/length"}
+    assert 0 <= probe[0]["eval/f1"] <= 1 and 0 <= probe[0]["eval/format"] <= 1 and probe[0]["eval/length"] <= 8
     assert all("rewards/answer_em_reward/mean" in e for e in result.step_logs())
     saved = read_result(tmp_path / "aa", AnswerTrainResult)  # run wrote metrics.json
     assert (saved.result.steps, saved.result.eval_history, saved.config["steps"]) == (2, result.eval_history, 2)
 
 
 @pytest.mark.slow
-def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_path, teacher_store):
+@pytest.mark.parametrize("engine", ["trl", "memr1"])
+def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_path, teacher_store, engine):
     cfg = ManagerTrainConfig(
         **{
             **STAGE_FAST,
+            "engine": engine,
             "data_dir": str(data_dir),
             "run_dir": str(tmp_path / "mm"),
             "steps": 2,

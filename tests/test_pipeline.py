@@ -131,3 +131,21 @@ def test_the_profile_budgets_apply_under_the_users_overrides():
     paper = by_name(plan("paper", {}, run_dir=RUN))
     assert paper["05_evaluate_locomo"].config.manager_tokens == 2048  # Memory-R1's cap for the manager
     assert paper["04_train_memory_manager"].config.max_completion_length == 2048
+
+
+def test_an_adapter_that_is_not_there_fails_the_plan(tmp_path):
+    params = {"evaluate.system": "memory-r1-answer"}
+    with pytest.raises(ConfigError, match="05_evaluate_locomo: answer_adapter 'no/such/adapter'"):
+        plan("smoke", {**params, "evaluate.answer_adapter": "no/such/adapter"}, run_dir=RUN)
+    (tmp_path / "empty").mkdir()  # a folder that holds no adapter
+    with pytest.raises(ConfigError, match="neither a training run dir"):
+        plan("smoke", {**params, "evaluate.answer_adapter": str(tmp_path / "empty")}, run_dir=RUN)
+    with pytest.raises(ConfigError, match="answer_model"):
+        plan("smoke", {"train_manager.answer_model": str(tmp_path / "empty")}, run_dir=RUN)
+    # the run folder stage 03 of this plan writes is fine before it exists, and so is its adapter/
+    for target in (RUN / "03_train_answer_agent", RUN / "03_train_answer_agent" / "adapter"):
+        plan("smoke", {**params, "evaluate.answer_adapter": str(target)}, run_dir=RUN)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "tiny"}')
+    plan("smoke", {**params, "evaluate.answer_adapter": str(adapter)}, run_dir=RUN, stages=["evaluate"])

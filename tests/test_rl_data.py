@@ -177,6 +177,16 @@ def test_answer_em_reward_reads_the_answer_span():
         answer_em_reward(plain, gold=gold[:2])
 
 
+def test_f1_format_reward_is_f1_plus_the_named_bonus_for_the_answer_line():
+    from memr1.rl.rewards import FORMAT_BONUS, answer_f1_format_reward, answer_f1_reward
+
+    plain = ["**Answer:** Paris", "Paris", "**Answer:** Rome", "Rome"]
+    gold = ["paris"] * 4
+    f1 = answer_f1_reward(plain, gold=gold)
+    assert f1 == [1.0, 1.0, 0.0, 0.0]
+    assert answer_f1_format_reward(plain, gold=gold) == [1.0 + FORMAT_BONUS, 1.0, FORMAT_BONUS, 0.0]
+
+
 def _gold_in_prompt_agent(golds: dict[str, str], calls: list[int]) -> AnswerAgent:
     """Answers the gold iff a memory line of its prompt contains it (case-insensitive)."""
 

@@ -1,4 +1,5 @@
-"""Checkpoints of MEM1 training: model (or adapter), tokenizer, optimiser, RNG states and step.
+"""Checkpoints of memr1's own training loops (MEM1, GRPO and PPO engines): model (or adapter), tokenizer,
+optimiser, RNG states, step and any extra heads.
 
 A rerun of ``memr1.rl.mem1_trainer.train_mem1`` on the same folder restores all of them and continues
 exactly where the previous run stopped (tested: the resumed step equals the uninterrupted one).
@@ -24,9 +25,17 @@ log = logging.getLogger("memr1")
 
 
 def save_checkpoint(
-    path: Path, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, step: int, config: dict[str, Any]
+    path: Path,
+    model: Any,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: dict[str, Any],
+    extra: dict[str, dict] | None = None,
 ) -> Path:
     """Write model (or adapter), tokenizer, optimiser, RNG states, step and ``config``; swap in atomically.
+
+    ``extra``: state dicts of further modules by name (PPO's value head), written to ``extra.pt``.
 
     A checkpoint is a folder, so ``memr1.files`` (one file at a time) does not apply: the folder is
     written beside ``path`` and renamed over it, the previous one kept as ``.old`` until then.
@@ -44,6 +53,8 @@ def save_checkpoint(
         },
         tmp / "rng.pt",
     )
+    if extra:
+        torch.save(extra, tmp / "extra.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=1))
     old = path.with_name(path.name + ".old")
     if path.exists():
@@ -53,8 +64,15 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> int:
-    """Restore a checkpoint into ``model`` and ``optimizer``; return its step (0 when none).
+def load_checkpoint(
+    path: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Restore a checkpoint into ``model`` and ``optimizer`` (and the modules of ``extra``, by name);
+    return its step (0 when none).
 
     ``config`` (the settings and seed) must match the one saved, except the keys that do not change
     the trajectory of the run (steps, save_every, micro_batch).
@@ -86,6 +104,12 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, co
         if missing:
             raise ConfigError(f"{path} lacks weights {sorted(missing)[:3]}...; the checkpoint is incomplete")
         model.load_state_dict(loaded, strict=False)
+    if extra:
+        saved = torch.load(path / "extra.pt", weights_only=True) if (path / "extra.pt").is_file() else {}
+        for name, module in extra.items():
+            if name not in saved:
+                raise ConfigError(f"{path} holds no state for {name!r}; the checkpoint is incomplete")
+            module.load_state_dict(saved[name])
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: numpy and python states
     torch.set_rng_state(rng["torch"])
@@ -93,7 +117,7 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, co
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    log.info("resumed MEM1 training from %s at step %d", path, state["step"])
+    log.info("resumed training from %s at step %d", path, state["step"])
     return int(state["step"])
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from memr1.agents.mem1 import PROMPT_STYLES, STOP_STRINGS, StepOutput
 from memr1.config import StageConfig
 from memr1.errors import ConfigError
+from memr1.rl.sampling import encode_messages, ends_with_stop, eos_ids, sample_batch
 
 if TYPE_CHECKING:
     from memr1.rl.packing import Trajectory
@@ -125,108 +126,6 @@ class Mem1TrainSettings(StageConfig):
 # --------------------------------------------------------------------------- rollouts
 
 
-STOP_TAIL_TOKENS = 16
-"""Tokens decoded at the end of a row to look for a stop string (longer than any stop string)."""
-
-
-def encode_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of a chat context as the model reads it (continuing a final assistant message)."""
-    continuing = bool(messages) and messages[-1].get("role") == "assistant"
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
-    )
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """End-of-turn ids: the model's generation config and the tokenizer's eos."""
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = ([ids] if isinstance(ids, int) else list(ids or [])) + [tokenizer.eos_token_id]
-    return {int(i) for i in ids if i is not None}
-
-
-def sample_batch(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    generator: Any,
-    stop_strings: Sequence[str] = STOP_STRINGS,
-) -> tuple[list[list[int]], list[list[float]]]:
-    """Sample a completion for every prompt together; per row its token ids and their log-probs.
-
-    A row ends after an end-of-turn token (kept) or the token that completes a stop string, or at
-    ``max_new_tokens``. Log-probs are those of the distribution sampled from:
-    ``log_softmax(logits / temperature)``. Only the last position's logits are computed
-    (``logits_to_keep=1``), so no [batch, length, vocabulary] tensor is ever built.
-    """
-    if temperature <= 0 or max_new_tokens < 1:
-        raise ConfigError(
-            f"sampling needs temperature > 0 and max_new_tokens >= 1, got {temperature}, {max_new_tokens}"
-        )
-    import torch
-
-    with torch.no_grad():
-        return _sample(model, tokenizer, prompts, max_new_tokens, temperature, generator, stop_strings)
-
-
-def _sample(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float,
-    generator: Any,
-    stop_strings: Sequence[str],
-) -> tuple[list[list[int]], list[list[float]]]:
-    import torch
-
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stops, width, n = eos_ids(model, tokenizer), max(len(p) for p in prompts), len(prompts)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for b, p in enumerate(prompts):  # left padding: every row's next token goes in the same column
-        ids[b, width - len(p) :], mask[b, width - len(p) :] = torch.tensor(list(p)), 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    completions: list[list[int]] = [[] for _ in prompts]
-    logprobs: list[list[float]] = [[] for _ in prompts]
-    done = [False] * n
-    next_pos = positions[:, -1:] + 1
-    for _ in range(max_new_tokens):
-        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)
-        token = torch.multinomial(logp.exp(), 1, generator=generator)  # [n, 1]
-        chosen = logp.gather(-1, token).squeeze(-1).tolist()
-        for b, (t, lp) in enumerate(zip(token.squeeze(-1).tolist(), chosen)):
-            if done[b]:
-                continue
-            completions[b].append(t)
-            logprobs[b].append(lp)
-            done[b] = t in stops or _ends_with_stop(tokenizer, completions[b], stop_strings)
-        if all(done):
-            break
-        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)  # finished rows run on; their tokens are dropped
-        out = model(
-            input_ids=token,
-            attention_mask=mask,
-            position_ids=next_pos,
-            past_key_values=out.past_key_values,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        next_pos = next_pos + 1
-    return completions, logprobs
-
-
-def _ends_with_stop(tokenizer: Any, ids: list[int], stop_strings: Sequence[str]) -> bool:
-    tail = tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)
-    return any(s in tail for s in stop_strings)
-
-
 class TokenSampler:
     """The training ``TurnPolicy``: batched sampling that keeps prompt ids, sampled ids and log-probs.
 
@@ -262,6 +161,7 @@ class TokenSampler:
                 max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature,
                 generator=self.generator,
+                stop_strings=STOP_STRINGS,
             )
         finally:
             self.model.train(was_training)
@@ -271,7 +171,7 @@ class TokenSampler:
             StepOutput(
                 self.tokenizer.decode(c, skip_special_tokens=True),
                 each,
-                "stop" if c[-1] in stops or _ends_with_stop(self.tokenizer, c, STOP_STRINGS) else "length",
+                "stop" if c[-1] in stops or ends_with_stop(self.tokenizer, c, STOP_STRINGS) else "length",
                 tuple(p),
                 tuple(c),
                 tuple(lp),

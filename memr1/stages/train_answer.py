@@ -3,7 +3,7 @@
 GRPO samples ``num_generations`` answers per training question of conv-26 (the Answer-Agent prompt
 over 30 teacher memories per speaker), rewards each by exact match of the answer span, and moves a
 LoRA adapter towards the better ones; validation EM on conv-30 runs greedily every ``eval_every``
-steps. ``memr1.rl.grpo.run_grpo`` does the training.
+steps. ``memr1.rl.engines.train_policy`` does the training (TRL's trainer or memr1's own loop).
 
 Also here, shared with stage 04 (``train_manager``): ``GRPOStageConfig``, the fields of a GRPO stage
 on LoCoMo (the run, the GRPO settings, the teacher data), and ``teacher_data``.
@@ -99,6 +99,28 @@ class AnswerTrainConfig(GRPOStageConfig):
         check_choice(self, "reward", ANSWER_REWARDS)
 
 
+def answer_probe(rows: Sequence[dict[str, Any]], max_new_tokens: int):
+    """``(model, tokenizer) -> metrics`` of greedy answers to ``rows`` (the fixed probe subset of conv-30):
+    ``eval/em`` and ``eval/f1`` (×1), ``eval/format`` (share writing the ``**Answer:**`` line),
+    ``eval/length`` (mean completion tokens), ``eval/n``. Called every ``eval_every`` training steps."""
+    from memr1.agents.answer import ANSWER_MARKER
+    from memr1.rl.grpo import as_chat, greedy_completions
+    from memr1.rl.rewards import answer_em_reward, answer_f1_reward
+
+    def probe(model: Any, tokenizer: Any) -> dict[str, float]:
+        texts = greedy_completions(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+        chat, gold, n = as_chat(texts), [r["gold"] for r in rows], len(rows)
+        return {
+            "eval/em": sum(answer_em_reward(chat, gold)) / n,
+            "eval/f1": sum(answer_f1_reward(chat, gold)) / n,
+            "eval/format": sum(ANSWER_MARKER in t for t in texts) / n,
+            "eval/length": sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / n,
+            "eval/n": n,
+        }
+
+    return probe
+
+
 @dataclass
 class AnswerTrainResult(TrainResult):
     """The Answer Agent's GRPO run: steps, adapter folder, per-step log and validation EM."""
@@ -110,8 +132,9 @@ def run(cfg: AnswerTrainConfig, *, callbacks: Sequence[Any] = ()) -> AnswerTrain
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (the notebook's live curves).
     """
     from memr1.rl.datasets import answer_agent_rows
-    from memr1.rl.grpo import main_process_first, reward_validator, run_grpo
-    from memr1.rl.rewards import ANSWER_REWARDS, answer_em_reward
+    from memr1.rl.engines import train_policy
+    from memr1.rl.grpo import main_process_first
+    from memr1.rl.rewards import ANSWER_REWARDS
     from memr1.seeding import seed_everything
 
     cfg = resolved_as(cfg, AnswerTrainConfig)
@@ -121,8 +144,8 @@ def run(cfg: AnswerTrainConfig, *, callbacks: Sequence[Any] = ()) -> AnswerTrain
     with main_process_first():
         train = answer_agent_rows(data, "train", embedder, limit=cfg.train_limit, **shared)
         val = answer_agent_rows(data, "validation", embedder, limit=cfg.eval_limit, **shared)
-    validator = reward_validator(val, answer_em_reward, cfg.max_completion_length) if val else None  # EM always
-    trained = run_grpo(
+    validator = answer_probe(val, cfg.max_completion_length) if val else None
+    trained = train_policy(
         cfg,
         train,
         [ANSWER_REWARDS[cfg.reward]],

@@ -77,8 +77,9 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
     from memr1.llm.backends import make_generator
     from memr1.llm.generate import Sampling
     from memr1.rl.datasets import manager_rows
+    from memr1.rl.engines import train_policy
     from memr1.rl.frozen import FrozenBase
-    from memr1.rl.grpo import main_process_first, resolve_adapter, reward_validator, run_grpo
+    from memr1.rl.grpo import main_process_first, resolve_adapter, reward_validator
     from memr1.rl.rewards import ManagerReward, op_mix, read_op_log
     from memr1.seeding import seed_everything
 
@@ -111,7 +112,7 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
     log_dir = Path(cfg.run_dir) / "reward_log"
     reward = ManagerReward(agent, embedder, log_dir=log_dir, k_per_speaker=cfg.k_per_speaker, score=cfg.reward)
     validator = reward_validator(val, reward, cfg.max_completion_length) if val else None
-    trained = run_grpo(
+    trained = train_policy(
         cfg,
         train,
         [reward],

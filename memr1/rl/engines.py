@@ -1,0 +1,29 @@
+"""Which loop trains a policy: ``train_policy`` reads ``settings.engine`` and calls it.
+
+* ``trl``: TRL's ``GRPOTrainer`` (``memr1.rl.grpo.run_grpo``); the path for Unsloth on CUDA.
+* ``memr1``: memr1's own GRPO loop (``memr1.rl.grpo_shared.run_grpo_shared``), each prompt encoded
+  once per group; exact, and the cheaper one on a CPU (``bench/bench_grpo.py``).
+
+Both take the same arguments and return the same ``TrainResult``; the stages call this function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memr1.rl.grpo import GRPOSettings, TrainResult
+
+
+def train_policy(settings: GRPOSettings, train_rows, reward_funcs, **kwargs: Any) -> TrainResult:
+    """Train with the engine ``settings.engine`` names; keyword arguments as ``run_grpo``."""
+    settings.validate()
+    if settings.engine == "memr1":
+        from memr1.rl.grpo_shared import run_grpo_shared
+
+        return run_grpo_shared(settings, train_rows, reward_funcs, **kwargs)
+    from memr1.rl.grpo import run_grpo
+
+    return run_grpo(settings, train_rows, reward_funcs, **kwargs)
+
+
+__all__ = ["train_policy"]
