@@ -237,3 +237,124 @@ def test_memr1_engine_refuses_unsloth(tmp_path):
         train_policy(
             GRPOSettings(**{**FAST, "backend": "unsloth"}), [{"prompt": PROMPTS[0]}], [], run_dir=tmp_path, seed=0
         )
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+def test_gae_matches_a_hand_computed_example():
+    from memr1.rl.ppo import gae, token_rewards
+
+    r, v = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.5, 0.2, 0.4])
+    adv, ret = gae(r, v, gamma=1.0, lam=1.0)  # lambda = 1: A_t = sum of later rewards - V(s_t)
+    assert torch.allclose(adv, torch.tensor([0.5, 0.8, 0.6])) and torch.allclose(ret, torch.tensor([1.0, 1.0, 1.0]))
+    adv, ret = gae(r, v, gamma=0.9, lam=0.5)
+    # by hand: deltas = [0 + .9*.2 - .5, 0 + .9*.4 - .2, 1 - .4] = [-.32, .16, .6]
+    # A2 = .6; A1 = .16 + .45*.6 = .43; A0 = -.32 + .45*.43 = -.1265
+    assert torch.allclose(adv, torch.tensor([-0.1265, 0.43, 0.6])) and torch.allclose(ret, adv + v)
+    lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    assert torch.allclose(token_rewards(3.0, lp, ref, beta=0.1), torch.tensor([-0.05, 3.0]))
+    assert torch.allclose(token_rewards(3.0, lp, None, beta=0.1), torch.tensor([0.0, 3.0]))
+
+
+def ppo_cfg(**kw):
+    return GRPOSettings(
+        **{**FAST, "algorithm": "ppo", "steps": 2, "learning_rate": 1e-3, "critic_learning_rate": 1e-2,
+           "num_generations": 4, "batch_size": 4, "questions_per_step": 2, "max_completion_length": 6,
+           "ppo_epochs": 2, "minibatches": 2, **kw}
+    )  # fmt: skip
+
+
+def test_ppo_ratio_is_one_on_the_first_update_only_and_kl_starts_at_zero(tmp_path):
+    from memr1.llm.load import load_policy
+    from memr1.rl.engines import train_policy
+
+    tok = load_policy("tiny").tokenizer
+    rows = [{"prompt": p} for p in PROMPTS]
+    result = train_policy(ppo_cfg(beta=0.1), rows, [even_first_token(tok)], run_dir=tmp_path, seed=0)
+    first, second = result.step_logs()
+    assert first["ppo/ratio_dev_first"] < 1e-5  # the sampling policy itself: ratio 1 up to fp32
+    assert first["ppo/ratio_dev_later"] > 1e-4  # after an update the ratio moves (3 more updates this step)
+    assert first["kl"] == 0.0  # before any update the adapter is zero: policy = reference exactly
+    assert second["kl"] != 0.0
+    assert (tmp_path / "value_head.pt").is_file() and (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_ppo_value_loss_falls_on_a_fixed_buffer():
+    """The critic alone, refit on one fixed buffer of returns: its clipped value loss must fall."""
+    from memr1.llm.tiny import tiny_model_path
+    from memr1.rl.ppo import ValueHead
+
+    model, tok = lora(str(tiny_model_path()))
+    head = ValueHead(model.config.hidden_size)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    prompt, comps = list(range(5, 60)), [[7, 8, 9], [10, 11, 12, 13], [14, 15]]
+    returns = [torch.full((len(c),), float(k)) for k, c in enumerate(comps)]
+    losses = []
+    for _ in range(30):
+        values = group_logprobs(model, prompt, comps, value_head=head).values
+        loss = sum(0.5 * ((v - r) ** 2).mean() for v, r in zip(values, returns))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("lr", [1e-3, 0.0])
+def test_ppo_step_moves_log_probs_along_the_rewards(tmp_path, lr):
+    """Redo PPO's first step by hand as for GRPO: after it, completions that scored above their group's mean
+    gained log-probability relative to those below (sum of centred reward × mean Δlog p > 0); at learning
+    rate 0 nothing moved."""
+    from memr1.llm.backends import make_generator
+    from memr1.llm.load import load_policy
+    from memr1.rl.engines import train_policy
+    from memr1.rl.grpo_shared import score
+    from memr1.rl.loop import step_rows
+    from memr1.rl.sampling import encode_messages
+
+    base = load_policy("tiny")
+    tok, rows = base.tokenizer, [{"prompt": p} for p in PROMPTS]
+    reward = even_first_token(tok)
+    cfg = ppo_cfg(steps=1, learning_rate=lr, num_generations=8, batch_size=8, vf_coef=0.0)
+    result = train_policy(cfg, rows, [reward], run_dir=tmp_path, seed=0)
+    trained = make_generator("tiny", "transformers", lora_path=result.adapter).model
+    gen = torch.Generator().manual_seed(0)
+    gain, moved = 0.0, 0.0
+    for i in step_rows(len(rows), 2, 0, 0):
+        prompt = encode_messages(tok, rows[i]["prompt"])
+        comps, _ = sample_group(base.model, tok, prompt, 8, max_new_tokens=6, temperature=1.0, generator=gen)
+        r = score([reward], rows[i], [tok.decode(c, skip_special_tokens=True) for c in comps])[0]
+        with torch.no_grad():
+            before = group_logprobs(base.model, prompt, comps).logps
+            after = group_logprobs(trained, prompt, comps).logps
+        mean = sum(r) / len(r)
+        gain += sum((x - mean) * float((b - a).mean()) for x, a, b in zip(r, before, after))
+        moved += sum(float((b - a).abs().max()) for a, b in zip(before, after))
+    if lr:
+        assert gain > 0, gain
+    else:
+        assert moved == 0.0, moved
+
+
+def test_ppo_resumes_exactly(tmp_path):
+    from memr1.llm.load import load_policy
+    from memr1.rl.engines import train_policy
+
+    tok = load_policy("tiny").tokenizer
+    rows, reward = [{"prompt": p} for p in PROMPTS], [even_first_token(tok)]
+
+    def clean(result):
+        return [{k: v for k, v in e.items() if k != "step_s"} for e in result.step_logs()]
+
+    straight = train_policy(ppo_cfg(steps=3, save_every=1), rows, reward, run_dir=tmp_path / "a", seed=2)
+    train_policy(ppo_cfg(steps=1, save_every=1), rows, reward, run_dir=tmp_path / "b", seed=2)
+    resumed = train_policy(ppo_cfg(steps=3, save_every=1, resume=True), rows, reward, run_dir=tmp_path / "b", seed=2)
+    assert resumed.resumed_from and clean(resumed) == clean(straight)
+
+
+def test_ppo_needs_the_memr1_engine():
+    with pytest.raises(ConfigError, match="engine memr1"):
+        GRPOSettings(**{**FAST, "engine": "trl", "algorithm": "ppo"}).validate()
+    with pytest.raises(ConfigError, match="algorithm"):
+        GRPOSettings(**{**FAST, "algorithm": "reinforce"}).validate()

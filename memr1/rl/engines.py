@@ -1,4 +1,6 @@
-"""Which loop trains a policy: ``train_policy`` reads ``settings.engine`` and calls it.
+"""Which loop trains a policy: ``train_policy`` reads ``settings.algorithm`` and ``settings.engine``.
+
+* ``ppo``: memr1's PPO (``memr1.rl.ppo.run_ppo``; TRL 1.x ships no PPO trainer).
 
 * ``trl``: TRL's ``GRPOTrainer`` (``memr1.rl.grpo.run_grpo``); the path for Unsloth on CUDA.
 * ``memr1``: memr1's own GRPO loop (``memr1.rl.grpo_shared.run_grpo_shared``), each prompt encoded
@@ -15,8 +17,12 @@ from memr1.rl.grpo import GRPOSettings, TrainResult
 
 
 def train_policy(settings: GRPOSettings, train_rows, reward_funcs, **kwargs: Any) -> TrainResult:
-    """Train with the engine ``settings.engine`` names; keyword arguments as ``run_grpo``."""
+    """Train with the algorithm and engine the settings name; keyword arguments as ``run_grpo``."""
     settings.validate()
+    if settings.algorithm == "ppo":  # validate() made sure the engine is memr1
+        from memr1.rl.ppo import run_ppo
+
+        return run_ppo(settings, train_rows, reward_funcs, **kwargs)
     if settings.engine == "memr1":
         from memr1.rl.grpo_shared import run_grpo_shared
 

@@ -69,7 +69,7 @@ def group_logprobs(
             output_hidden_states=hidden,
         )  # fmt: skip
         logits = torch.cat([logits, rest.logits], dim=1)
-        states = torch.cat([states, rest.hidden_states[-1]], dim=1) if hidden else None
+        states = torch.cat([states, rest.hidden_states[-1]], dim=1) if states is not None else None
     return _gather(logits, completions, width, temperature, pad_id, with_entropy, states, value_head)
 
 

@@ -45,6 +45,7 @@ LORA_MODULES = {
 """Modules a LoRA adapter is put on, by the name of ``GRPOSettings.lora_targets``."""
 GRPO_BACKENDS = ("", "auto", "transformers", "unsloth")
 ENGINES = ("trl", "memr1")
+ALGORITHMS = ("grpo", "ppo")
 """Who runs the GRPO loop: TRL's GRPOTrainer (this module) or memr1's own (``memr1.rl.grpo_shared``)."""
 """Backends GRPO training accepts ("" means the backend of the profile, filled in by a stage)."""
 Rows = Sequence[dict[str, Any]]
@@ -92,7 +93,7 @@ class GRPOSettings(StageConfig):
     """Prompt + completion tokens the run must fit (the max_seq_length of Unsloth); 0: derived from the data,
     the longest training prompt plus max_completion_length. A prompt that does not fit is an error."""
     lora_r: int = 8
-    """LoRA rank."""
+    """LoRA rank of the adapter matrices (their inner dimension)."""
     lora_targets: str = "attention"
     """Layers the LoRA adapts: attention (q, k, v, o projections) or all (also the MLP's gate, up, down)."""
     lora_alpha: int = 16
@@ -105,12 +106,45 @@ class GRPOSettings(StageConfig):
     """Continue from the last checkpoint in run_dir/checkpoints when there is one."""
     verify_adapter: bool = True
     """After training, load the saved adapter with make_generator to prove it loads."""
+    algorithm: str = "grpo"
+    """grpo (group-normalised rewards, no critic) or ppo (value head, GAE, clipped surrogate; engine memr1 only)."""
+    critic_learning_rate: float = 1e-4
+    """PPO: AdamW learning rate of the value head (Memory-R1: critic 1e-5, ten times the actor's 1e-6)."""
+    ppo_epochs: int = 2
+    """PPO: passes over each step's rollouts (MEM1: 1; CleanRL: 4)."""
+    minibatches: int = 2
+    """PPO: optimizer updates per epoch, each over a share of the step's groups (at most questions_per_step)."""
+    gae_gamma: float = 1.0
+    """PPO: discount over generated tokens (MEM1: 1)."""
+    gae_lambda: float = 1.0
+    """PPO: GAE lambda (MEM1: 1, so advantages are returns minus values)."""
+    clip_eps: float = 0.2
+    """PPO: ratio clip of the policy surrogate and clip of the value change (MEM1: 0.2)."""
+    vf_coef: float = 0.5
+    """PPO: weight of the value loss in the shared LoRA's loss."""
+    entropy_coef: float = 0.001
+    """PPO: weight of the entropy bonus (MEM1: 0.001)."""
+    kl_in_reward: bool = True
+    """PPO: beta times log(pi / pi_ref) is taken off each token's reward (MEM1); False adds beta times the k3
+    estimate to the loss, as GRPO does."""
 
     def check(self) -> None:
         name = type(self).__name__
         check_choice(self, "backend", GRPO_BACKENDS)
         check_choice(self, "engine", ENGINES)
         check_choice(self, "lora_targets", tuple(LORA_MODULES))
+        check_choice(self, "algorithm", ALGORITHMS)
+        if self.algorithm == "ppo" and self.engine != "memr1":
+            raise ConfigError(
+                f"{name}: algorithm ppo runs on engine memr1 (TRL ships no PPO trainer); set engine=memr1"
+            )
+        check_min(self, 1, "ppo_epochs", "minibatches")
+        check_min(self, 0, "critic_learning_rate", "vf_coef", "entropy_coef")
+        for key in ("gae_gamma", "gae_lambda"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{name}.{key} must lie in [0, 1], got {getattr(self, key)}")
+        if self.clip_eps <= 0:
+            raise ConfigError(f"{name}.clip_eps must be > 0, got {self.clip_eps}")
         if self.num_generations < 2:
             raise ConfigError(
                 f"{name}.num_generations must be >= 2 (GRPO compares completions within a "
@@ -364,6 +398,7 @@ def grpo_args(
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         beta=settings.beta,
+        epsilon=settings.clip_eps,
         seed=seed,
         logging_steps=1,
         save_strategy="steps" if settings.save_every else "no",
@@ -501,5 +536,6 @@ __all__ = [
     "as_chat",
     "LORA_MODULES",
     "ENGINES",
+    "ALGORITHMS",
     "main_process_first",
 ]

@@ -58,7 +58,8 @@ def rollouts(run: Any, reward_funcs: Sequence[Callable], step: int) -> tuple[lis
     s, tok = run.settings, run.tok
     run.model.eval()
     gen = torch.Generator().manual_seed(run.seed * 100_003 + step)
-    groups, per_func = [], {}
+    groups: list = []
+    per_func: dict[str, list[float]] = {}
     for i in _step_rows(run, step):
         comps, _ = sample_group(
             run.model, tok, run.prompts[i], s.num_generations,
@@ -139,10 +140,12 @@ def run_grpo_shared(
                     refs = group_logprobs(model, run.prompts[i], comps, temperature=s.temperature, pad_id=run.pad).logps
                 kl_sum += float(sum((torch.exp(r - lp) - (r - lp) - 1).sum() for r, lp in zip(refs, scored.logps)))
             weights = [1.0 / n_tokens] * len(comps)
-            loss = policy_loss(scored.logps, group_advantages(rewards), weights, ref_logps=refs, beta=s.beta)
+            loss = policy_loss(
+                scored.logps, group_advantages(rewards), weights, ref_logps=refs, clip_eps=s.clip_eps, beta=s.beta
+            )
             loss.backward()
             loss_sum += float(loss.detach())
-            ent_sum += float(sum(e.detach().sum() for e in scored.entropies))
+            ent_sum += sum(float(e.detach().sum()) for e in scored.entropies or [])
         grad_norm = run.clip_and_step()
         entry = {
             "step": step + 1,

@@ -114,10 +114,11 @@ class PolicyRun:
         self.seq_cap = sequence_cap(settings, train_rows, policy)
         self.model, self.tok = lora_model(policy.model, settings), policy.tokenizer
         self.heads = dict(heads(policy.model.config.hidden_size)) if heads else {}
-        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": settings.learning_rate}]
-        groups += [{"params": list(m.parameters()), "lr": lr} for m, lr in self.heads.values()]
-        self.base_lrs = [g["lr"] for g in groups]
-        self.params = [p for g in groups for p in g["params"]]
+        params = [[p for p in self.model.parameters() if p.requires_grad]]
+        params += [list(m.parameters()) for m, _ in self.heads.values()]
+        self.base_lrs = [settings.learning_rate, *(lr for _, lr in self.heads.values())]
+        self.params = [p for ps in params for p in ps]
+        groups = [{"params": ps, "lr": lr} for ps, lr in zip(params, self.base_lrs)]
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         if on_model is not None:
             on_model(self.model, self.tok)
