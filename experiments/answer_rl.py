@@ -55,6 +55,7 @@ RECIPES = {
     "lr5e-4-t0.7-g8": {"learning_rate": 5e-4, "temperature": 0.7, "num_generations": 8, "batch_size": 8},
     "lr5e-4-t0.7-kl": {"learning_rate": 5e-4, "temperature": 0.7, "beta": 0.04},
     "lr5e-4-em": {"learning_rate": 5e-4, "reward": "em"},
+    "ppo-lr5e-4": {"algorithm": "ppo", "learning_rate": 5e-4, "critic_learning_rate": 5e-3},
 }
 """Every recipe tried; a recipe is BASE with these overrides. ``<name>-lr0`` is its learning-rate-0 control."""
 

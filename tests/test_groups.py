@@ -156,11 +156,10 @@ def even_first_token(tok):
     return reward
 
 
-@pytest.mark.parametrize("lr", [1e-3, 0.0])
-def test_memr1_engine_step_moves_log_probs_along_the_advantages(tmp_path, lr):
-    """One step of the engine, redone by hand: the completions it sampled (same generator seed, LoRA B = 0 so
-    the policy is the base model) and their advantages; after the step, sum_i A_i * mean Δlog p_i > 0 (the
-    surrogate improved, to first order); at learning rate 0 every log-prob is unchanged (the control)."""
+def first_step_shift(cfg, tmp_path, max_new_tokens: int, weight):
+    """Train one step with ``cfg``, then redo its rollouts by hand: the completions it sampled (same generator
+    seed; LoRA B = 0, so the sampling policy is the base model) and their rewards. Returns
+    (sum over completions of ``weight(rewards)_i`` × mean Δlog p_i, largest |Δlog p|, the step's log line)."""
     from memr1.llm.backends import make_generator
     from memr1.llm.load import load_policy
     from memr1.rl.engines import train_policy
@@ -169,24 +168,33 @@ def test_memr1_engine_step_moves_log_probs_along_the_advantages(tmp_path, lr):
     from memr1.rl.sampling import encode_messages
 
     base = load_policy("tiny")
-    tok, rows, seed = base.tokenizer, [{"prompt": p} for p in PROMPTS], 0
+    tok, rows = base.tokenizer, [{"prompt": p} for p in PROMPTS]
     reward = even_first_token(tok)
-    cfg = GRPOSettings(**{**FAST, "steps": 1, "learning_rate": lr, "num_generations": 8, "batch_size": 16,
-                          "max_completion_length": 4})  # fmt: skip
-    result = train_policy(cfg, rows, [reward], run_dir=tmp_path, seed=seed)
+    result = train_policy(cfg, rows, [reward], run_dir=tmp_path, seed=0)
     trained = make_generator("tiny", "transformers", lora_path=result.adapter).model
-    gen = torch.Generator().manual_seed(seed * 100_003 + 0)
+    gen = torch.Generator().manual_seed(0)  # seed * 100_003 + step
     gain, moved = 0.0, 0.0
-    for i in step_rows(len(rows), 2, 0, seed):
+    for i in step_rows(len(rows), cfg.questions_per_step or cfg.batch_size // cfg.num_generations, 0, 0):
         prompt = encode_messages(tok, rows[i]["prompt"])
-        comps, _ = sample_group(base.model, tok, prompt, 8, max_new_tokens=4, temperature=1.0, generator=gen)
-        adv = group_advantages(score([reward], rows[i], [tok.decode(c, skip_special_tokens=True) for c in comps])[0])
+        comps, _ = sample_group(base.model, tok, prompt, cfg.num_generations, max_new_tokens=max_new_tokens,
+                                temperature=1.0, generator=gen)  # fmt: skip
+        rewards = score([reward], rows[i], [tok.decode(c, skip_special_tokens=True) for c in comps])[0]
         with torch.no_grad():
             before = group_logprobs(base.model, prompt, comps).logps
             after = group_logprobs(trained, prompt, comps).logps
-        gain += sum(a * float((y - x).mean()) for a, x, y in zip(adv, before, after))
+        gain += sum(w * float((y - x).mean()) for w, x, y in zip(weight(rewards), before, after))
         moved += sum(float((y - x).abs().max()) for x, y in zip(before, after))
-    assert result.step_logs()[0]["frac_reward_zero_std"] < 1  # the step had a signal
+    return gain, moved, result.step_logs()[0]
+
+
+@pytest.mark.parametrize("lr", [1e-3, 0.0])
+def test_memr1_engine_step_moves_log_probs_along_the_advantages(tmp_path, lr):
+    """After one GRPO step, sum_i A_i * mean Δlog p_i > 0 over that step's completions (the surrogate improved,
+    to first order; a sign error fails it); at learning rate 0 no log-prob moved (the control)."""
+    cfg = GRPOSettings(**{**FAST, "steps": 1, "learning_rate": lr, "num_generations": 8, "batch_size": 16,
+                          "max_completion_length": 4})  # fmt: skip
+    gain, moved, first = first_step_shift(cfg, tmp_path, 4, group_advantages)
+    assert first["frac_reward_zero_std"] < 1  # the step had a signal
     if lr:
         assert gain > 0, gain
     else:
@@ -303,34 +311,10 @@ def test_ppo_value_loss_falls_on_a_fixed_buffer():
 
 @pytest.mark.parametrize("lr", [1e-3, 0.0])
 def test_ppo_step_moves_log_probs_along_the_rewards(tmp_path, lr):
-    """Redo PPO's first step by hand as for GRPO: after it, completions that scored above their group's mean
-    gained log-probability relative to those below (sum of centred reward × mean Δlog p > 0); at learning
-    rate 0 nothing moved."""
-    from memr1.llm.backends import make_generator
-    from memr1.llm.load import load_policy
-    from memr1.rl.engines import train_policy
-    from memr1.rl.grpo_shared import score
-    from memr1.rl.loop import step_rows
-    from memr1.rl.sampling import encode_messages
-
-    base = load_policy("tiny")
-    tok, rows = base.tokenizer, [{"prompt": p} for p in PROMPTS]
-    reward = even_first_token(tok)
+    """As for GRPO: after PPO's first step, completions that scored above their group's mean gained
+    log-probability relative to those below; at learning rate 0 nothing moved."""
     cfg = ppo_cfg(steps=1, learning_rate=lr, num_generations=8, batch_size=8, vf_coef=0.0)
-    result = train_policy(cfg, rows, [reward], run_dir=tmp_path, seed=0)
-    trained = make_generator("tiny", "transformers", lora_path=result.adapter).model
-    gen = torch.Generator().manual_seed(0)
-    gain, moved = 0.0, 0.0
-    for i in step_rows(len(rows), 2, 0, 0):
-        prompt = encode_messages(tok, rows[i]["prompt"])
-        comps, _ = sample_group(base.model, tok, prompt, 8, max_new_tokens=6, temperature=1.0, generator=gen)
-        r = score([reward], rows[i], [tok.decode(c, skip_special_tokens=True) for c in comps])[0]
-        with torch.no_grad():
-            before = group_logprobs(base.model, prompt, comps).logps
-            after = group_logprobs(trained, prompt, comps).logps
-        mean = sum(r) / len(r)
-        gain += sum((x - mean) * float((b - a).mean()) for x, a, b in zip(r, before, after))
-        moved += sum(float((b - a).abs().max()) for a, b in zip(before, after))
+    gain, moved, _ = first_step_shift(cfg, tmp_path, 6, lambda r: [x - sum(r) / len(r) for x in r])
     if lr:
         assert gain > 0, gain
     else:

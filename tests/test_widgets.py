@@ -164,3 +164,21 @@ def test_the_bank_table_scrolls_inside_a_box(handmade):
     assert "<div class='bankbox'><table>" in tl.table_html("Ann", 3)
     page = tl.static_html()
     assert ".m1-tl .bankbox{max-height:420px;overflow-y:auto" in page and 'class="bankbox"' in page  # live JS too
+
+
+def test_training_curves_give_every_measure_its_own_axes():
+    from widgets.training import PANELS, TrainingCurves
+
+    history = [
+        {"step": 1, "reward": 0.1, "loss": 0.02, "kl": 0.0, "completions/mean_length": 25.0},
+        {"step": 2, "reward": 0.2, "loss": -0.01, "kl": 0.0, "completions/mean_length": 30.0,
+         "eval/f1": 0.21, "eval/em": 0.0, "eval/format": 0.5},
+    ]  # fmt: skip
+    fig = TrainingCurves(history).figure()
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {k for keys, _ in PANELS for k in keys}
+    assert list(by_name["reward"].y) == [0.1, 0.2] and list(by_name["eval/f1"].x) == [2]
+    # reward, loss, length and format each sit on their own y axis
+    axes = {k: by_name[k].yaxis for k in ("reward", "loss", "completions/mean_length", "eval/format")}
+    assert len(set(axes.values())) == 4
+    assert by_name["eval/f1"].yaxis == by_name["eval/em"].yaxis  # one probe panel, two lines

@@ -90,7 +90,7 @@ def _training(r: AnswerTrainResult | ManagerTrainResult) -> str:
     return out
 
 
-def _evaluation(r: EvalResult) -> str:
+def _evaluation(r: EvalResult, data_dir: str = "") -> str:
     table = pd.DataFrame(r.table)
     cols = [c for c in ("f1", "bleu1", "f1_locomo", "em", "j") if c in table]
     judge = r.judge or "no judge configured (J not computed)"
@@ -104,13 +104,14 @@ def _evaluation(r: EvalResult) -> str:
         + _table([{"role": role, **counts} for role, counts in r.truncated.items()], "{:.0f}")
         + "<h3>Latency (s)</h3>"
         + _table(r.latency, "{:.4f}")
-        + _evaluated_banks(r)
+        + _evaluated_banks(r, data_dir)
     )
 
 
-def _evaluated_banks(r: EvalResult) -> str:
-    """The bank timeline of the first evaluated conversation ("" for systems without banks)."""
-    timeline = evaluated_banks(r)
+def _evaluated_banks(r: EvalResult, data_dir: str = "") -> str:
+    """The bank timeline of the first evaluated conversation ("" for systems without banks); LoCoMo is read
+    from the stage's own ``data_dir`` ("" : MEMR1_DATA_DIR or the cache)."""
+    timeline = evaluated_banks(r, data_dir or None)
     if timeline is None:
         return ""
     who = "LoCoMo's observations (replay)" if r.system == "replay" else f"the {r.system} system"
@@ -162,8 +163,12 @@ def report_html(run_dir: str) -> str:
         if isinstance(saved.result, ReportResult):
             continue
         title, render = SECTIONS[type(saved.result)]
+        # the evaluation reads LoCoMo again (its bank timeline), from the data folder that stage used
+        html = (
+            render(saved.result, saved.config.get("data_dir") or "") if render is _evaluation else render(saved.result)
+        )
         body.append(
-            f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{render(saved.result)}"
+            f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{html}"
             f"<details><summary>configuration</summary>{_table([saved.config])}</details>"
         )
     prov = next((s.provenance for s in run.stages.values()), {})

@@ -1,4 +1,4 @@
-"""Training curves (reward, loss, KL, completion length, validation EM), live during a run.
+"""Training curves (reward, loss, KL, completion length, probe F1 / EM / format), live during a run.
 
 ``TrainingCurves.callback()`` is a transformers ``TrainerCallback`` that records every log line; in a live
 kernel ``show_live()`` displays a plotly ``FigureWidget`` that it updates as lines arrive. Under papermill
@@ -21,11 +21,14 @@ from plotly.subplots import make_subplots
 from widgets.display import figure_fragment, show, static_mode
 
 PANELS = (
-    ("reward", "reward (mean over completions)"),
-    ("loss", "loss"),
-    ("kl", "KL to the reference"),
-    ("completions/mean_length", "completion length (tokens)"),
+    (("reward",), "reward (mean over completions)"),
+    (("loss",), "loss"),
+    (("kl",), "KL to the reference"),
+    (("completions/mean_length",), "completion length (tokens)"),
+    (("eval/f1", "eval/em"), "probe (greedy validation): F1, EM"),
+    (("eval/format",), "probe: share writing the answer line"),
 )
+"""Each panel: the log keys it draws (one line each) and its title; every panel has its own axes."""
 
 
 class TrainingCurves:
@@ -60,15 +63,17 @@ class TrainingCurves:
         return [p[0] for p in points], [p[1] for p in points]
 
     def figure(self) -> go.Figure:
-        fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in PANELS])
-        for i, (key, _) in enumerate(PANELS):
-            x, y = self.series(key)
-            fig.add_trace(
-                go.Scatter(x=x, y=y, mode="lines+markers", name=key, showlegend=False), row=i // 2 + 1, col=i % 2 + 1
-            )
-        x, y = self.series("eval/em")
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="validation EM"), row=1, col=1)
-        return fig.update_layout(height=520, title="GRPO training", legend={"orientation": "h"})
+        rows = (len(PANELS) + 1) // 2
+        fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in PANELS])
+        for i, (keys, _) in enumerate(PANELS):
+            for key in keys:
+                x, y = self.series(key)
+                fig.add_trace(
+                    go.Scatter(x=x, y=y, mode="lines+markers", name=key, showlegend=len(keys) > 1),
+                    row=i // 2 + 1,
+                    col=i % 2 + 1,
+                )
+        return fig.update_layout(height=260 * rows, title="RL training", legend={"orientation": "h"})
 
     def widget(self) -> go.FigureWidget:
         self._live = go.FigureWidget(self.figure())
