@@ -67,8 +67,8 @@ class GRPOSettings(StageConfig):
     backend: str = ""
     """auto, transformers or unsloth (CUDA only); "" uses the backend of the profile."""
     engine: str = "trl"
-    """trl: TRL's GRPOTrainer (every completion re-encodes its prompt; Unsloth on CUDA); memr1: memr1's own
-    loop, each prompt encoded once per group, exact and ~3x cheaper on a CPU (memr1.rl.grpo_shared)."""
+    """trl: the GRPOTrainer of TRL (every completion re-encodes its prompt; Unsloth on CUDA); memr1: our own
+    loop, each prompt encoded once per group, exact and 3 to 5 times cheaper on a CPU (memr1.rl.grpo_shared)."""
     steps: int = 4
     """Optimizer steps to run (GRPOConfig max_steps)."""
     learning_rate: float = 1e-5
@@ -95,7 +95,7 @@ class GRPOSettings(StageConfig):
     lora_r: int = 8
     """LoRA rank of the adapter matrices (their inner dimension)."""
     lora_targets: str = "attention"
-    """Layers the LoRA adapts: attention (q, k, v, o projections) or all (also the MLP's gate, up, down)."""
+    """Layers the LoRA adapts: attention (q, k, v, o projections) or all (also the gate, up and down projections of the MLP)."""
     lora_alpha: int = 16
     """LoRA scaling numerator (the update is scaled by lora_alpha over lora_r)."""
     save_every: int = 2
@@ -109,11 +109,11 @@ class GRPOSettings(StageConfig):
     algorithm: str = "grpo"
     """grpo (group-normalised rewards, no critic) or ppo (value head, GAE, clipped surrogate; engine memr1 only)."""
     critic_learning_rate: float = 1e-4
-    """PPO: AdamW learning rate of the value head (Memory-R1: critic 1e-5, ten times the actor's 1e-6)."""
+    """PPO: AdamW learning rate of the value head (Memory-R1: critic 1e-5, ten times the 1e-6 of the actor)."""
     ppo_epochs: int = 2
-    """PPO: passes over each step's rollouts (MEM1: 1; CleanRL: 4)."""
+    """PPO: passes over the rollouts of each step (MEM1: 1; CleanRL: 4)."""
     minibatches: int = 2
-    """PPO: optimizer updates per epoch, each over a share of the step's groups (at most questions_per_step)."""
+    """PPO: optimizer updates per epoch, each over a share of the groups of the step (at most questions_per_step)."""
     gae_gamma: float = 1.0
     """PPO: discount over generated tokens (MEM1: 1)."""
     gae_lambda: float = 1.0
@@ -121,11 +121,11 @@ class GRPOSettings(StageConfig):
     clip_eps: float = 0.2
     """PPO: ratio clip of the policy surrogate and clip of the value change (MEM1: 0.2)."""
     vf_coef: float = 0.5
-    """PPO: weight of the value loss in the shared LoRA's loss."""
+    """PPO: weight of the value loss in the loss of the shared LoRA."""
     entropy_coef: float = 0.001
     """PPO: weight of the entropy bonus (MEM1: 0.001)."""
     kl_in_reward: bool = True
-    """PPO: beta times log(pi / pi_ref) is taken off each token's reward (MEM1); False adds beta times the k3
+    """PPO: beta times log(pi / pi_ref) is taken off the reward of each token (MEM1); False adds beta times the k3
     estimate to the loss, as GRPO does."""
 
     def check(self) -> None:
