@@ -95,7 +95,7 @@ class GRPOSettings(StageConfig):
     lora_r: int = 8
     """LoRA rank of the adapter matrices (their inner dimension)."""
     lora_targets: str = "attention"
-    """Layers the LoRA adapts: attention (q, k, v, o projections) or all (also the gate, up and down projections of the MLP)."""
+    """Layers the LoRA adapts: attention (q, k, v, o projections) or all (also gate, up and down of the MLP)."""
     lora_alpha: int = 16
     """LoRA scaling numerator (the update is scaled by lora_alpha over lora_r)."""
     save_every: int = 2

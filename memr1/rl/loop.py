@@ -172,9 +172,12 @@ class PolicyRun:
         for cb in self.callbacks:
             if hasattr(cb, "on_log"):
                 cb.on_log(None, state, None, logs=dict(entry))
+        done = step + 1 - self.start
+        eta = (time.perf_counter() - self.started) / done * (s.steps - step - 1)
         log.info(
-            "%s step %d/%d: reward %.3f, %.1f s", self.name, step + 1, s.steps, entry["reward"], entry.get("step_s", 0)
-        )
+            "%s step %d/%d: reward %.3f, %.1f s, ETA %.0f min",
+            self.name, step + 1, s.steps, entry["reward"], entry.get("step_s", 0), eta / 60,
+        )  # fmt: skip
         if s.save_every and ((step + 1) % s.save_every == 0 or step + 1 == s.steps):
             save_checkpoint(
                 self.run_dir / CHECKPOINT, self.model, self.tok, self.optimizer, step + 1, self.fingerprint,
