@@ -96,7 +96,7 @@ def _copy_with_parameters(name: str, folder: Path, params: dict) -> Path:
 
 POINTS = """() => {
   const figs = [...document.querySelectorAll('.jp-OutputArea .js-plotly-plot')]
-    .filter(f => (f.innerText || '').includes('GRPO training'));
+    .filter(f => (f.innerText || '').includes('RL training'));
   return figs.length ? figs[0].querySelectorAll('path.point').length : -1;
 }"""
 BUSY = "() => !!document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"busy\"]')"
@@ -158,7 +158,7 @@ def test_training_curves_update_while_training_runs(lab, name):
         page.screenshot(path=str(_artifacts() / f"live_curves_{name}.png"), full_page=True)
         errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
-        figure = page.locator(".jp-OutputArea .js-plotly-plot", has_text="GRPO training")
+        figure = page.locator(".jp-OutputArea .js-plotly-plot", has_text="RL training")
         if figure.count():
             figure.first.screenshot(path=str(_artifacts() / f"live_curves_{name}.png"))
         browser.close()
