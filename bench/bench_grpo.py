@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-LR, R, ALPHA, CAP = 1e-4, 16, 32, 32
+LR, R, ALPHA, CAP, SEED = 1e-4, 16, 32, 32, 0
 
 
 def rows(n: int) -> list[dict]:
@@ -69,7 +69,7 @@ def case(engine: str, questions: int, group: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = train_policy(settings, data, [answer_f1_reward], run_dir=out, seed=0, callbacks=[Timer()])
+        result = train_policy(settings, data, [answer_f1_reward], run_dir=out, seed=SEED, callbacks=[Timer()])
     if engine == "memr1":
         step_s = marks
     else:
@@ -112,7 +112,8 @@ def main() -> None:
         f"{os.cpu_count()} cores · {args.threads} thread(s) per case · torch {torch.__version__}\n"
     )
     print(f"SmolLM2-135M fp32, LoRA r {R} on q/k/v/o, 10 memories per prompt, ≤ {CAP} tokens, {args.steps} steps "
-          "per case (first dropped)\n")  # fmt: skip
+          f"per case (first dropped); seed {SEED} for both engines (LoRA init, rows; each engine samples with its own "
+          "sampler, so the completions differ)\n")  # fmt: skip
     print("| questions × completions | engine | median s / step | steps timed | mean completion tokens | peak RSS GB "
           "| step time vs TRL |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

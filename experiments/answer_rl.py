@@ -87,8 +87,9 @@ def train(name: str, seed: int, args) -> tuple[dict, float]:
         }
     )
     t0 = time.perf_counter()
-    done = (run_dir / "metrics.json").is_file() and read_result(run_dir, AnswerTrainResult).result.steps >= args.steps
-    result = read_result(run_dir, AnswerTrainResult).result if done else run(cfg)  # a longer run resumes
+    result = read_result(run_dir, AnswerTrainResult).result if (run_dir / "metrics.json").is_file() else None
+    if result is None or result.steps < args.steps:
+        result = run(cfg)  # new, unfinished or shorter: resumes from its last checkpoint
     return {"adapter": result.adapter, "log": result.step_logs()}, time.perf_counter() - t0
 
 
@@ -113,7 +114,15 @@ def validate(run_dir: Path, adapter: str) -> dict:
     return {
         **{k: overall[k] for k in ("f1", "bleu1", "em")},
         "per_question_f1": dict(zip(records["qid"], (100 * records["f1"]).round(4))),
+        "per_question_format": answer_lines(records),
     }
+
+
+def answer_lines(records) -> dict[str, float]:
+    """Per question, 100 when the raw output writes the ``**Answer:**`` line, else 0."""
+    from memr1.agents.answer import ANSWER_MARKER
+
+    return {q: 100.0 * (ANSWER_MARKER in (raw or "")) for q, raw in zip(records["qid"], records["raw_output"])}
 
 
 def main() -> None:
@@ -156,7 +165,23 @@ def main() -> None:
                 }  # fmt: skip
                 _save(results_file, results)
                 print(key, {k: after[k] for k in ("f1", "bleu1", "em")}, f"{train_s / 60:.1f} min", flush=True)
-    write_table(_load(results_file), args.out)
+    results = _load(results_file)
+    if _backfill_formats(results):  # runs validated before the answer-line column existed
+        _save(results_file, results)
+    write_table(results, args.out)
+
+
+def _backfill_formats(results: dict) -> bool:
+    """Add ``per_question_format`` from the stored records.parquet of runs that lack it; True if any changed."""
+    import pandas as pd
+
+    changed = False
+    for key, entry in [("before", results.get("before")), *((k, r["validation"]) for k, r in results["runs"].items())]:
+        path = RUNS / key / "records.parquet" if key == "before" else RUNS / key / "validate" / "records.parquet"
+        if entry is not None and "per_question_format" not in entry and path.is_file():
+            entry["per_question_format"] = answer_lines(pd.read_parquet(path))
+            changed = True
+    return changed
 
 
 def _load(path: Path) -> dict:
@@ -184,11 +209,17 @@ def write_table(results: dict, out: str) -> None:
         f"{len(qids)} conv-30 questions, greedy, scores ×100. Interval: paired bootstrap 95% over questions of "
         "(trained − untrained) F1 (10,000 resamples). Each run's command is in the .json.",
         "",
-        f"Untrained: F1 {before['f1']:.1f}, BLEU-1 {before['bleu1']:.1f}, EM {before['em']:.1f}.",
+        f"Untrained: F1 {before['f1']:.1f}, BLEU-1 {before['bleu1']:.1f}, EM {before['em']:.1f}"
+        + (
+            f", answer line written in {statistics.mean(before['per_question_format'].values()):.0f}% of outputs."
+            if "per_question_format" in before
+            else "."
+        ),
         "",
         "| run | settings (beside the base) | steps | val F1 | Δ F1 [95% CI] | val BLEU-1 | val EM "
-        "| train reward, first 10 → last 10 steps | flat groups | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| answer line, % of val | Δ answer line [95% CI] | train reward, first 10 → last 10 steps | flat groups "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_recipe: dict[str, list[dict]] = {}
     for key, r in sorted(results["runs"].items()):
@@ -198,8 +229,14 @@ def write_table(results: dict, out: str) -> None:
         rewards = [e["reward"] for e in r["log"]]
         over = {k: x for k, x in r["settings"].items() if BASE.get(k) != x} or "—"
         flat = statistics.mean(e["frac_reward_zero_std"] for e in r["log"])
+        fmt, dfmt = "–", "–"
+        if "per_question_format" in v and "per_question_format" in before:
+            fmt = f"{statistics.mean(v['per_question_format'].values()):.0f}"
+            dfmt = str(paired_bootstrap([v["per_question_format"][q] for q in qids],
+                                        [before["per_question_format"][q] for q in qids]))  # fmt: skip
         lines.append(
-            f"| {key} | {over} | {r['steps']} | {v['f1']:.1f} | {d} | {v['bleu1']:.1f} | {v['em']:.1f} | "
+            f"| {key} | {over} | {r['steps']} | {v['f1']:.1f} | {d} | {v['bleu1']:.1f} | {v['em']:.1f} | {fmt} | "
+            f"{dfmt} | "
             f"{statistics.mean(rewards[:10]):.3f} → {statistics.mean(rewards[-10:]):.3f} | {flat:.2f} | "
             f"{r['train_s'] / 60:.0f} |"
         )

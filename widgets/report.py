@@ -52,7 +52,7 @@ def _fig(fig: go.Figure) -> str:
     return figure_html(fig, include_plotlyjs=False)
 
 
-def _data(r: DataResult) -> str:
+def _data(r: DataResult, config: dict[str, Any]) -> str:
     splits = pd.DataFrame([{"split": k, **v} for k, v in r.splits.items()])
     return (
         f"<p>{r.conversations} conversations, {r.sessions} sessions, {r.turns} turns, {r.questions} questions "
@@ -61,7 +61,7 @@ def _data(r: DataResult) -> str:
     )
 
 
-def _bank(r: BankResult) -> str:
+def _bank(r: BankResult, config: dict[str, Any]) -> str:
     recall = pd.DataFrame(r.recall)
     out = (
         f"<p>Observation replay of {_e(r.replay['sample_id'])}: entries per speaker {_e(r.replay['entries'])}, "
@@ -71,7 +71,7 @@ def _bank(r: BankResult) -> str:
     return out + (_fig(recall_bars(recall)) + _table(recall) if len(recall) else "")
 
 
-def _training(r: AnswerTrainResult | ManagerTrainResult) -> str:
+def _training(r: AnswerTrainResult | ManagerTrainResult, config: dict[str, Any]) -> str:
     hist = pd.DataFrame([h for h in r.log_history if "step" in h])
     out = f"<p>{r.steps} steps; adapter saved at <code>{_e(r.adapter)}</code>.</p>"
     curves = [c for c in ("reward", "loss", "kl", "completions/mean_length", "eval/em") if c in hist]
@@ -90,7 +90,7 @@ def _training(r: AnswerTrainResult | ManagerTrainResult) -> str:
     return out
 
 
-def _evaluation(r: EvalResult, data_dir: str = "") -> str:
+def _evaluation(r: EvalResult, config: dict[str, Any]) -> str:
     table = pd.DataFrame(r.table)
     cols = [c for c in ("f1", "bleu1", "f1_locomo", "em", "j") if c in table]
     judge = r.judge or "no judge configured (J not computed)"
@@ -104,7 +104,7 @@ def _evaluation(r: EvalResult, data_dir: str = "") -> str:
         + _table([{"role": role, **counts} for role, counts in r.truncated.items()], "{:.0f}")
         + "<h3>Latency (s)</h3>"
         + _table(r.latency, "{:.4f}")
-        + _evaluated_banks(r, data_dir)
+        + _evaluated_banks(r, config.get("data_dir") or "")
     )
 
 
@@ -118,7 +118,7 @@ def _evaluated_banks(r: EvalResult, data_dir: str = "") -> str:
     return f"<h3>Memory banks built by {_e(who)}</h3>" + timeline.static_html()
 
 
-def _mem1(r: Mem1Result) -> str:
+def _mem1(r: Mem1Result, config: dict[str, Any]) -> str:
     out = (
         f"<p>{_e(r.environment)} tasks with {r.n_objectives} objectives, model {_e(r.model)}; tokens counted "
         f"with {_e(r.tokenizer)}.</p>" + _table(r.table)
@@ -128,7 +128,7 @@ def _mem1(r: Mem1Result) -> str:
     return out
 
 
-SECTIONS: dict[type, tuple[str, Callable[[Any], str]]] = {
+SECTIONS: dict[type, tuple[str, Callable[[Any, dict[str, Any]], str]]] = {
     DataResult: ("Data: LoCoMo and the paper split", _data),
     BankResult: ("Memory bank: observation replay", _bank),
     AnswerTrainResult: ("Training: Answer Agent (GRPO)", _training),
@@ -136,7 +136,8 @@ SECTIONS: dict[type, tuple[str, Callable[[Any], str]]] = {
     EvalResult: ("Evaluation on LoCoMo", _evaluation),
     Mem1Result: ("MEM1: accuracy and peak tokens", _mem1),
 }
-"""Result type → (section title, renderer). The report stage's own result is not drawn."""
+"""Result type → (section title, renderer of the result and its stage config). The report stage's own result is
+not drawn."""
 
 
 def report_html(run_dir: str) -> str:
@@ -163,10 +164,7 @@ def report_html(run_dir: str) -> str:
         if isinstance(saved.result, ReportResult):
             continue
         title, render = SECTIONS[type(saved.result)]
-        # the evaluation reads LoCoMo again (its bank timeline), from the data folder that stage used
-        html = (
-            render(saved.result, saved.config.get("data_dir") or "") if render is _evaluation else render(saved.result)
-        )
+        html = render(saved.result, saved.config)  # the evaluation reads LoCoMo from its stage's data_dir
         body.append(
             f"<h2>{_e(title)} <small>({_e(stage)})</small></h2>{html}"
             f"<details><summary>configuration</summary>{_table([saved.config])}</details>"

@@ -489,9 +489,14 @@ def _with_lora(policy, settings: GRPOSettings, seed: int):
             random_state=seed,
         )
         return model, None
+    return policy.model, lora_config(settings)
+
+
+def lora_config(settings: GRPOSettings):
+    """The PEFT ``LoraConfig`` of ``settings`` (rank, alpha, ``lora_targets``, no dropout): both engines use it."""
     from peft import LoraConfig
 
-    return policy.model, LoraConfig(
+    return LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         target_modules=list(LORA_MODULES[settings.lora_targets]),
@@ -534,6 +539,7 @@ __all__ = [
     "verify_adapter",
     "greedy_completions",
     "as_chat",
+    "lora_config",
     "LORA_MODULES",
     "ENGINES",
     "ALGORITHMS",

@@ -53,6 +53,7 @@ def rollouts(run: Any, reward_funcs: Sequence[Callable], step: int) -> tuple[lis
     """Steps 1-3: ``[(row index, completions, rewards)]`` of this step's groups, and rewards per function."""
     import torch
 
+    from memr1.rl.loop import step_rows
     from memr1.rl.sampling import sample_group
 
     s, tok = run.settings, run.tok
@@ -60,7 +61,7 @@ def rollouts(run: Any, reward_funcs: Sequence[Callable], step: int) -> tuple[lis
     gen = torch.Generator().manual_seed(run.seed * 100_003 + step)
     groups: list = []
     per_func: dict[str, list[float]] = {}
-    for i in _step_rows(run, step):
+    for i in step_rows(len(run.rows), run.questions_per_step, step, run.seed):
         comps, _ = sample_group(
             run.model, tok, run.prompts[i], s.num_generations,
             max_new_tokens=s.max_completion_length, temperature=s.temperature, generator=gen,
@@ -87,12 +88,6 @@ def rollout_stats(run: Any, groups: list, per_func: dict) -> dict[str, Any]:
         "completions/clipped_ratio": sum(c[-1] not in run.stops for _, cs, _ in groups for c in cs) / len(lengths),
         "rows": [i for i, _, _ in groups],
     }
-
-
-def _step_rows(run: Any, step: int) -> list[int]:
-    from memr1.rl.loop import step_rows
-
-    return step_rows(len(run.rows), run.questions_per_step, step, run.seed)
 
 
 def run_grpo_shared(

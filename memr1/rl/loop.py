@@ -24,7 +24,7 @@ from typing import Any
 
 from memr1.errors import ConfigError
 from memr1.files import write_json_atomic
-from memr1.rl.grpo import LORA_MODULES, GRPOSettings, TrainingError, TrainResult, sequence_cap, verify_adapter
+from memr1.rl.grpo import GRPOSettings, TrainingError, TrainResult, lora_config, sequence_cap, verify_adapter
 
 log = logging.getLogger("memr1")
 
@@ -36,16 +36,9 @@ RUN_FREE = {"steps", "save_every", "eval_every", "resume", "verify_adapter"}
 
 def lora_model(model: Any, settings: GRPOSettings) -> Any:
     """``model`` with a fresh LoRA adapter (PEFT) on ``settings.lora_targets``."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        target_modules=list(LORA_MODULES[settings.lora_targets]),
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, lora_config(settings))
 
 
 def step_rows(n_rows: int, per_step: int, step: int, seed: int) -> list[int]:
