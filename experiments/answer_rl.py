@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -203,7 +204,7 @@ def write_table(results: dict, out: str) -> None:
     lines = [
         "# Answer-Agent RL on SmolLM2-135M (CPU): recipes on all validation questions",
         "",
-        f"Machine: {platform.machine()} CPU, 2 cores, no GPU; one process per core. Training: conv-26 questions, "
+        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU. Training: conv-26 questions, "
         "prompt style `direct`, 5 memories per speaker (LoCoMo's observations), completions ≤ 32 tokens, "
         "memr1's shared-prompt GRPO engine. Validation: all "
         f"{len(qids)} conv-30 questions, greedy, scores ×100. Interval: paired bootstrap 95% over questions of "
