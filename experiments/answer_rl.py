@@ -57,6 +57,14 @@ RECIPES = {
     "lr5e-4-t0.7-kl": {"learning_rate": 5e-4, "temperature": 0.7, "beta": 0.04},
     "lr5e-4-em": {"learning_rate": 5e-4, "reward": "em"},
     "ppo-lr5e-4": {"algorithm": "ppo", "learning_rate": 5e-4, "critic_learning_rate": 5e-3},
+    "ppo-lr5e-4-t0.7-format": {
+        "algorithm": "ppo",
+        "learning_rate": 5e-4,
+        "temperature": 0.7,
+        "reward": "f1_format",
+        "critic_learning_rate": 5e-3,
+    },
+    "sft-lr5e-4": {"algorithm": "sft", "learning_rate": 5e-4},
 }
 """Every recipe tried; a recipe is BASE with these overrides. ``<name>-lr0`` is its learning-rate-0 control."""
 
@@ -185,6 +193,15 @@ def _backfill_formats(results: dict) -> bool:
     return changed
 
 
+def _trend(log: list[dict]) -> str:
+    """Training signal, mean of the first 10 → last 10 steps, and the flat-group share: the reward of an RL run,
+    the loss of an SFT run (which has no groups)."""
+    key = "reward" if "reward" in log[0] else "loss"
+    first, last = (statistics.mean(e[key] for e in part) for part in (log[:10], log[-10:]))
+    flat = f"{statistics.mean(e['frac_reward_zero_std'] for e in log):.2f}" if key == "reward" else "–"
+    return f"{'' if key == 'reward' else 'loss '}{first:.3f} → {last:.3f} | {flat}"
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
 
@@ -218,18 +235,16 @@ def write_table(results: dict, out: str) -> None:
         ),
         "",
         "| run | settings (beside the base) | steps | val F1 | Δ F1 [95% CI] | val BLEU-1 | val EM "
-        "| answer line, % of val | Δ answer line [95% CI] | train reward, first 10 → last 10 steps | flat groups "
-        "| minutes |",
+        "| answer line, % of val | Δ answer line [95% CI] | train reward (SFT: loss), first 10 → last 10 steps "
+        "| flat groups | minutes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_recipe: dict[str, list[dict]] = {}
+    by_recipe: dict[tuple[str, int], list[dict]] = {}
     for key, r in sorted(results["runs"].items()):
-        by_recipe.setdefault(r["recipe"], []).append(r)
+        by_recipe.setdefault((r["recipe"], r["steps"]), []).append(r)
         v = r["validation"]
         d = paired_bootstrap([v["per_question_f1"][q] for q in qids], base)
-        rewards = [e["reward"] for e in r["log"]]
         over = {k: x for k, x in r["settings"].items() if BASE.get(k) != x} or "—"
-        flat = statistics.mean(e["frac_reward_zero_std"] for e in r["log"])
         fmt, dfmt = "–", "–"
         if "per_question_format" in v and "per_question_format" in before:
             fmt = f"{statistics.mean(v['per_question_format'].values()):.0f}"
@@ -237,25 +252,24 @@ def write_table(results: dict, out: str) -> None:
                                         [before["per_question_format"][q] for q in qids]))  # fmt: skip
         lines.append(
             f"| {key} | {over} | {r['steps']} | {v['f1']:.1f} | {d} | {v['bleu1']:.1f} | {v['em']:.1f} | {fmt} | "
-            f"{dfmt} | "
-            f"{statistics.mean(rewards[:10]):.3f} → {statistics.mean(rewards[-10:]):.3f} | {flat:.2f} | "
-            f"{r['train_s'] / 60:.0f} |"
+            f"{dfmt} | {_trend(r['log'])} | {r['train_s'] / 60:.0f} |"
         )
     lines += [
         "",
-        "Per recipe, over seeds (the goal: mean − 2σ above the untrained F1 and the paired interval above 0):",
+        "Per recipe and training length, over seeds (the goal: mean − 2σ above the untrained F1 and the paired "
+        "interval above 0):",
         "",
     ]
     lines += [
-        "| recipe | seeds | val F1 | mean − 2σ | intervals above 0 | intervals below 0 |",
-        "|---|---|---|---|---|---|",
+        "| recipe | steps | seeds | val F1 | mean − 2σ | intervals above 0 | intervals below 0 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, runs in sorted(by_recipe.items()):
+    for (name, steps), runs in sorted(by_recipe.items()):
         f1s = [r["validation"]["f1"] for r in runs]
         ds = [paired_bootstrap([r["validation"]["per_question_f1"][q] for q in qids], base) for r in runs]
         low = f"{statistics.mean(f1s) - 2 * statistics.stdev(f1s):.1f}" if len(f1s) > 1 else "–"
         lines.append(
-            f"| {name} | {', '.join(str(r['seed']) for r in runs)} | {mean_std(f1s)} | {low} | "
+            f"| {name} | {steps} | {', '.join(str(r['seed']) for r in runs)} | {mean_std(f1s)} | {low} | "
             f"{sum(d.lo > 0 for d in ds)} of {len(ds)} | {sum(d.hi < 0 for d in ds)} of {len(ds)} |"
         )
     lines += ["", "Curves per run (every step: reward, flat-group share, entropy, completion tokens, cut at the cap; "
@@ -266,6 +280,8 @@ def write_table(results: dict, out: str) -> None:
         cells = [
             f"{e['step']}: r {e['reward']:.2f} flat {e['frac_reward_zero_std']:.1f} H {e['entropy']:.2f} "
             f"len {e['completions/mean_length']:.0f} cut {e['completions/clipped_ratio']:.2f}"
+            if "reward" in e
+            else f"{e['step']}: loss {e['loss']:.3f} H {e['entropy']:.2f} token acc {e['mean_token_accuracy']:.2f}"
             for e in log[every - 1 :: every]
         ]
         probes = [

@@ -36,21 +36,13 @@ TRAINED = ("memory-r1-answer", "memory-r1")
 
 def config(system: str, turns: int, seed: int = 0):
     from memr1.stages.evaluate import EvalConfig
+    from memr1.stages.tables import LOCOMO_PARAMS  # the budgets of every CPU LoCoMo run
 
     params = {
-        "profile": "cpu",
-        "model": "smollm2-135m",
+        **LOCOMO_PARAMS,
         "system": system,
-        "split": "test",
-        "limit": 0,
         "max_turns": turns,
         "answerable": True,
-        "k_per_speaker": 5,
-        "answer_style": "direct",
-        "answer_tokens": 32,
-        "extract_tokens": 64,
-        "manager_tokens": 160,
-        "memory_style": "lines",
         "run_dir": str(RUNS / f"turns{turns}" / (f"{system}-seed{seed}" if system in TRAINED else system)),
         "store_dir": str(RUNS / f"turns{turns}" / "store"),  # memory-r1-answer reuses base's banks
     }

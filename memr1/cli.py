@@ -5,6 +5,7 @@ memr1 run --profile cpu --dry-run -p seed=1        # validate every stage's para
 memr1 params notebooks/01_locomo_data.ipynb
 memr1 data
 memr1 export-verl --out runs/verl --task answer
+memr1 export-verl --out runs/verl-mem1 --task mem1 --limit 512
 memr1 train answer -p steps=2 -p run_dir=runs/train-answer
 memr1 train mem1 -p steps=2 -p run_dir=runs/train-mem1
 accelerate launch --multi_gpu --num_processes 2 -m memr1.cli train answer -p run_dir=runs/ddp
@@ -103,15 +104,48 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_export_verl(args: argparse.Namespace) -> int:
     from memr1.data.locomo import load_locomo
     from memr1.memory.embed import make_embedder
-    from memr1.rl.export_verl import export_verl
+    from memr1.rl.export_verl import export_mem1, export_verl
 
-    data = load_locomo(args.data or None, allow_download=not args.offline)
-    store = Path(args.store) if args.store else Path(args.out) / "teacher_store"
-    paths = export_verl(
-        data, args.out, make_embedder(args.embedder), store_dir=store, task=args.task, limit=args.limit, progress=True
-    )
+    if args.task == "mem1":
+        n = args.limit or 512
+        paths = export_mem1(
+            args.out,
+            source=args.source,
+            data_dir=args.data or None,
+            n_train=n,
+            n_validation=max(4, n // 4),
+            model=args.model,
+        )
+    else:
+        data = load_locomo(args.data or None, allow_download=not args.offline)
+        store = Path(args.store) if args.store else Path(args.out) / "teacher_store"
+        paths = export_verl(
+            data,
+            args.out,
+            make_embedder(args.embedder),
+            store_dir=store,
+            task=args.task,
+            limit=args.limit,
+            progress=True,
+            model=args.model,
+            answer_model=args.answer_model,
+            answer_adapter=args.answer_adapter,
+        )
     for name, path in paths.items():
         print(f"[memr1] {name}: {path}")
+    return 0
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    from memr1.stages.tables import TablesConfig, build, run_missing
+
+    cfg = TablesConfig(runs=args.runs, mem1_results=args.mem1_results, out=args.out, seeds=args.seeds,
+                       judge_serve=args.judge_serve, systems=args.systems or TablesConfig().systems)  # fmt: skip
+    if args.run_missing:
+        run_missing(cfg)
+    out = build(cfg)
+    print("\n".join(out["summary"]))
+    print(f"[memr1] tables: {cfg.out}.md and {cfg.out}.json")
     return 0
 
 
@@ -168,15 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--path", default="", help="explicit file or folder")
     data.add_argument("--offline", action="store_true", help="never download")
     data.set_defaults(func=_cmd_data)
-    verl = sub.add_parser("export-verl", help="write verl parquet datasets and a reward.py for GRPO")
+    verl = sub.add_parser("export-verl", help="write verl datasets, reward files and PPO / GRPO trainer configs")
     verl.add_argument("--out", required=True, help="output folder")
-    verl.add_argument("--task", default="answer", choices=["answer", "manager"])
+    verl.add_argument("--task", default="answer", choices=["answer", "manager", "mem1"])
+    verl.add_argument("--model", default="", help="policy and critic model of the configs (default: the paper's)")
+    verl.add_argument("--answer-model", default="", help="manager: frozen Answer Agent model (default: --model)")
+    verl.add_argument("--answer-adapter", default="", help="manager: its LoRA adapter or answer run folder")
+    verl.add_argument("--source", default="hotpotqa", choices=["hotpotqa", "locomo"], help="mem1: task source")
     verl.add_argument("--store", default="", help="teacher store folder (default: <out>/teacher_store)")
     verl.add_argument("--embedder", default="minilm", choices=["minilm", "hash"])
     verl.add_argument("--data", default="", help="LoCoMo file or folder")
     verl.add_argument("--offline", action="store_true", help="never download")
-    verl.add_argument("--limit", type=int, default=0, help="first N questions per split (answer task)")
+    verl.add_argument("--limit", type=int, default=0, help="answer: first N questions per split; mem1: N train tasks")
     verl.set_defaults(func=_cmd_export_verl)
+    tables = sub.add_parser("tables", help="rebuild the papers' LoCoMo and MEM1 tables from stored runs")
+    tables.add_argument("--runs", default="runs/tables", help="folder of the LoCoMo runs (locomo/<system>/seed<k>)")
+    tables.add_argument("--mem1-results", default="docs/results/mem1_horizon.json", help="mem1_horizon.py JSON")
+    tables.add_argument("--out", default="docs/results/tables", help="writes <out>.md and <out>.json")
+    tables.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the trained systems")
+    tables.add_argument("--systems", nargs="+", default=[], help="LoCoMo systems (default: all)")
+    tables.add_argument("--judge-serve", default="", help="judge missing runs with this locally served model")
+    tables.add_argument("--run-missing", action="store_true", help="run the missing LoCoMo systems first")
+    tables.set_defaults(func=_cmd_tables)
     train = sub.add_parser(
         "train", help="train one agent without a notebook (GRPO for answer/manager works under accelerate launch)"
     )

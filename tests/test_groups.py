@@ -17,6 +17,7 @@ How each check can fail:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -222,6 +223,13 @@ def test_memr1_engine_resumes_exactly_and_refuses_to_mix_runs(tmp_path):
         train_policy(cfg(4), rows, reward, run_dir=tmp_path / "b", seed=1)
     with pytest.raises(ConfigError, match="different settings"):
         train_policy(cfg(4, resume=True, learning_rate=2e-2), rows, reward, run_dir=tmp_path / "b", seed=1)
+    # a checkpoint written before a setting existed resumes when that setting keeps its default, and only then
+    state = tmp_path / "b" / "checkpoints" / "checkpoint" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["config"]["entropy_coef"]
+    state.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"different settings \(entropy_coef\)"):
+        train_policy(cfg(4, resume=True, entropy_coef=0.5), rows, reward, run_dir=tmp_path / "b", seed=1)
     resumed = train_policy(cfg(4, resume=True), rows, reward, run_dir=tmp_path / "b", seed=1)
     assert resumed.resumed_from and resumed.steps == 4
     assert clean(resumed) == clean(straight)
@@ -295,6 +303,8 @@ def test_ppo_value_loss_falls_on_a_fixed_buffer():
 
     model, tok = lora(str(tiny_model_path()))
     head = ValueHead(model.config.hidden_size)
+    for scale in (0.01, 100.0):  # a fresh critic predicts 0 whatever the model's hidden scale
+        assert torch.equal(head(scale * torch.randn(3, model.config.hidden_size)), torch.zeros(3, 1))
     opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
     prompt, comps = list(range(5, 60)), [[7, 8, 9], [10, 11, 12, 13], [14, 15]]
     returns = [torch.full((len(c),), float(k)) for k, c in enumerate(comps)]

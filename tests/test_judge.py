@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from memr1.eval.judge import (
     JudgeParseError,
     LLMJudge,
     Verdict,
+    agreement_with_f1,
+    judge_records,
     parse_verdict,
 )
 
@@ -224,8 +227,101 @@ def test_unparseable_then_good_reply(server: ChatServer) -> None:
 def test_unparseable_after_retries(server: ChatServer) -> None:
     server.replies = [(200, "I would rather not grade this.", 0.0)]
     with pytest.raises(JudgeParseError, match="rather not grade"):
-        make(server.base_url, max_retries=2).judge("q", "g", "p")
+        make(server.base_url, max_retries=0, parse_retries=2).judge("q", "g", "p")
     assert len(server.requests) == 3
+
+
+def test_no_reask_when_parse_retries_is_0_and_the_cap_is_sent(server: ChatServer) -> None:
+    server.replies = [(200, "I like talking.", 0.0), (200, OK_JSON, 0.0)]
+    with pytest.raises(JudgeParseError, match="in 1 attempt"):
+        make(server.base_url, parse_retries=0, max_tokens=64).judge("q", "g", "p")
+    assert len(server.requests) == 1 and server.requests[0]["body"]["max_tokens"] == 64
+
+
+def test_a_server_that_always_times_out_is_a_judge_error_naming_timeout_s(server: ChatServer) -> None:
+    server.replies = [(200, OK_JSON, 0.5)]
+    with pytest.raises(JudgeError, match=r"ReadTimeout.*raise JudgeConfig.timeout_s \(now 0.2 s\)"):
+        make(server.base_url, timeout_s=0.2, max_retries=1).judge("q", "g", "p")
+    time.sleep(0.6)  # let the server finish the slow replies before counting
+    assert len(server.requests) == 2
+
+
+def test_a_200_that_is_not_json_is_a_judge_error_at_once() -> None:
+    calls = []
+
+    def html(req: Request) -> tuple[int, bytes, str]:
+        calls.append(req)
+        return 200, b"<html>login page</html>", "text/html"
+
+    with serve(html) as url, pytest.raises(JudgeError, match="not with a chat completion.*login page"):
+        make(url, max_retries=3).judge("q", "g", "p")
+    assert len(calls) == 1  # a wrong base_url does not get better by asking again
+
+
+def test_judge_many_keeps_unparsed_items_apart(server: ChatServer) -> None:
+    def grade(prompt: str) -> str:
+        return "No idea, sorry." if "Generated answer: ramble" in prompt else OK_JSON
+
+    server.replies = [(200, grade, 0.0)]
+    items = [("q1", "Paris", "Paris"), ("q2", "Rome", "ramble"), ("q3", "Oslo", "Oslo")]
+    with pytest.raises(JudgeParseError):
+        make(server.base_url, parse_retries=0).judge_many(items, progress=False)
+    out = make(server.base_url, parse_retries=0).judge_many(items, progress=True, keep_unparsed=True)
+    assert [type(v).__name__ for v in out] == ["Verdict", "JudgeParseError", "Verdict"]
+    assert "No idea, sorry." in str(out[1])
+
+
+def test_unreachable_is_never_kept_as_unparsed() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = make(f"http://127.0.0.1:{port}/v1", max_retries=0)
+    with pytest.raises(JudgeError, match="unreachable") as err:
+        judge.judge_many([("q", "g", "p")], progress=False, keep_unparsed=True)
+    assert not isinstance(err.value, JudgeParseError)
+
+
+def test_judge_records_marks_unparsed_as_nan_and_measures_agreement(server: ChatServer) -> None:
+    import pandas as pd
+
+    def grade(prompt: str) -> str:
+        pred = prompt.split("Generated answer: ", 1)[1].splitlines()[0]
+        if pred == "ramble":
+            return "I am a helpful assistant."
+        return json.dumps({"reason": "r", "label": "CORRECT" if pred != "Rome" else "WRONG"})
+
+    server.replies = [(200, grade, 0.0)]
+    df = pd.DataFrame(
+        {
+            "question": ["q1", "q2", "q3", "q4"],
+            "gold": ["Paris", "Oslo", "7 May 2023", "Lima"],
+            "prediction": ["Paris", "Rome", "May 7th, 2023", "ramble"],
+            "f1": [1.0, 0.0, 0.4, 0.0],
+        }
+    )
+    info = judge_records(df, make(server.base_url, parse_retries=0), progress=False)
+    assert list(df.judge_label) == ["CORRECT", "WRONG", "CORRECT", "UNPARSED"]
+    assert list(df.j[:3]) == [1.0, 0.0, 1.0] and math.isnan(df.j[3])
+    assert "helpful assistant" in df.judge_reason[3]
+    assert (info["model"], info["verdicts"], info["unparsed"]) == ("judge-model", 3, 1)
+    # q1 and q2 agree with F1 >= 0.5; q3 is the paraphrased date F1 misses; q4 is left out
+    assert info["agreement_with_f1"] == {
+        "f1_column": "f1",
+        "threshold": 0.5,
+        "judged": 3,
+        "agreement": pytest.approx(2 / 3),
+        "correct_high": 1,
+        "correct_low": 1,
+        "wrong_high": 0,
+        "wrong_low": 1,
+    }
+
+
+def test_agreement_edge_cases() -> None:
+    assert agreement_with_f1([None, None], [1.0, 0.0])["agreement"] is None
+    assert agreement_with_f1([True, False], [0.5, 0.49])["agreement"] == 1.0  # F1 = 0.5 counts as high
+    with pytest.raises(ConfigError, match="one F1 per verdict"):
+        agreement_with_f1([True], [1.0, 0.0])
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,8 @@ import torch
 
 from memr1.errors import ConfigError
 from memr1.rl.mem1_loss import loss_weights, policy_loss, train_step
-from memr1.rl.mem1_trainer import (
-    Mem1TrainSettings,
-    TokenSampler,
-    encode_messages,
-    rollout_groups,
-    sample_batch,
-    train_mem1,
-)
+from memr1.rl.mem1_rollout import TokenSampler, rollout_groups
+from memr1.rl.mem1_trainer import Mem1TrainSettings, train_mem1
 from memr1.rl.packing import (
     Trajectory,
     TrajectoryTurn,
@@ -32,6 +26,7 @@ from memr1.rl.packing import (
     token_logprobs,
     trajectory_logprobs,
 )
+from memr1.rl.sampling import encode_messages, sample_batch
 
 EXACT = 1e-5  # fp32 tolerance for "the same log-prob"
 
@@ -298,7 +293,7 @@ def test_rollout_groups_keep_ids_prune_the_context_and_score_by_em(tiny_path, mo
     from transformers import AutoTokenizer
 
     from memr1.agents.mem1 import build_context, format_docs
-    from memr1.rl import mem1_trainer
+    from memr1.rl import mem1_rollout
 
     tok = AutoTokenizer.from_pretrained(tiny_path)
     final = ["Paris ; 1969", "Paris ; 1970"]  # member 0 gets both objectives, member 1 one
@@ -316,7 +311,7 @@ def test_rollout_groups_keep_ids_prune_the_context_and_score_by_em(tiny_path, mo
         produced.append([x + [tokenizer.eos_token_id] for x in ids])
         return produced[-1], [[-0.5] * len(x) for x in produced[-1]]
 
-    monkeypatch.setattr(mem1_trainer, "sample_batch", scripted)
+    monkeypatch.setattr(mem1_rollout, "sample_batch", scripted)
     task = toy_task()
     (trajs,) = rollout_groups([task], model, tok, OneDocRetriever(), group_size=2, max_turns=4, temperature=1.0, seed=0)
     assert [len(c) for c in calls] == [2, 2, 2]  # one batched call per turn for both members

@@ -78,6 +78,11 @@ def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
     report = (run_dir / "report.html").read_text()
     assert "Every model number in this report comes from a tiny random model" in report
     assert all(f"({s.name})" in report for s in STAGES if not s.always)  # one section per finished stage
+    # it opens with the papers' two tables built from this run, published rows beside, and a computed summary
+    assert report.index("The papers' tables, from this run") < report.index("<h3>Stages</h3>")
+    assert "LoCoMo (Memory-R1's Table 1 layout)" in report and "MEM1 (its Table 1 layout)" in report
+    assert "Memory-R1-GRPO (published)" in report and "MEM1-QA (7B) (published)" in report
+    assert "published Memory-R1-GRPO on LLaMA-3.1-8B: F1 45.02 over 1,307 questions" in report
     assert all(v["status"] == "done" for v in json.loads((run_dir / "run.json").read_text())["stages"].values())
     run_pipeline(
         "smoke",

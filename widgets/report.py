@@ -28,6 +28,8 @@ from memr1.stages.train_manager import ManagerTrainResult
 from widgets.bank_timeline import evaluated_banks
 from widgets.charts import category_bars, recall_bars
 from widgets.display import figure_html
+from widgets.mem1_context import peak_figure
+from widgets.training import TrainingCurves
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:24px auto;color:#222;font-size:14px}
 table{border-collapse:collapse;margin:8px 0}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}
@@ -72,19 +74,11 @@ def _bank(r: BankResult, config: dict[str, Any]) -> str:
 
 
 def _training(r: AnswerTrainResult | ManagerTrainResult, config: dict[str, Any]) -> str:
-    hist = pd.DataFrame([h for h in r.log_history if "step" in h])
-    out = f"<p>{r.steps} steps; adapter saved at <code>{_e(r.adapter)}</code>.</p>"
-    curves = [c for c in ("reward", "loss", "kl", "completions/mean_length", "eval/em") if c in hist]
-    if curves:
-        fig = go.Figure(
-            [
-                go.Scatter(
-                    x=hist.dropna(subset=[c])["step"], y=hist.dropna(subset=[c])[c], mode="lines+markers", name=c
-                )
-                for c in curves
-            ]
-        )
-        out += _fig(fig.update_layout(title="training curves", xaxis_title="step", height=360))
+    algorithm = config.get("algorithm", "grpo")
+    out = (
+        f"<p>{_e(algorithm.upper())}, {r.steps} steps; adapter saved at <code>{_e(r.adapter)}</code>.</p>"
+        + _fig(TrainingCurves(r.log_history).figure())  # reward, loss, KL, length, probe: each on its own axes
+    )
     if isinstance(r, ManagerTrainResult) and r.op_mix:
         out += "<h3>Memory operations sampled</h3>" + _table(r.op_mix)
     return out
@@ -118,10 +112,28 @@ def _evaluated_banks(r: EvalResult, data_dir: str = "") -> str:
     return f"<h3>Memory banks built by {_e(who)}</h3>" + timeline.static_html()
 
 
+MEM1_COLUMNS = {
+    "policy": "policy", "mode": "context", "n_objectives": "N", "tasks": "tasks", "answered": "answered",
+    "em": "EM", "f1": "F1", "peak_tokens": "peak tokens (ours)", "peak_mem1_all_tasks": "peak (MEM1 counting)",
+    "dependency_mem1": "dependency (MEM1)", "turns": "turns", "wall_s": "s / task",
+}  # fmt: skip
+"""Columns of stage 06's table shown in the report, and their headings (the tokenizer is said once, above)."""
+
+
 def _mem1(r: Mem1Result, config: dict[str, Any]) -> str:
+    table = pd.DataFrame(r.table)
+    shown = table[[c for c in MEM1_COLUMNS if c in table]].rename(columns=MEM1_COLUMNS)
+    fmt = {"EM": "{:.2f}", "F1": "{:.2f}", "answered": "{:.0%}", "turns": "{:.1f}", "s / task": "{:.1f}"}
+    for col in shown.columns:
+        if col in fmt:
+            shown[col] = shown[col].map(lambda v, f=fmt[col]: f.format(v))
+        elif shown[col].dtype.kind == "f":
+            shown[col] = shown[col].map(lambda v: f"{v:,.0f}")
+    algorithm = f", {config.get('algorithm', 'grpo').upper()}" if r.trained_steps else ""  # older configs: GRPO
     out = (
-        f"<p>{_e(r.environment)} tasks with {r.n_objectives} objectives, model {_e(r.model)}; tokens counted "
-        f"with {_e(r.tokenizer)}.</p>" + _table(r.table)
+        f"<p>{_e(r.environment)} tasks, trained at N = {r.n_objectives} ({r.trained_steps} steps{_e(algorithm)}), "
+        f"held out at N = {_e(', '.join(map(str, r.eval_objectives)))}; model {_e(r.model)}; tokens counted with "
+        f"{_e(r.tokenizer)}.</p>" + _fig(peak_figure(table)) + _table(shown)
     )
     if r.memory_r1_comparison:
         out += "<h3>MEM1 beside Memory-R1 on the same LoCoMo questions</h3>" + _table(r.memory_r1_comparison)
@@ -138,6 +150,56 @@ SECTIONS: dict[type, tuple[str, Callable[[Any, dict[str, Any]], str]]] = {
 }
 """Result type → (section title, renderer of the result and its stage config). The report stage's own result is
 not drawn."""
+
+
+def _paper_tables(run: Any, run_dir: str) -> str:
+    """The two papers' tables from this run's own results, published rows beside, and what they say."""
+    from pathlib import Path
+
+    from memr1.eval.paper_tables import (
+        PUBLISHED_LOCOMO,
+        TEST_QUESTIONS,
+        locomo_markdown,
+        locomo_row,
+        mem1_markdown,
+        mem1_rows,
+    )
+
+    grpo = PUBLISHED_LOCOMO["LLaMA-3.1-8B-Instruct", "Memory-R1-GRPO"][-1][0]  # its Overall F1
+    parts, said = [], []
+    for stage, saved in run.stages.items():
+        records = Path(run_dir) / stage / "records.parquet"
+        if isinstance(saved.result, EvalResult) and records.is_file():
+            r = saved.result
+            row = locomo_row(r.system, [pd.read_parquet(records)], r.model)
+            parts.append("<h3>LoCoMo (Memory-R1's Table 1 layout)</h3>" + _markdown_table(locomo_markdown([row])))
+            overall = r.table[-1]
+            said.append(
+                f"{r.system} answered {r.questions} {_e(r.split)} questions: F1 {overall['f1']:.1f}, "
+                f"BLEU-1 {overall['bleu1']:.1f}"
+                + (f", J {overall['j']:.1f}" if "j" in overall else ", not judged")
+                + f" (published Memory-R1-GRPO on LLaMA-3.1-8B: F1 {grpo:.2f} over {TEST_QUESTIONS:,} questions)."
+            )
+        if isinstance(saved.result, Mem1Result):
+            r = saved.result
+            table = mem1_markdown(mem1_rows(r.table), r.model)
+            parts.append("<h3>MEM1 (its Table 1 layout)</h3>" + _markdown_table(table))
+            em = [row["em"] for row in r.table]
+            said.append(f"MEM1: {sum(e > 0 for e in em)} of {len(em)} (policy, context, N) cells scored EM above 0.")
+    if not parts:
+        return ""
+    summary = "".join(f"<li>{s}</li>" for s in said)
+    return f"<h2>The papers' tables, from this run</h2><ul>{summary}</ul>" + "".join(parts)
+
+
+def _markdown_table(md: str) -> str:
+    """A markdown table (``memr1.eval.paper_tables``) as HTML."""
+    lines = [ln.strip().strip("|").split(" | ") for ln in md.splitlines() if ln.strip() and not ln.startswith("|---")]
+    head, rows = lines[0], lines[1:]
+    return (
+        "<table><tr>" + "".join(f"<th>{_e(h.strip())}</th>" for h in head) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{_e(c.strip())}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    )  # fmt: skip
 
 
 def report_html(run_dir: str) -> str:
@@ -157,6 +219,7 @@ def report_html(run_dir: str) -> str:
             banner += f" Budgets of this profile (each stage's own overrides win over them): {listed}."
     body = [
         f"<h1>memr1 run <code>{_e(run.name)}</code></h1><div class='banner'>{banner}</div>",
+        _paper_tables(run, run_dir),
         "<h3>Stages</h3>"
         + _table([{"stage": k, **{kk: vv for kk, vv in v.items() if kk != "error"}} for k, v in run.status.items()]),
     ]

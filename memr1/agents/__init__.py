@@ -25,7 +25,7 @@ _EXPORTS = {
         "manager_messages",
         "related_memories",
     ),
-    "memr1.agents.builder": ("BuildResult", "build_banks"),
+    "memr1.agents.builder": ("BuildResult", "build_banks", "build_many"),
     "memr1.agents.answer": (
         "ANSWER_PROMPT_VERSION",
         "AnswerAgent",

@@ -192,7 +192,8 @@ def _previous(conv: Conversation, turns: Sequence[Turn], n: int) -> list[list[Tu
 
 
 class FactExtractor:
-    """Extract facts with an LLM, one `Generator.generate` call per batch of turns.
+    """Extract facts with an LLM, one `Generator.generate` call per batch of turns (of one or several
+    conversations: `extract_many`).
 
     Args:
         generator: any `Generator` (transformers, OpenAI-compatible, scripted).
@@ -232,19 +233,30 @@ class FactExtractor:
 
     def extract(self, conv: Conversation, turns: Sequence[Turn]) -> list[ExtractedFacts]:
         """One `ExtractedFacts` per turn, in order."""
-        turns = list(turns)
-        out: list[ExtractedFacts] = []
-        for start in range(0, len(turns), self.batch_size):
-            batch = turns[start : start + self.batch_size]
-            gens = self.generator.generate(self.messages(conv, batch), self.sampling)
+        return self.extract_many([(conv, turns)])[0]
+
+    def extract_many(self, pairs: Sequence[tuple[Conversation, Sequence[Turn]]]) -> list[list[ExtractedFacts]]:
+        """`extract` for several conversations at once: their prompts share the `generate` calls
+        (``batch_size`` prompts each), so a lockstep build (`memr1.agents.builder.build_many`) pays one
+        call for the chunks of all its conversations. One list per pair, in order."""
+        pairs = [(conv, list(turns)) for conv, turns in pairs]
+        jobs = [(t, m) for conv, turns in pairs for t, m in zip(turns, self.messages(conv, turns))]
+        found: list[ExtractedFacts] = []
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start : start + self.batch_size]
+            gens = self.generator.generate([m for _, m in batch], self.sampling)
             if len(gens) != len(batch):
                 raise ConfigError(
                     f"generator {getattr(self.generator, 'name', '?')!r} returned "
                     f"{len(gens)} completions for {len(batch)} prompts"
                 )
-            for turn, gen in zip(batch, gens):
+            for (turn, _), gen in zip(batch, gens):
                 facts, ok = parse_facts(gen.text, self.max_facts)
-                out.append(ExtractedFacts(turn, turn.speaker, tuple(facts), gen.text, ok, gen))
+                found.append(ExtractedFacts(turn, turn.speaker, tuple(facts), gen.text, ok, gen))
+        out, at = [], 0
+        for _, turns in pairs:
+            out.append(found[at : at + len(turns)])
+            at += len(turns)
         return out
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from memr1.errors import ConfigError, JudgeError
 from memr1.jsontext import json_values
 from memr1.llm.backends import OpenAIGenerator
 from memr1.llm.generate import Sampling
+
+log = logging.getLogger("memr1")
 
 PROMPT_VERSION = "memr1-judge-v1"
 """Bump whenever JUDGE_PROMPT changes; it is part of the cache key and of every report."""
@@ -81,7 +84,11 @@ class JudgeConfig(StageConfig):
     timeout_s: float = 60.0
     """Seconds to wait for one HTTP request."""
     max_retries: int = 4
-    """Extra attempts after a connection error, timeout, HTTP 429/5xx or unparseable reply."""
+    """Extra attempts after a connection error, timeout or HTTP 429/5xx."""
+    parse_retries: int = 4
+    """Re-asks after a reply with no CORRECT/WRONG label (pointless at temperature 0 on a deterministic server)."""
+    max_tokens: int = 256
+    """Token cap of each reply (one sentence and a label; a model that rambles stops here)."""
     backoff_s: float = 1.0
     """Exponential backoff base: wait backoff_s * 2**k seconds before retry k+1."""
     temperature: float = 0.0
@@ -109,12 +116,14 @@ class JudgeConfig(StageConfig):
                 "JudgeConfig.model is empty; set it or MEMR1_JUDGE_MODEL to the "
                 "judge model's name on the server (e.g. gpt-4o-mini)"
             )
-        if min(self.max_retries, self.backoff_s, self.temperature) < 0 or self.timeout_s <= 0:
+        if min(self.max_retries, self.parse_retries, self.backoff_s, self.temperature) < 0 or self.timeout_s <= 0:
             raise ConfigError(
-                "JudgeConfig needs timeout_s > 0 and max_retries, backoff_s, "
-                f"temperature >= 0; got {self.timeout_s}, {self.max_retries}, "
+                "JudgeConfig needs timeout_s > 0 and max_retries, parse_retries, backoff_s, "
+                f"temperature >= 0; got {self.timeout_s}, {self.max_retries}, {self.parse_retries}, "
                 f"{self.backoff_s}, {self.temperature}"
             )
+        if self.max_tokens < 1:
+            raise ConfigError(f"JudgeConfig.max_tokens must be >= 1, got {self.max_tokens}")
 
 
 @dataclass(frozen=True)
@@ -240,14 +249,32 @@ class LLMJudge:
             )
         return Verdict(label, reason, label == "CORRECT", cached=False)
 
-    def judge_many(self, items: Iterable[tuple[str, str | int, str]], progress: bool = True) -> list[Verdict]:
-        """Grade ``(question, gold, prediction)`` triples in order, with a tqdm bar."""
+    def judge_many(
+        self, items: Iterable[tuple[str, str | int, str]], progress: bool = True, *, keep_unparsed: bool = False
+    ) -> list[Verdict | JudgeParseError]:
+        """Grade ``(question, gold, prediction)`` triples in order, with a tqdm bar.
+
+        An answer whose replies carry no label raises JudgeParseError; with ``keep_unparsed`` the error
+        takes that answer's place instead (logged and counted on the bar), so one rambling reply neither
+        stops a long run nor passes for WRONG. Endpoint failures always raise: verdicts so far are cached.
+        """
         items = list(items)
-        out: list[Verdict] = []
+        out: list[Verdict | JudgeParseError] = []
+        correct = unparsed = 0
         with tqdm(items, desc="judge", disable=not progress) as bar:
-            for question, gold, prediction in bar:
-                out.append(self.judge(question, gold, prediction))
-                bar.set_postfix(correct=f"{sum(v.correct for v in out) / len(out):.1%}")
+            for i, (question, gold, prediction) in enumerate(bar):
+                try:
+                    verdict = self.judge(question, gold, prediction)
+                    out.append(verdict)
+                    correct += verdict.correct
+                except JudgeParseError as exc:
+                    if not keep_unparsed:
+                        raise
+                    log.warning("judge: answer %d of %d left without a verdict: %s", i + 1, len(items), exc)
+                    out.append(exc)
+                    unparsed += 1
+                labelled = len(out) - unparsed
+                bar.set_postfix(correct=f"{correct / max(labelled, 1):.1%}", unparsed=unparsed)
         return out
 
     # ------------------------------------------------------------------ internals
@@ -265,29 +292,81 @@ class LLMJudge:
             ) from None
 
     def _ask(self, prompt: str) -> tuple[str, str]:
-        """Ask the model (HTTP retries happen in OpenAIGenerator); re-ask when the reply has no label."""
+        """Ask the model (HTTP retries happen in OpenAIGenerator); re-ask parse_retries times while no label."""
         from memr1.llm.backends import BackendError
 
-        cfg, tries = self.cfg, self.cfg.max_retries + 1
-        sampling = Sampling(max_new_tokens=256, temperature=cfg.temperature)
+        cfg, tries = self.cfg, self.cfg.parse_retries + 1
+        sampling = Sampling(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature)
         last = ""
         for attempt in range(tries):
             if attempt:
                 time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
             try:
-                reply = self._llm.generate([[{"role": "user", "content": prompt}]], sampling)[0].text
+                reply = self._llm.generate([[{"role": "user", "content": prompt}]], sampling)[0]
             except BackendError as exc:
-                hint = _SETUP_HINT if "unreachable" in str(exc) else self._hint(str(exc))
-                raise JudgeError(f"judge endpoint: {exc}; {hint}") from None
+                raise JudgeError(f"judge endpoint: {exc}; {self._hint(str(exc))}") from None
             try:
-                return parse_verdict(reply)
+                return parse_verdict(reply.text)
             except JudgeParseError:
-                last = f"last reply {' '.join(reply.split())[:300]!r}"
+                cut = ", cut at max_tokens" if reply.finish_reason == "length" else ""
+                last = f"last reply{cut}: {' '.join(reply.text.split())[:300]!r}"
         raise JudgeParseError(
-            f"judge model {cfg.model!r} at {self._llm.url} gave no CORRECT/WRONG label after {tries} attempts; {last}"
+            f"judge model {cfg.model!r} at {self._llm.url} gave no CORRECT/WRONG label in {tries} attempt(s); {last}"
         )
 
     def _hint(self, error: str) -> str:
+        if "ReadTimeout" in error or "WriteTimeout" in error:
+            return f"the judge answered too slowly; raise JudgeConfig.timeout_s (now {self.cfg.timeout_s:g} s)"
+        if "unreachable" in error:
+            return _SETUP_HINT
         if "HTTP 400" in error or "response_format" in error:
             return f"check model {self.cfg.model!r}; set json_mode=False if the server rejects response_format"
         return f"check MEMR1_JUDGE_BASE_URL / JudgeConfig.base_url and model {self.cfg.model!r}"
+
+
+def agreement_with_f1(correct: Sequence[bool | None], f1: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+    """How often the judge's CORRECT equals ``F1 >= threshold`` on the same answers.
+
+    A first check of a judge nobody has validated: a sound one agrees with token overlap on most answers
+    and departs from it where wording differs (another date format, a paraphrase). ``None`` in ``correct``
+    marks an answer the judge left without a label; it is left out. Counts are named judge-then-F1:
+    ``correct_high`` is CORRECT with F1 >= threshold, ``wrong_high`` is WRONG with F1 >= threshold, etc.
+
+    >>> a = agreement_with_f1([True, False, True, False, None], [0.8, 0.1, 0.2, 0.0, 1.0])
+    >>> a["judged"], a["agreement"], (a["correct_high"], a["correct_low"], a["wrong_high"], a["wrong_low"])
+    (4, 0.75, (1, 1, 0, 2))
+    """
+    if len(correct) != len(f1):
+        raise ConfigError(f"agreement_with_f1 needs one F1 per verdict; got {len(correct)} verdicts, {len(f1)} F1")
+    pairs = [(bool(c), float(f) >= threshold) for c, f in zip(correct, f1) if c is not None]
+    cells = {
+        f"{'correct' if c else 'wrong'}_{'high' if h else 'low'}": sum(p == (c, h) for p in pairs)
+        for c in (True, False)
+        for h in (True, False)
+    }
+    agree = cells["correct_high"] + cells["wrong_low"]
+    return {"threshold": threshold, "judged": len(pairs), "agreement": agree / len(pairs) if pairs else None, **cells}
+
+
+def judge_records(df: Any, judge: LLMJudge, *, f1_column: str = "f1", progress: bool = True) -> dict[str, Any]:
+    """Judge every answer of an evaluation frame (columns question, gold, prediction, ``f1_column``) in place.
+
+    Adds ``judge_label`` (CORRECT, WRONG, or UNPARSED when no reply held a label), ``judge_reason`` (for
+    UNPARSED, the error with the model's last reply) and ``j`` (1.0, 0.0, or NaN for UNPARSED, so that
+    J averages the judged answers only and an unreadable reply never counts as WRONG). Returns
+    ``judge.describe()`` plus ``verdicts`` and ``unparsed`` (answers with and without a label) and
+    ``agreement_with_f1`` (see ``agreement_with_f1``; on the same answers, F1 from ``f1_column``).
+    """
+    verdicts = judge.judge_many(zip(df.question, df.gold, df.prediction), progress=progress, keep_unparsed=True)
+    correct = [v.correct if isinstance(v, Verdict) else None for v in verdicts]
+    df["judge_label"] = [v.label if isinstance(v, Verdict) else "UNPARSED" for v in verdicts]
+    df["judge_reason"] = [v.reason if isinstance(v, Verdict) else str(v) for v in verdicts]
+    df["j"] = [float("nan") if c is None else float(c) for c in correct]
+    unparsed = correct.count(None)
+    agreement = {"f1_column": f1_column, **agreement_with_f1(correct, list(df[f1_column]))}
+    return {
+        **judge.describe(),
+        "verdicts": len(correct) - unparsed,
+        "unparsed": unparsed,
+        "agreement_with_f1": agreement,
+    }

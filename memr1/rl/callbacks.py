@@ -69,19 +69,33 @@ class EpochSeededSampler:
         return len(self.inner)
 
 
-def trainer_class():
-    """``MemR1GRPOTrainer``: TRL's GRPOTrainer with ``EpochSeededSampler`` and validation metrics in
-    its logs. Built on call, so importing this module does not import trl (Unsloth must come first)."""
-    from trl import GRPOTrainer
+def _with_validation_logs(base: type) -> type:
+    """``base`` (a transformers Trainer) whose log entries also carry the pending validation metrics."""
 
-    class MemR1GRPOTrainer(GRPOTrainer):
-        def _get_train_sampler(self, dataset=None):
-            return EpochSeededSampler(super()._get_train_sampler(dataset))
-
+    class WithValidationLogs(base):
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             for cb in self.callback_handler.callbacks:
                 if isinstance(cb, ValidationCallback):
                     logs.update(cb.pop_pending())
             super().log(logs, start_time)
 
+    return WithValidationLogs
+
+
+def trainer_class():
+    """``MemR1GRPOTrainer``: TRL's GRPOTrainer with ``EpochSeededSampler`` and validation metrics in
+    its logs. Built on call, so importing this module does not import trl (Unsloth must come first)."""
+    from trl import GRPOTrainer
+
+    class MemR1GRPOTrainer(_with_validation_logs(GRPOTrainer)):
+        def _get_train_sampler(self, dataset=None):
+            return EpochSeededSampler(super()._get_train_sampler(dataset))
+
     return MemR1GRPOTrainer
+
+
+def sft_trainer_class():
+    """TRL's SFTTrainer with validation metrics in its logs (``memr1.rl.sft``)."""
+    from trl import SFTTrainer
+
+    return _with_validation_logs(SFTTrainer)

@@ -1,6 +1,7 @@
 """Which loop trains a policy: ``train_policy`` reads ``settings.algorithm`` and ``settings.engine``.
 
 * ``ppo``: memr1's PPO (``memr1.rl.ppo.run_ppo``; TRL 1.x ships no PPO trainer).
+* ``sft``: TRL's SFTTrainer on the rows' gold ``completion`` (``memr1.rl.sft.run_sft``), RL's comparator.
 
 * ``trl``: TRL's ``GRPOTrainer`` (``memr1.rl.grpo.run_grpo``); the path for Unsloth on CUDA.
 * ``memr1``: memr1's own GRPO loop (``memr1.rl.grpo_shared.run_grpo_shared``), each prompt encoded
@@ -23,6 +24,10 @@ def train_policy(settings: GRPOSettings, train_rows, reward_funcs, **kwargs: Any
         from memr1.rl.ppo import run_ppo
 
         return run_ppo(settings, train_rows, reward_funcs, **kwargs)
+    if settings.algorithm == "sft":
+        from memr1.rl.sft import run_sft
+
+        return run_sft(settings, train_rows, reward_funcs, **kwargs)
     if settings.engine == "memr1":
         from memr1.rl.grpo_shared import run_grpo_shared
 

@@ -44,10 +44,11 @@ LORA_MODULES = {
 }
 """Modules a LoRA adapter is put on, by the name of ``GRPOSettings.lora_targets``."""
 GRPO_BACKENDS = ("", "auto", "transformers", "unsloth")
-ENGINES = ("trl", "memr1")
-ALGORITHMS = ("grpo", "ppo")
-"""Who runs the GRPO loop: TRL's GRPOTrainer (this module) or memr1's own (``memr1.rl.grpo_shared``)."""
 """Backends GRPO training accepts ("" means the backend of the profile, filled in by a stage)."""
+ENGINES = ("trl", "memr1")
+"""Who runs the GRPO loop: TRL's GRPOTrainer (this module) or memr1's own (``memr1.rl.grpo_shared``)."""
+ALGORITHMS = ("grpo", "ppo", "sft")
+"""grpo and ppo learn from rewards; sft imitates gold completions (the Answer Agent's comparator, ``memr1.rl.sft``)."""
 Rows = Sequence[dict[str, Any]]
 
 
@@ -107,7 +108,8 @@ class GRPOSettings(StageConfig):
     verify_adapter: bool = True
     """After training, load the saved adapter with make_generator to prove it loads."""
     algorithm: str = "grpo"
-    """grpo (group-normalised rewards, no critic) or ppo (value head, GAE, clipped surrogate; engine memr1 only)."""
+    """grpo (group-normalised rewards, no critic), ppo (value head, GAE, clipped surrogate; engine memr1 only) or sft
+    (supervised fine-tuning on gold answers; the Answer Agent only)."""
     critic_learning_rate: float = 1e-4
     """PPO: AdamW learning rate of the value head (Memory-R1: critic 1e-5, ten times the 1e-6 of the actor)."""
     ppo_epochs: int = 2
@@ -287,31 +289,11 @@ def run_grpo(
         on_model: called with ``(model, tokenizer)`` once the trainer holds the LoRA-wrapped model,
             before training (``memr1.rl.frozen.FrozenBase.bind``: a frozen agent on the same weights).
     """
-    from memr1.llm.load import load_policy
-    from memr1.seeding import seed_everything
-
-    settings.validate()
-    if not settings.model or not settings.backend:
-        raise ConfigError(
-            f"run_grpo needs model and backend, got {settings.model!r} and {settings.backend!r}; "
-            "a stage fills in its profile's with cfg.resolved()"
-        )
-    if not train_rows:
-        raise TrainingError("no training rows: check data_dir and train_limit (0 means all rows)")
-    run_dir, started = Path(run_dir), time.perf_counter()
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = latest_checkpoint(ckpt_dir)
-    if resume_from is not None and not settings.resume:
-        raise TrainingError(
-            f"{ckpt_dir} already holds checkpoints; set resume=True to continue that run, or choose a new run_dir"
-        )
-    seed_everything(seed)
-    load_kwargs: dict[str, Any] = {"max_seq_length": settings.max_seq_length} if settings.max_seq_length else {}
-    policy = load_policy(settings.model, settings.backend, fallback=fallback, **load_kwargs)  # Unsloth before trl
+    run_dir = Path(run_dir)
+    resume_from, policy = start_trl_run(settings, train_rows, run_dir, seed, fallback, "run_grpo")
     seq_cap = sequence_cap(settings, train_rows, policy)
 
     from datasets import Dataset
-    from transformers.integrations import TensorBoardCallback
 
     from memr1.rl.callbacks import ValidationCallback, trainer_class
 
@@ -332,6 +314,39 @@ def run_grpo(
     )
     if on_model is not None:
         on_model(trainer.model, policy.tokenizer)
+    return train_trl(trainer, settings, policy, run_dir, seed, fallback, resume_from, {"sequence_cap": seq_cap})
+
+
+def start_trl_run(settings: GRPOSettings, rows: Rows, run_dir: Path, seed: int, fallback: str, caller: str):
+    """``(checkpoint to resume from or None, policy)``: the checks and model loading of a TRL-trainer run."""
+    from memr1.llm.load import load_policy
+    from memr1.seeding import seed_everything
+
+    settings.validate()
+    if not settings.model or not settings.backend:
+        raise ConfigError(
+            f"{caller} needs model and backend, got {settings.model!r} and {settings.backend!r}; "
+            "a stage fills in its profile's with cfg.resolved()"
+        )
+    if not rows:
+        raise TrainingError("no training rows: check data_dir and train_limit (0 means all rows)")
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = latest_checkpoint(ckpt_dir)
+    if resume_from is not None and not settings.resume:
+        raise TrainingError(
+            f"{ckpt_dir} already holds checkpoints; set resume=True to continue that run, or choose a new run_dir"
+        )
+    seed_everything(seed)
+    load_kwargs: dict[str, Any] = {"max_seq_length": settings.max_seq_length} if settings.max_seq_length else {}
+    return resume_from, load_policy(settings.model, settings.backend, fallback=fallback, **load_kwargs)
+
+
+def train_trl(trainer, settings, policy, run_dir: Path, seed: int, fallback: str, resume_from, extra) -> TrainResult:
+    """Run a TRL trainer built by a run function (GRPO or SFT): config file, (resumed) training, the adapter
+    saved and checked, the result."""
+    from transformers.integrations import TensorBoardCallback
+
+    started = time.perf_counter()
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(run_dir / "tensorboard")
@@ -339,15 +354,9 @@ def run_grpo(
     if trainer.accelerator.is_main_process:
         write_json_atomic(
             run_dir / "train_config.json",
-            {
-                **settings.to_dict(),
-                "run_dir": str(run_dir),
-                "seed": seed,
-                "base_model": base_model,
-                "resolved_model": policy.resolved,
-                "sequence_cap": seq_cap,
-            },
-        )
+            {**settings.to_dict(), "run_dir": str(run_dir), "seed": seed, "base_model": base_model,
+             "resolved_model": policy.resolved, **extra},
+        )  # fmt: skip
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
@@ -362,8 +371,9 @@ def run_grpo(
         {"step": e["step"], **{k: v for k, v in e.items() if k.startswith("eval/")}} for e in history if "eval/em" in e
     ]
     log.info(
-        "GRPO: %d steps in %.1f s, adapter in %s", trainer.state.global_step, time.perf_counter() - started, adapter
-    )
+        "%s: %d steps in %.1f s, adapter in %s",
+        settings.algorithm.upper(), trainer.state.global_step, time.perf_counter() - started, adapter,
+    )  # fmt: skip
     return TrainResult(
         steps=trainer.state.global_step,
         adapter=str(adapter),

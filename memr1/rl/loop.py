@@ -124,6 +124,7 @@ class PolicyRun:
         self.start = load_checkpoint(
             self.run_dir / CHECKPOINT, self.model, self.optimizer, self.fingerprint,
             extra={k: m for k, (m, _) in self.heads.items()},
+            defaults={f.name: f.default for f in fields(GRPOSettings)},
         )  # fmt: skip
         truncate_log(self.run_dir / LOG_FILE, self.start + 1)
         self.history = _read_log(self.run_dir / LOG_FILE)

@@ -70,12 +70,14 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> int:
     """Restore a checkpoint into ``model`` and ``optimizer`` (and the modules of ``extra``, by name);
     return its step (0 when none).
 
     ``config`` (the settings and seed) must match the one saved, except the keys that do not change
-    the trajectory of the run (steps, save_every, micro_batch).
+    the trajectory of the run (steps, save_every, micro_batch). A setting added after the checkpoint
+    was written matches when its value is its default (``defaults``): the older code behaved so.
     """
     if not (path / "state.json").is_file():  # a crash mid-swap leaves only the previous one
         path = path.with_name(path.name + ".old")
@@ -83,7 +85,8 @@ def load_checkpoint(
         return 0
     state = json.loads((path / "state.json").read_text())
     free = {"steps", "save_every", "micro_batch"}
-    changed = sorted(k for k, v in config.items() if k not in free and state["config"].get(k) != v)
+    saved = {**(defaults or {}), **state["config"]}
+    changed = sorted(k for k, v in config.items() if k not in free and saved.get(k) != v)
     if changed:
         raise ConfigError(
             f"{path} was written with different settings ({', '.join(changed)}); "

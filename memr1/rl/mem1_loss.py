@@ -106,7 +106,7 @@ def train_step(
             model, trajs[part], packed=packed, temperature=temperature, pad_id=pad_id, chunk_tokens=chunk_tokens
         )
         refs = (
-            _reference_logprobs(model, ref_model, trajs[part], packed, temperature, pad_id, chunk_tokens)
+            reference_logprobs(model, ref_model, trajs[part], packed, temperature, pad_id, chunk_tokens)
             if beta
             else None
         )
@@ -135,7 +135,7 @@ def train_step(
     }
 
 
-def _reference_logprobs(model, ref_model, trajs, packed, temperature, pad_id, chunk_tokens) -> list[torch.Tensor]:
+def reference_logprobs(model, ref_model, trajs, packed, temperature, pad_id, chunk_tokens) -> list[torch.Tensor]:
     """Log-probs under ``ref_model``, or under ``model`` with its LoRA adapter switched off."""
     if ref_model is None and not hasattr(model, "disable_adapter"):
         raise ConfigError("beta > 0 needs a ref_model, or a PEFT model whose adapter can be disabled")

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from memr1.errors import ConfigError
+from memr1.rl.groups import Scored
 
 MaskStyle = Literal["additive", "bool_as_float"]
 PAD_SEGMENT = -1  # segment id of padding in a packed row; 0 is the shared prefix, 1.. the turns
@@ -245,6 +246,30 @@ def token_logprobs(
     logits are not the plain output layer of the last hidden state (soft-capped or scaled logits),
     takes the full-logits path: every position's logits at once.
     """
+    return token_scores(model, batch, mask_style=mask_style, temperature=temperature, chunk_tokens=chunk_tokens).logps
+
+
+class TokenScores(NamedTuple):
+    """``token_scores``' output: [rows, S] fp32 tensors, entry p about the token at p (0 off the loss mask)."""
+
+    logps: torch.Tensor
+    entropies: torch.Tensor | None
+    """Entropy of ``softmax(logits / temperature)`` at the position that predicts the token."""
+    values: torch.Tensor | None
+    """``value_head`` on the last hidden state that predicts the token (the state before it)."""
+
+
+def token_scores(
+    model: Any,
+    batch: Batch,
+    *,
+    mask_style: MaskStyle = "additive",
+    temperature: float = 1.0,
+    chunk_tokens: int = LOGPROB_CHUNK,
+    with_entropy: bool = False,
+    value_head: Any = None,
+) -> TokenScores:
+    """``token_logprobs``, plus per-token entropies and values (PPO) from the same decoder pass when asked."""
     device = next(model.parameters()).device
     if batch.allowed is not None:  # packed rows
         mask = attention_bias(batch.allowed.to(device), model.dtype, mask_style)
@@ -260,26 +285,42 @@ def token_logprobs(
     scored = batch.loss_mask[:, 1:].to(device)  # position p - 1 predicts a generated token at p
     targets = batch.input_ids[:, 1:].to(device)
     parts = _decoder_and_head(model) if chunk_tokens > 0 else None
+
+    def placed(flat: torch.Tensor) -> torch.Tensor:  # [n scored] -> [rows, S], 0 elsewhere
+        out = torch.zeros(scored.shape, dtype=torch.float32, device=device).masked_scatter(scored, flat.float())
+        return torch.nn.functional.pad(out, (1, 0))
+
+    hidden: Any  # the states that predict the scored tokens (what the value head reads)
     if parts is None:
-        logits = model(**inputs).logits[:, :-1].float() / temperature
-        # log_softmax gathered at the target, without materialising a second [rows, S, V] tensor.
-        picked = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
-        return torch.nn.functional.pad(picked * scored, (1, 0))
-    decoder, head = parts
-    hidden = decoder(**inputs).last_hidden_state[:, :-1][scored]  # [n scored, hidden]
-    wanted = targets[scored]
-    chunks = [
-        _recomputed(_chunk_logprobs, head, hidden[i : i + chunk_tokens], wanted[i : i + chunk_tokens], temperature)
-        for i in range(0, hidden.shape[0], chunk_tokens)
-    ]
-    flat = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
-    values = torch.zeros(scored.shape, dtype=torch.float32, device=device).masked_scatter(scored, flat)
-    return torch.nn.functional.pad(values, (1, 0))
+        out = model(**inputs, output_hidden_states=value_head is not None)
+        per_token = _chunk_scores(None, out.logits[:, :-1][scored], targets[scored], temperature, with_entropy)
+        hidden = out.hidden_states[-1][:, :-1][scored] if value_head is not None else None
+    else:
+        decoder, head = parts
+        hidden = decoder(**inputs).last_hidden_state[:, :-1][scored]  # [n scored, hidden]
+        wanted, n = targets[scored], chunk_tokens
+        chunks = [
+            _recomputed(_chunk_scores, head, hidden[i : i + n], wanted[i : i + n], temperature, with_entropy)
+            for i in range(0, hidden.shape[0], n)
+        ]
+        per_token = torch.cat(chunks) if chunks else hidden.new_zeros(0, 2, dtype=torch.float32)
+    return TokenScores(
+        placed(per_token[:, 0]),
+        placed(per_token[:, 1]) if with_entropy else None,
+        placed(value_head(hidden.float()).squeeze(-1)) if value_head is not None else None,
+    )
 
 
-def _chunk_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = head(hidden).float() / temperature
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+def _chunk_scores(
+    head: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+) -> torch.Tensor:
+    """[n, 2]: log p of each target and the entropy of its distribution (0 unless asked); ``head`` None: ``hidden``
+    already holds the logits."""
+    logits = (hidden if head is None else head(hidden)).float() / temperature
+    norm = logits.logsumexp(-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - norm
+    ent = norm - (logits.softmax(-1) * logits).sum(-1) if with_entropy else torch.zeros_like(logp)
+    return torch.stack([logp, ent], dim=-1)
 
 
 def _recomputed(fn: Any, *args: Any) -> torch.Tensor:
@@ -326,9 +367,35 @@ def trajectory_logprobs(
     Returns:
         The tensors and the number of real (non-pad) tokens the forward pass read.
     """
+    scores, read = trajectory_scores(
+        model, trajectories, packed=packed, temperature=temperature, pad_id=pad_id, chunk_tokens=chunk_tokens
+    )
+    return scores.logps, read
+
+
+def trajectory_scores(
+    model: Any,
+    trajectories: Sequence[Trajectory],
+    *,
+    packed: bool,
+    temperature: float = 1.0,
+    pad_id: int = 0,
+    chunk_tokens: int = LOGPROB_CHUNK,
+    with_entropy: bool = False,
+    value_head: Any = None,
+) -> tuple[Scored, int]:
+    """``trajectory_logprobs`` with, when asked, the entropies and values of the same forward pass: one flat tensor
+    per trajectory in each field of the ``Scored``, over its generated tokens in turn order (no observation token)."""
     batch = packed_rows(trajectories, pad_id) if packed else per_turn_rows(trajectories, pad_id)
-    values = token_logprobs(model, batch, temperature=temperature, chunk_tokens=chunk_tokens)
-    return split_by_trajectory(batch, values, len(trajectories)), batch.real_tokens
+    out = token_scores(
+        model, batch, temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=with_entropy,
+        value_head=value_head,
+    )  # fmt: skip
+
+    def split(values: torch.Tensor | None) -> list[torch.Tensor] | None:
+        return None if values is None else split_by_trajectory(batch, values, len(trajectories))
+
+    return Scored(split(out.logps), split(out.entropies), split(out.values)), batch.real_tokens  # type: ignore[arg-type]
 
 
 def group_advantages(rewards: Sequence[float], eps: float = 1e-4) -> list[float]:

@@ -11,7 +11,9 @@ Systems (``EvalConfig.system``):
     memory-r1-answer  base's banks (untrained extractor and manager) + the trained Answer Agent
 
 Banks are built once per conversation into ``<store_dir or run_dir/store>/<system key>/`` (LanceDB, one
-commit per changed turn) and reused by a rerun, so the same config and seed give the same records. ``run``
+commit per changed turn) and reused by a rerun, so the same config and seed give the same records. All the
+conversations' banks are built before any question is answered, ``lockstep`` conversations at a time in
+shared model calls (``memr1.stages.evaluate_banks``, which also keeps each conversation's counts). ``run``
 writes one row per question to ``run_dir/records.parquet`` (layout: ``memr1.eval.records``) and the
 ``EvalResult`` to ``run_dir/metrics.json``.
 
@@ -24,20 +26,17 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from memr1.config import RunConfig, check_choice, check_min, get_profile, profile_value
 from memr1.errors import ConfigError
 from memr1.runs import StageResult, save_result, transient
+from memr1.stages.evaluate_banks import LATENCY_COMPONENTS, LLM_BANK_SYSTEMS, Tally
 
 SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag", "memory-r1", "memory-r1-answer")
 """Memory systems this stage can run (see the module docstring)."""
-LLM_BANK_SYSTEMS = ("base", "memory-r1", "memory-r1-answer")
-"""Systems whose banks an LLM extractor and manager build."""
-LATENCY_COMPONENTS = ("extract", "manager", "search", "answer")
-"""Pipeline components timed per call."""
 
 
 @dataclass
@@ -74,11 +73,17 @@ class EvalConfig(RunConfig):
     """OpenAI-compatible endpoint of the LLM judge; "" skips the judge."""
     judge_model: str = ""
     """Judge model name on that endpoint (e.g. gpt-4o-mini); "" skips the judge."""
+    judge_serve: str = ""
+    """Local judge instead of an endpoint: smollm2-135m, tiny or a model folder, served for this stage by
+    transformers serve on 127.0.0.1 (needs the serving extra of transformers); "" for none."""
     embedder: str = "minilm"
     """Embedding model for memory search: minilm or hash."""
     store_dir: str = ""
     """Folder of the banks, one subfolder per system key ("": run_dir/store); runs sharing it reuse banks
     (memory-r1-answer reads those of base)."""
+    lockstep: int = 10
+    """Conversations whose banks are built together, every model call carrying turns of each (larger batches;
+    gain: bench/bench_lockstep.py). The banks equal one-at-a-time ones up to fp32 rounding. 1: one at a time."""
     k_per_speaker: int = 30
     """Memories retrieved per speaker for each question (60 in all, as in Memory-R1)."""
     answer_tokens: int = 128
@@ -115,8 +120,16 @@ class EvalConfig(RunConfig):
             raise ConfigError("EvalConfig.backend='openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if bool(self.judge_base_url) != bool(self.judge_model):
             raise ConfigError("set both judge_base_url and judge_model, or neither (no judge)")
+        if self.judge_serve and self.judge_model:
+            raise ConfigError(
+                "EvalConfig.judge_serve starts its own judge server; leave judge_base_url and judge_model empty"
+            )
+        if self.judge_serve:
+            from memr1.eval.judge_server import check_servable
+
+            check_servable(self.judge_serve)  # now, not after hours of answering
         check_min(self, -1, "limit", "max_turns")
-        check_min(self, 1, "k_per_speaker", "answer_tokens", "extract_tokens", "manager_tokens")
+        check_min(self, 1, "k_per_speaker", "answer_tokens", "extract_tokens", "manager_tokens", "lockstep")
         from memr1.agents.answer import STYLES
         from memr1.agents.manager import MANAGER_STYLES
 
@@ -177,7 +190,9 @@ class EvalResult(StageResult):
     judge: dict[str, Any] | None
     """``LLMJudge.describe()`` when a judge scored the answers, else None."""
     latency: list[dict[str, Any]]
-    """Per component (extract, manager, search, answer): calls, p50_s and p95_s seconds per call."""
+    """Per component (extract, manager, search, answer): calls, p50_s and p95_s seconds per call (a batched
+    call's wall time split evenly over its prompts). extract and manager cover every call that built the
+    stored banks, in this run or an earlier one (kept in ops.json beside them)."""
     store: str
     """Folder of this system's banks, one subfolder per conversation ("" for full-context and rag)."""
     embedder: str
@@ -210,31 +225,6 @@ def system_key(cfg: EvalConfig) -> str:
         parts += [cfg.memory_style, cfg.manager_adapter]
     digest = hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:10]
     return f"{system}-{digest}"
-
-
-@dataclass
-class _Tally:
-    """Per-call seconds by component and manager operations, for one conversation; tallies add with ``+``."""
-
-    seconds: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in LATENCY_COMPONENTS})
-    applied: Counter = field(default_factory=Counter)
-    rejected: Counter = field(default_factory=Counter)
-    finish: Counter = field(default_factory=Counter)
-    """(role, finish reason) → calls."""
-
-    def __add__(self, other: _Tally) -> _Tally:
-        return _Tally(
-            {c: self.seconds[c] + other.seconds[c] for c in LATENCY_COMPONENTS},
-            self.applied + other.applied,
-            self.rejected + other.rejected,
-            self.finish + other.finish,
-        )
-
-    def generations(self, role: str, gens: Any) -> None:
-        """Record the latency and finish reason of one role's generations (None entries skipped)."""
-        gens = [g for g in gens if g is not None]
-        self.seconds[role] += [g.latency_s for g in gens]
-        self.finish.update((role, g.finish_reason) for g in gens)
 
 
 @dataclass(frozen=True)
@@ -271,8 +261,8 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     from memr1.eval.records import record_row, score_records
     from memr1.eval.tables import category_table
     from memr1.files import atomic_path
-    from memr1.memory.embed import make_embedder
     from memr1.seeding import seed_everything
+    from memr1.stages.evaluate_banks import build_all
 
     cfg = cfg.resolved()
     seed_everything(cfg.seed)
@@ -280,27 +270,13 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     by_conv: dict[str, list] = {}
     for q in select_questions(data, cfg):
         by_conv.setdefault(q.sample_id, []).append(q)
-    answerer = _adapter_generator(cfg, cfg.answer_adapter, "answer_adapter")
-    manager = _adapter_generator(cfg, cfg.manager_adapter, "manager_adapter")
-    if generator is None and (answerer is None or cfg.system in LLM_BANK_SYSTEMS):
-        from memr1.llm.backends import make_generator
-
-        generator = make_generator(  # the plain model, needed unless an adapter does every LLM role
-            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
-        )
-    setup = _Setup(
-        cfg,
-        generator,
-        answerer or generator,
-        manager or generator,
-        make_embedder(cfg.embedder),
-        Path(cfg.store_dir or Path(cfg.run_dir) / "store") / system_key(cfg),
-        progress,
-    )
-    rows, tally = [], _Tally()
+    setup = _make_setup(cfg, generator, progress)
+    convs = [data.conversation(sample_id) for sample_id in by_conv]
+    built = {} if cfg.system in ("full-context", "rag") else build_all(setup, convs)
+    rows, tally = [], Tally()
     for sample_id, qs in tqdm(by_conv.items(), desc=f"evaluate {cfg.system}", disable=not progress, unit="conv"):
         conv = data.conversation(sample_id)
-        records, part = _answer(setup, conv, qs)
+        records, part = _answer(setup, conv, qs, built.get(sample_id))
         rows += [record_row(r, conv, cfg.system, cfg.model) for r in records]
         tally += part
     df = score_records(pd.DataFrame(rows))
@@ -312,7 +288,7 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
         system=cfg.system,
         model=cfg.model,
         backend=cfg.backend,
-        model_note=getattr(generator, "note", ""),
+        model_note=getattr(setup.generator, "note", ""),
         split=cfg.split,
         questions=len(df),
         metric_family=cfg.metric_family,
@@ -335,8 +311,49 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     return result
 
 
-def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
-    """Answer records for one conversation, and what answering (and building its banks) cost."""
+def _make_setup(cfg: EvalConfig, generator: Any, progress: bool) -> _Setup:
+    """The models, embedder and bank folder of a resolved config (``generator``: one to use instead of loading)."""
+    from memr1.memory.embed import make_embedder
+
+    answerer = _adapter_generator(cfg, cfg.answer_adapter, "answer_adapter")
+    manager = _adapter_generator(cfg, cfg.manager_adapter, "manager_adapter")
+    if generator is None and (answerer is None or cfg.system in LLM_BANK_SYSTEMS):
+        from memr1.llm.backends import make_generator
+
+        generator = make_generator(  # the plain model, needed unless an adapter does every LLM role
+            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
+        )
+    return _Setup(
+        cfg,
+        generator,
+        answerer or generator,
+        manager or generator,
+        make_embedder(cfg.embedder),
+        Path(cfg.store_dir or Path(cfg.run_dir) / "store") / system_key(cfg),
+        progress,
+    )
+
+
+def prepare_banks(cfg: EvalConfig, *, generator: Any = None, progress: bool = True) -> dict[str, Tally]:
+    """Build (or resume) the banks that ``run(cfg)`` would answer from, and answer nothing: sample id → what
+    building them cost in all (``experiments/locomo_banks.py`` runs this in the background, so that ``run``
+    later finds the banks done). Same store folder, conversations and code path as ``run``."""
+    from memr1.data.locomo import load_locomo
+    from memr1.seeding import seed_everything
+    from memr1.stages.evaluate_banks import build_all
+
+    cfg = cfg.resolved()
+    if cfg.system in ("full-context", "rag"):
+        raise ConfigError(f"EvalConfig.system={cfg.system!r} keeps no memory banks; nothing to build")
+    seed_everything(cfg.seed)
+    data = load_locomo(cfg.data_dir or None)
+    ids = dict.fromkeys(q.sample_id for q in select_questions(data, cfg))
+    built = build_all(_make_setup(cfg, generator, progress), [data.conversation(i) for i in ids])
+    return {sample_id: tally for sample_id, (_, tally) in built.items()}
+
+
+def _answer(setup: _Setup, conv: Any, qs: list, built: tuple[Any, Tally] | None) -> tuple[list, Tally]:
+    """Answer records for one conversation, and what answering (and building its banks, ``built``) cost."""
     import time
 
     from memr1.agents.answer import AnswerAgent
@@ -354,12 +371,13 @@ def _answer(setup: _Setup, conv: Any, qs: list) -> tuple[list, _Tally]:
             sampling=sampling,
             max_context_tokens=_context_budget(gen.context_window, cfg.answer_tokens),
         )
-        records, tally = answerer.answer(qs, seen), _Tally()
+        records, tally = answerer.answer(qs, seen), Tally()
     elif cfg.system == "rag":
         records = RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling).answer(qs, seen)
-        tally = _Tally()
+        tally = Tally()
     else:
-        banks, tally = _build(setup, conv)
+        assert built is not None, f"{conv.sample_id}: the banks of memory systems are built before answering"
+        banks, tally = built
         agent = AnswerAgent(gen, sampling, k_per_speaker=cfg.k_per_speaker, style=cfg.answer_style)
         records = agent.answer(qs, banks)
         for vec in setup.embedder.embed([q.question for q in qs]):  # search latency, measured on its own
@@ -409,76 +427,24 @@ def _context_budget(window: int | None, max_new_tokens: int) -> int | None:
     return None if window is None else max(64, window - max_new_tokens - 1024)
 
 
-def _build(setup: _Setup, conv: Any) -> tuple[Any, _Tally]:
-    """Build (or resume) the banks of one conversation; the tally holds their operation counts."""
-    from memr1.agents.builder import build_banks
-    from memr1.agents.extractor import FactExtractor, TurnAsFactExtractor
-    from memr1.agents.manager import HeuristicManager, MemoryManager
-    from memr1.llm.generate import Sampling
-    from memr1.memory.replay import replay_observations
-
-    cfg, gen, tally = setup.cfg, setup.generator, _Tally()
-    until = cfg.max_turns - 1 if cfg.max_turns else None
-    if cfg.system == "replay":
-        rep = replay_observations(
-            conv, setup.embedder, store_dir=setup.store, until_turn=until, progress=setup.progress
-        )
-        for applied in rep.applied:
-            tally.applied.update({k.value: n for k, n in applied.counts().items()})
-        banks = rep.banks
-    else:
-        extractor: FactExtractor | TurnAsFactExtractor
-        manager: MemoryManager | HeuristicManager
-        if cfg.system in LLM_BANK_SYSTEMS:
-            extractor = FactExtractor(gen, Sampling(max_new_tokens=cfg.extract_tokens), style=cfg.memory_style)
-            manager = MemoryManager(setup.manager, Sampling(max_new_tokens=cfg.manager_tokens), style=cfg.memory_style)
-        else:
-            extractor, manager = TurnAsFactExtractor(), HeuristicManager()
-        built = build_banks(
-            conv, extractor, manager, setup.embedder, store_dir=setup.store, until_turn=until, progress=setup.progress
-        )
-        tally.generations("extract", [x.generation for x in built.extractions])
-        tally.generations("manager", [s.generation for s in built.steps])
-        tally.applied.update({k.value: n for k, n in built.op_counts().items()})
-        tally.rejected.update({str(k): n for k, n in built.rejections().items()})
-        tally.rejected["extraction_unparsed"] += sum(not x.ok for x in built.extractions)
-        banks = built.banks
-    tally.applied, tally.rejected = _stored_counts(setup.store / f"{conv.sample_id}.ops.json", tally)
-    return banks, tally
-
-
-def _stored_counts(path: Path, new: _Tally) -> tuple[Counter, Counter]:
-    """All operations ever applied to these banks: a rerun resumes the stored banks and applies nothing
-    new, so the counts are kept beside the store and the new ones added to them."""
-    import json
-
-    from memr1.files import write_json_atomic
-
-    old = json.loads(path.read_text()) if path.exists() else {"applied": {}, "rejected": {}}
-    applied, rejected = Counter(old["applied"]) + new.applied, Counter(old["rejected"]) + new.rejected
-    write_json_atomic(path, {"applied": dict(applied), "rejected": dict(rejected)})
-    return applied, rejected
-
-
 def _judge(df: Any, judge: Any, cfg: EvalConfig, progress: bool) -> dict[str, Any] | None:
-    """Add the judge's label, reason and ``j`` columns to ``df``; its description, or None without a judge."""
-    if judge is None and cfg.judge_model:
-        from memr1.eval.judge import JudgeConfig, LLMJudge
+    """Add the judge's label, reason and ``j`` columns to ``df``; the judge's description with its verdict
+    counts and agreement with F1 (``memr1.eval.judge.judge_records``), or None without a judge."""
+    from memr1.eval.judge import JudgeConfig, LLMJudge, judge_records
 
-        judge = LLMJudge(
-            JudgeConfig(
-                base_url=cfg.judge_base_url,
-                model=cfg.judge_model,
-                cache_path=str(Path(cfg.run_dir) / "judge_cache.sqlite"),
-            )
-        )
-    if judge is None:
-        return None
-    verdicts = judge.judge_many(list(zip(df.question, df.gold, df.prediction)), progress=progress)
-    df["judge_label"] = [v.label for v in verdicts]
-    df["judge_reason"] = [v.reason for v in verdicts]
-    df["j"] = [float(v.correct) for v in verdicts]
-    return judge.describe()
+    f1_column = "f1" if cfg.metric_family == "mem0" else "f1_locomo"
+    cache_path = str(Path(cfg.run_dir) / "judge_cache.sqlite")
+    if judge is not None:
+        return judge_records(df, judge, f1_column=f1_column, progress=progress)
+    if cfg.judge_serve:
+        from memr1.eval.judge_server import serve_model
+
+        with serve_model(cfg.judge_serve) as served, LLMJudge(served.judge_config(cache_path=cache_path)) as judge:
+            return {**judge_records(df, judge, f1_column=f1_column, progress=progress), **served.describe()}
+    if cfg.judge_model:
+        with LLMJudge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, cache_path=cache_path)) as judge:
+            return judge_records(df, judge, f1_column=f1_column, progress=progress)
+    return None
 
 
 def _latency(component: str, seconds: list[float]) -> dict[str, Any]:

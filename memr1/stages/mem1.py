@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from memr1.agents.mem1 import PROMPT_STYLES
-from memr1.config import RunConfig, check_min, get_profile, profile_value
+from memr1.config import RunConfig, check_choice, check_min, get_profile, profile_value
 from memr1.errors import ConfigError
-from memr1.rl.mem1_trainer import REWARDS, Mem1TrainSettings
+from memr1.rl.mem1_trainer import ALGORITHMS, REWARDS, Mem1TrainSettings
 from memr1.runs import StageResult, save_result, transient
 
 ENVIRONMENTS = ("hotpotqa", "locomo")
@@ -77,7 +77,11 @@ class Mem1Config(RunConfig):
     prompt_style: str = "plain"
     """plain (the instructions of MEM1) or examples (a worked episode first), in training and evaluation."""
     reward: str = "em"
-    """Training reward: em (objectives answered exactly, as MEM1) or f1 (the sum of their F1 scores)."""
+    """Training reward: em (objectives answered exactly, as MEM1), f1 (the sum of their F1 scores), or em_format /
+    f1_format (plus a format-validity shaping term of at most 0.2)."""
+    algorithm: str = "grpo"
+    """Training algorithm: grpo (group-normalised rewards, no critic) or ppo (MEM1's: value head, GAE, clipped updates,
+    at the PPO defaults of memr1 train mem1)."""
 
     def check(self) -> None:
         name = type(self).__name__
@@ -91,6 +95,7 @@ class Mem1Config(RunConfig):
             raise ConfigError(f"{name}.n_objectives must be from 1 to 16, got {self.n_objectives}")
         self.objectives()
         check_min(self, 1, "memory_r1_k")
+        check_choice(self, "algorithm", ALGORITHMS)
         if self.prompt_style not in PROMPT_STYLES or self.reward not in REWARDS:
             raise ConfigError(
                 f"{name}: prompt_style must be one of {PROMPT_STYLES} and reward one of {REWARDS}, "

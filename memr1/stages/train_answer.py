@@ -1,4 +1,4 @@
-"""Stage 03: train the Answer Agent with GRPO (docs/design.md §training).
+"""Stage 03: train the Answer Agent with GRPO, PPO or, as their comparator, SFT (docs/design.md §training).
 
 GRPO samples ``num_generations`` answers per training question of conv-26 (the Answer-Agent prompt
 over 30 teacher memories per speaker), rewards each by exact match of the answer span, and moves a
@@ -97,6 +97,11 @@ class AnswerTrainConfig(GRPOStageConfig):
         from memr1.rl.rewards import ANSWER_REWARDS
 
         check_choice(self, "reward", ANSWER_REWARDS)
+        if self.algorithm == "sft" and self.answer_style != "direct":
+            raise ConfigError(
+                "algorithm sft imitates the gold answer line, which is the whole output only in answer_style "
+                f"direct (got {self.answer_style!r}); set answer_style=direct"
+            )
 
 
 def answer_probe(rows: Sequence[dict[str, Any]], max_new_tokens: int):
@@ -119,6 +124,45 @@ def answer_probe(rows: Sequence[dict[str, Any]], max_new_tokens: int):
         }
 
     return probe
+
+
+def sft_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``completion``: the gold answer in the Answer Agent's output line (what SFT imitates)."""
+    from memr1.agents.answer import ANSWER_MARKER
+
+    return [{**r, "completion": f"{ANSWER_MARKER} {r['gold']}"} for r in rows]
+
+
+def trained_vs_untrained(cfg: AnswerTrainConfig, adapter: str):
+    """``(per-question frame, paired interval)``: the probe questions (the first ``eval_limit`` of conv-30; 0 for
+    all 81) answered greedily by the untrained model and with ``adapter``, F1 ×100 of each answer, and the paired
+    bootstrap 95% interval of (trained − untrained) F1 over those questions. What notebook 03 shows after training;
+    on a handful of probe questions the interval is wide, which is the point of showing it."""
+    import json
+
+    import pandas as pd
+
+    from memr1.agents.answer import ANSWER_MARKER, extract_answer
+    from memr1.eval.bootstrap import paired_bootstrap
+    from memr1.eval.metrics import f1_mem0
+    from memr1.llm.backends import make_generator
+    from memr1.llm.generate import Sampling
+    from memr1.rl.datasets import answer_agent_rows
+
+    cfg = resolved_as(cfg, AnswerTrainConfig)
+    run_config = Path(cfg.run_dir) / "train_config.json"
+    base = json.loads(run_config.read_text())["base_model"] if run_config.is_file() else cfg.model
+    data, embedder, store = teacher_data(cfg)
+    rows = answer_agent_rows(data, "validation", embedder, store_dir=store, k_per_speaker=cfg.k_per_speaker,
+                             limit=cfg.eval_limit, progress=False, style=cfg.answer_style)  # fmt: skip
+    prompts, sampling = [r["prompt"] for r in rows], Sampling(max_new_tokens=cfg.max_completion_length)
+    out = pd.DataFrame({"question": [r["question"] for r in rows], "gold": [r["gold"] for r in rows]})
+    for name, lora in (("untrained", ""), ("trained", adapter)):
+        texts = [g.text for g in make_generator(base, cfg.backend, lora_path=lora).generate(prompts, sampling)]
+        out[name] = [extract_answer(t) for t in texts]
+        out[f"f1_{name}"] = [100 * f1_mem0(extract_answer(t), g) for t, g in zip(texts, out["gold"])]
+        out[f"answer_line_{name}"] = [ANSWER_MARKER in t for t in texts]
+    return out, paired_bootstrap(out["f1_trained"].tolist(), out["f1_untrained"].tolist())
 
 
 @dataclass
@@ -145,6 +189,8 @@ def run(cfg: AnswerTrainConfig, *, callbacks: Sequence[Any] = ()) -> AnswerTrain
         train = answer_agent_rows(data, "train", embedder, limit=cfg.train_limit, **shared)
         val = answer_agent_rows(data, "validation", embedder, limit=cfg.eval_limit, **shared)
     validator = answer_probe(val, cfg.max_completion_length) if val else None
+    if cfg.algorithm == "sft":
+        train = sft_rows(train)
     trained = train_policy(
         cfg,
         train,

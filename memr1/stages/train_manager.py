@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from memr1.config import check_choice, check_min, get_profile
+from memr1.errors import ConfigError
 from memr1.rl.grpo import TrainResult
 from memr1.runs import save_result, transient
 from memr1.stages.train_answer import GRPOStageConfig, resolved_as, teacher_data
@@ -54,6 +55,11 @@ class ManagerTrainConfig(GRPOStageConfig):
         check_min(self, 1, "k_similar", "answer_tokens")
         check_choice(self, "memory_style", MANAGER_STYLES)
         check_choice(self, "reward", ANSWER_SCORES)
+        if self.algorithm == "sft":
+            raise ConfigError(
+                "algorithm sft needs gold completions, and the Memory Manager has none here (Memory-R1's "
+                "Memory-SFT clones a stronger model's operations); use grpo or ppo"
+            )
 
 
 @dataclass
