@@ -152,9 +152,11 @@ def main() -> None:
         f"First {args.turns} turns of LoCoMo test conversations; `lines` prompts, extractor ≤ 64 and manager ≤ 160 "
         "tokens, greedy, fp32, minilm embedder, banks in memory. Alone: "
         f"{', '.join(c.sample_id for c in convs[: args.alone])}, one after the other; lockstep: all {len(convs)} "
-        f"test conversations together. Load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}: other "
-        "processes shared the machine, so wall times are inflated; CPU seconds (this process's, one thread) are "
-        "what the work cost, and the ratios are given for both.",
+        f"test conversations together. Seeds: none; decoding is greedy and nothing is drawn at random, so a rerun "
+        f"gives the same outputs (one run per build). Load average (1 min) before / after: {load[0]:.1f} / "
+        f"{load[1]:.1f}"
+        + (": other processes shared the machine, so wall times are inflated; " if max(load) > 1.5 else "; ")
+        + "CPU seconds (this process's, one thread) are what the work cost, and the ratios are given for both.",
         "",
         "| build | conversations | generator batch | turns | wall s | turns / s (wall) | vs alone (wall) | CPU s "
         "| turns / CPU s | vs alone (CPU) | hours for 5,094 turns (CPU) | extract s / turn | manager s / turn "

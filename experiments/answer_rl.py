@@ -1,6 +1,6 @@
 """Answer-Agent RL on SmolLM2-135M (CPU): a recipe search judged on all 81 validation questions.
 
-Each run trains the Answer Agent on conv-26 (stage 03, memr1's shared-prompt GRPO engine) with one
+Each run trains the Answer Agent on conv-26 (stage 03: GRPO or PPO on memr1's engine, or SFT) with one
 named recipe and seed, probing a fixed subset of conv-30 (``--probe`` questions, greedy) every
 ``--probe-every`` steps (F1, answer-line format rate, completion length), then answers all 81
 validation questions of conv-30 greedily (stage 05, system ``replay``: only the answerer varies).
@@ -218,12 +218,14 @@ def write_table(results: dict, out: str) -> None:
     before = results["before"]
     qids = sorted(before["per_question_f1"])
     base = [before["per_question_f1"][q] for q in qids]
+    algorithms = sorted({r["settings"].get("algorithm", "grpo") for r in results["runs"].values()})
     lines = [
         "# Answer-Agent RL on SmolLM2-135M (CPU): recipes on all validation questions",
         "",
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU. Training: conv-26 questions, "
-        "prompt style `direct`, 5 memories per speaker (LoCoMo's observations), completions ≤ 32 tokens, "
-        "memr1's shared-prompt GRPO engine. Validation: all "
+        "prompt style `direct`, 5 memories per speaker (LoCoMo's observations), completions ≤ 32 tokens; "
+        f"algorithms run: {', '.join(algorithms)}"
+        " (GRPO and PPO on memr1's shared-prompt engine, SFT on TRL's SFTTrainer). Validation: all "
         f"{len(qids)} conv-30 questions, greedy, scores ×100. Interval: paired bootstrap 95% over questions of "
         "(trained − untrained) F1 (10,000 resamples). Each run's command is in the .json.",
         "",

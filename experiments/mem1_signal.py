@@ -122,7 +122,7 @@ def render(state: dict) -> str:
         f"# MEM1 reward signal on {b['model']} (HotpotQA, N = {b['n']}, train pool)\n\n"
         f"Command: `{state['command']}`\n\n"
         f"{state['date']}, {state['machine']}. Rollout wall time: {sum(c['wall_s'] for c in cells) / 60:.1f} min "
-        f"in all (the core was shared with other processes: CPU time is the cost of the rollouts).\n"
+        f"in all (wall time includes any wait for the core; the CPU minutes per cell are the cost of the rollouts).\n"
         f"Budgets: {json.dumps(b)}.\n"
         + (
             f"Cells the command asks for that have not run (rerun it to add them): {', '.join(missing)}.\n"

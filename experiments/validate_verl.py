@@ -233,6 +233,8 @@ def main() -> int:
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {platform.system()}",
         "date": time.strftime("%Y-%m-%d"),
+        "seeds": "none: every check is deterministic (datasets read in file order, one batch of their first rows, "
+        "rewards on the first rows); the exported MEM1 tasks carry the export's own seed",
         "checks": [],
     }
     overrides = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in args.reward_kwarg)}
