@@ -159,9 +159,9 @@ def _paper_tables(run: Any, run_dir: str) -> str:
     from memr1.eval.paper_tables import (
         PUBLISHED_LOCOMO,
         TEST_QUESTIONS,
-        locomo_markdown,
+        locomo_grid,
         locomo_row,
-        mem1_markdown,
+        mem1_grid,
         mem1_rows,
     )
 
@@ -172,7 +172,7 @@ def _paper_tables(run: Any, run_dir: str) -> str:
         if isinstance(saved.result, EvalResult) and records.is_file():
             r = saved.result
             row = locomo_row(r.system, [pd.read_parquet(records)], r.model)
-            parts.append("<h3>LoCoMo (Memory-R1's Table 1 layout)</h3>" + _markdown_table(locomo_markdown([row])))
+            parts.append("<h3>LoCoMo (Memory-R1's Table 1 layout)</h3>" + _grid_table(locomo_grid([row])))
             overall = r.table[-1]
             said.append(
                 f"{r.system} answered {r.questions} {_e(r.split)} questions: F1 {overall['f1']:.1f}, "
@@ -182,8 +182,8 @@ def _paper_tables(run: Any, run_dir: str) -> str:
             )
         if isinstance(saved.result, Mem1Result):
             r = saved.result
-            table = mem1_markdown(mem1_rows(r.table), r.model)
-            parts.append("<h3>MEM1 (its Table 1 layout)</h3>" + _markdown_table(table))
+            table = mem1_grid(mem1_rows(r.table), r.model)
+            parts.append("<h3>MEM1 (its Table 1 layout)</h3>" + _grid_table(table))
             em = [row["em"] for row in r.table]
             said.append(f"MEM1: {sum(e > 0 for e in em)} of {len(em)} (policy, context, N) cells scored EM above 0.")
     if not parts:
@@ -192,13 +192,12 @@ def _paper_tables(run: Any, run_dir: str) -> str:
     return f"<h2>The papers' tables, from this run</h2><ul>{summary}</ul>" + "".join(parts)
 
 
-def _markdown_table(md: str) -> str:
-    """A markdown table (``memr1.eval.paper_tables``) as HTML."""
-    lines = [ln.strip().strip("|").split(" | ") for ln in md.splitlines() if ln.strip() and not ln.startswith("|---")]
-    head, rows = lines[0], lines[1:]
+def _grid_table(grid: tuple[list[str], list[list[str]]]) -> str:
+    """A ``memr1.eval.paper_tables`` grid as an HTML table."""
+    head, body = grid
     return (
-        "<table><tr>" + "".join(f"<th>{_e(h.strip())}</th>" for h in head) + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{_e(c.strip())}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+        "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>"
     )  # fmt: skip
 
 

@@ -127,18 +127,34 @@ def locomo_row(system: str, runs: Sequence[pd.DataFrame], model: str = "") -> di
     return row
 
 
-def locomo_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+Grid = tuple[list[str], list[list[str]]]
+"""A table as ``(header, rows of cells)``: what the markdown files and the HTML report both print."""
+
+
+def locomo_grid(rows: Sequence[Mapping[str, Any]]) -> Grid:
     """Our rows, then the published ones, in Memory-R1's Table 1 layout (F1 / BLEU-1 / J per column)."""
     cols = list(LOCOMO_COLUMNS)
-    head = "| system | model | questions | seeds | " + " | ".join(f"{c} F1 / B1 / J" for c in cols) + " |"
-    lines = [head, "|" + "---|" * (4 + len(cols))]
-    for r in rows:
-        cells = [" / ".join(r[c][m] for m in LOCOMO_METRICS) for c in cols]
-        lines.append(f"| {r['system']} | {r['model']} | {r['questions']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    head = ["system", "model", "questions", "seeds", *(f"{c} F1 / B1 / J" for c in cols)]
+    body = [
+        [r["system"], r["model"], str(r["questions"]), str(r["seeds"]),
+         *(" / ".join(r[c][m] for m in LOCOMO_METRICS) for c in cols)]
+        for r in rows
+    ]  # fmt: skip
     for (backbone, method), values in PUBLISHED_LOCOMO.items():
         cells = [" / ".join(f"{v:.2f}" for v in triple) for triple in values]
-        lines.append(f"| {method} (published) | {backbone} | {TEST_QUESTIONS} | – | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([f"{method} (published)", backbone, str(TEST_QUESTIONS), "–", *cells])
+    return head, body
+
+
+def markdown(grid: Grid) -> str:
+    """A ``Grid`` as a GitHub-flavoured markdown table."""
+    head, body = grid
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def locomo_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    return markdown(locomo_grid(rows))
 
 
 def mem1_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict[Any, Any]]:
@@ -177,17 +193,19 @@ def _spread(values: Sequence[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def mem1_markdown(rows: Sequence[Mapping[Any, Any]], model: str) -> str:
+def mem1_grid(rows: Sequence[Mapping[Any, Any]], model: str) -> Grid:
     """Our rows, then the published ones, as MEM1's Table 1: per N, EM / F1 / peak ×10² / s."""
-    head = "| system | model | seeds | " + " | ".join(f"N = {n}: EM / F1 / peak / s" for n in MEM1_NS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(MEM1_NS))]
-    for r in rows:
-        cells = [" / ".join(r[n][k] for k in ("em", "f1", "peak", "s")) for n in MEM1_NS]
-        lines.append(f"| {r['system']} | {model} | {r['seeds']} | " + " | ".join(cells) + " |")
+    head = ["system", "model", "seeds", *(f"N = {n}: EM / F1 / peak / s" for n in MEM1_NS)]
+    keys = ("em", "f1", "peak", "s")
+    body = [[r["system"], model, str(r["seeds"]), *(" / ".join(r[n][k] for k in keys) for n in MEM1_NS)] for r in rows]
     for name, by_n in PUBLISHED_MEM1.items():
-        cells = [" / ".join(_num(by_n.get(n, {}).get(k)) for k in ("em", "f1", "peak", "s")) for n in MEM1_NS]
-        lines.append(f"| {name} (published) | {name.split(' ')[0]} | – | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells = [" / ".join(_num(by_n.get(n, {}).get(k)) for k in keys) for n in MEM1_NS]
+        body.append([f"{name} (published)", name.split(" ")[0], "–", *cells])
+    return head, body
+
+
+def mem1_markdown(rows: Sequence[Mapping[Any, Any]], model: str) -> str:
+    return markdown(mem1_grid(rows, model))
 
 
 def _num(v: float | None) -> str:
@@ -200,8 +218,11 @@ __all__ = [
     "PUBLISHED_LOCOMO",
     "PUBLISHED_MEM1",
     "TEST_QUESTIONS",
+    "locomo_grid",
     "locomo_markdown",
     "locomo_row",
+    "markdown",
+    "mem1_grid",
     "mem1_markdown",
     "mem1_rows",
 ]

@@ -395,20 +395,32 @@ def grpo_args(
     import torch
     from trl import GRPOConfig
 
-    cuda = torch.cuda.is_available()
     return GRPOConfig(
-        output_dir=str(Path(run_dir) / "checkpoints"),
-        max_steps=settings.steps,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
+        **trainer_args(settings, run_dir=run_dir, seed=seed),
         per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.accumulation_steps,
-        warmup_steps=settings.warmup_steps,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         beta=settings.beta,
         epsilon=settings.clip_eps,
+        gradient_checkpointing=torch.cuda.is_available() and not unsloth,  # Unsloth brings its own; on CPU it costs
+        generation_kwargs=generation_kwargs,
+    )
+
+
+def trainer_args(settings: GRPOSettings, *, run_dir: str | os.PathLike, seed: int) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields every TRL run of memr1 shares (GRPO and SFT): budget, schedule,
+    checkpoints, logging and the CPU/GPU switches."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(Path(run_dir) / "checkpoints"),
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
+        warmup_steps=settings.warmup_steps,
+        gradient_accumulation_steps=settings.accumulation_steps,
         seed=seed,
         logging_steps=1,
         save_strategy="steps" if settings.save_every else "no",
@@ -416,8 +428,6 @@ def grpo_args(
         report_to="tensorboard",
         use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=cuda and not unsloth,  # Unsloth brings its own; on CPU it only costs time
-        generation_kwargs=generation_kwargs,
     )
 
 

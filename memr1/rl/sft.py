@@ -21,32 +21,27 @@ from pathlib import Path
 from typing import Any
 
 from memr1.errors import ConfigError
-from memr1.rl.grpo import GRPOSettings, Rows, TrainResult, lora_config, start_trl_run, train_trl
+from memr1.rl.grpo import (
+    GRPOSettings,
+    Rows,
+    TrainResult,
+    lora_config,
+    sequence_cap,
+    start_trl_run,
+    train_trl,
+    trainer_args,
+)
 
 
 def sft_args(settings: GRPOSettings, *, run_dir: str | os.PathLike, seed: int):
     """The ``SFTConfig`` of a run: the budget of the RL run it stands beside (steps, questions per step)."""
-    import torch
     from trl import SFTConfig
 
-    cuda = torch.cuda.is_available()
     return SFTConfig(
-        output_dir=str(Path(run_dir) / "checkpoints"),
-        max_steps=settings.steps,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
-        warmup_steps=settings.warmup_steps,
+        **trainer_args(settings, run_dir=run_dir, seed=seed),
         per_device_train_batch_size=settings.questions_per_step or settings.batch_size // settings.num_generations,
-        gradient_accumulation_steps=settings.accumulation_steps,
-        max_length=None,  # prompts are ~500 tokens; sequence_cap already refused the ones over the window
+        max_length=None,  # sequence_cap already refused a prompt over the window
         completion_only_loss=True,
-        seed=seed,
-        logging_steps=1,
-        save_strategy="steps" if settings.save_every else "no",
-        save_steps=settings.save_every or 1,
-        report_to="tensorboard",
-        use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
     )
 
 
@@ -60,17 +55,17 @@ def run_sft(
     fallback: str = "",
     validator: Callable[[Any, Any], dict[str, float]] | None = None,
     callbacks: Sequence[Any] = (),
-    **_: Any,
+    on_model: Callable[[Any, Any], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA on ``settings.model`` to write each row's ``completion`` after its ``prompt``.
 
     Arguments as ``memr1.rl.grpo.run_grpo``; ``reward_funcs`` are not used (the run imitates, it is not
-    rewarded), and each row needs ``completion``, the assistant's reply as a string.
+    rewarded), and each row needs ``completion``, the assistant's reply as a string. There are no rollouts,
+    so there is no ``generation_kwargs``.
     """
     from datasets import Dataset
 
     from memr1.rl.callbacks import ValidationCallback, sft_trainer_class
-    from memr1.rl.grpo import sequence_cap
 
     if settings.backend == "unsloth":
         raise ConfigError("algorithm sft runs on transformers models; Unsloth is wired for GRPO only")
@@ -92,6 +87,8 @@ def run_sft(
         peft_config=lora_config(settings),
         callbacks=[*extra, *callbacks],
     )
+    if on_model is not None:
+        on_model(trainer.model, policy.tokenizer)
     return train_trl(trainer, settings, policy, run_dir, seed, fallback, resume_from, {"sequence_cap": seq_cap})
 
 

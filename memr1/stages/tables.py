@@ -126,14 +126,14 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         model = read_result(found[0], EvalResult).config.get("model", "")
         rows.append(locomo_row(system, frames, model))
         overall[system] = [100 * float(f["f1"].mean()) for f in frames]
-    mem1 = []
+    mem1_cells: list[dict] = []
     if cfg.mem1_results:
         path = Path(cfg.mem1_results)
         if not path.is_file():
             raise ConfigError(f"{path} does not exist; run experiments/mem1_horizon.py or pass --mem1-results ''")
         mem1_cells = list(json.loads(path.read_text())["cells"].values())
-        mem1 = mem1_rows(mem1_cells)
-    summary = summarize(overall, rows, mem1_cells if cfg.mem1_results else [], TEST_QUESTIONS)
+    mem1 = mem1_rows(mem1_cells)
+    summary = summarize(overall, rows, mem1_cells, TEST_QUESTIONS)
     lines = [
         "# The papers' tables, rebuilt by `memr1 tables`",
         "",
@@ -160,7 +160,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
             "each internal state twice, over all tasks) / seconds per task; mean ± std over seeds. Held-out "
             "HotpotQA tasks; trained at N = 2. Published rows: MEM1's numbers (7B and 14B models), for context.",
             "",
-            mem1_markdown(mem1, mem1_cells[0].get("policy", "") if mem1_cells else ""),
+            mem1_markdown(mem1, mem1_cells[0].get("policy", "")),
             "",
             "![peak tokens against N](../img/mem1_horizon.png)",
         ]
