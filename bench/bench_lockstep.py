@@ -6,7 +6,9 @@ first ``--turns`` turns (12 by default, to keep it near 15 minutes) of LoCoMo's 
 
 * alone: the first ``--alone`` test conversations, each with ``build_banks`` (stage 05 before lockstep);
 * lockstep: all 8 test conversations with ``build_many``, once per generator batch size in ``--batch-sizes``
-  (``TransformersGenerator.batch_size``: prompts per ``model.generate`` call; stage 05 uses 8).
+  (``TransformersGenerator.batch_size``: prompts per ``model.generate`` call; stage 05 uses 8);
+* each of these again with the shared-prefix cache (``--prefix-cache`` tokens, stage 05's ``prefix_cache``;
+  ``memr1.llm.prefix_cache``): the instructions and examples every prompt opens with are encoded once.
 
 It prints, per run, turns per second by wall time and by this process's CPU time (the machine is
 shared, so wall times carry other processes' load; CPU seconds of one thread are the work done), the
@@ -115,12 +117,14 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=12, help="first turns of each conversation")
     ap.add_argument("--alone", type=int, default=2, help="conversations built one at a time")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16], help="generator batch sizes (lockstep)")
+    ap.add_argument("--prefix-cache", type=int, default=64, help="PrefixCache min_tokens of the cached builds")
     ap.add_argument("--out", help="also write the report to this markdown file")
     args = ap.parse_args()
 
     import torch
 
     from memr1.llm.backends import make_generator
+    from memr1.llm.prefix_cache import PrefixCache
     from memr1.memory.embed import make_embedder
 
     convs = test_conversations()
@@ -129,14 +133,20 @@ def main() -> None:
     gen.generate([[{"role": "user", "content": "Hello"}]])  # warm-up: first-call allocations
     load = [os.getloadavg()[0]]
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    runs = []
-    gen.batch_size = args.batch_sizes[0]
-    runs.append(("alone", gen.batch_size, build(gen, embedder, convs[: args.alone], args.turns, lockstep=False)))
-    print(f"  alone done: {runs[-1][2]['wall']:.0f} s", file=sys.stderr, flush=True)
-    for bs in args.batch_sizes:
-        gen.batch_size = bs
-        runs.append(("lockstep", bs, build(gen, embedder, convs, args.turns, lockstep=True)))
-        print(f"  lockstep batch {bs} done: {runs[-1][2]['wall']:.0f} s", file=sys.stderr, flush=True)
+    runs, cached = [], {}
+    for cache in (0, args.prefix_cache):
+        gen.prefix_cache = PrefixCache(cache) if cache else None
+        gen.batch_size = args.batch_sizes[0]
+        r = build(gen, embedder, convs[: args.alone], args.turns, lockstep=False)
+        (runs.append(("alone", gen.batch_size, r)) if not cache else cached.__setitem__(("alone", gen.batch_size), r))
+        print(f"  alone (prefix cache {cache}) done: {r['wall']:.0f} s", file=sys.stderr, flush=True)
+        for bs in args.batch_sizes:
+            gen.batch_size = bs
+            r = build(gen, embedder, convs, args.turns, lockstep=True)
+            (runs.append(("lockstep", bs, r)) if not cache else cached.__setitem__(("lockstep", bs), r))
+            print(f"  lockstep batch {bs} (prefix cache {cache}) done: {r['wall']:.0f} s", file=sys.stderr, flush=True)
+    runs += [(f"{kind} + prefix cache", bs, r) for (kind, bs), r in cached.items()]
+    gen.prefix_cache = None
     costs = prompt_costs(gen, convs, runs[1][2]["results"])
     load.append(os.getloadavg()[0])
 
@@ -152,7 +162,9 @@ def main() -> None:
         f"First {args.turns} turns of LoCoMo test conversations; `lines` prompts, extractor ≤ 64 and manager ≤ 160 "
         "tokens, greedy, fp32, minilm embedder, banks in memory. Alone: "
         f"{', '.join(c.sample_id for c in convs[: args.alone])}, one after the other; lockstep: all {len(convs)} "
-        f"test conversations together. Seeds: none; decoding is greedy and nothing is drawn at random, so a rerun "
+        f"test conversations together; '+ prefix cache': the same with shared prompt prefixes of at least "
+        f"{args.prefix_cache} tokens encoded once. Seeds: none; decoding is greedy and nothing is drawn at random, "
+        "so a rerun "
         f"gives the same outputs (one run per build). Load average (1 min) before / after: {load[0]:.1f} / "
         f"{load[1]:.1f}"
         + (": other processes shared the machine, so wall times are inflated; " if max(load) > 1.5 else "; ")
@@ -182,9 +194,14 @@ def main() -> None:
     first_lock = runs[1][2]["results"]
     same, n = agreement(alone["results"], first_lock)
     lines.append(f"- alone vs lockstep (batch {runs[1][1]}): {same} / {n} = {same / max(1, n):.1%}")
-    for _, bs, r in runs[2:]:
-        same, n = agreement(first_lock, r["results"])
-        lines.append(f"- lockstep batch {runs[1][1]} vs batch {bs}: {same} / {n} = {same / max(1, n):.1%}")
+    for kind, bs, r in runs[2:]:
+        if kind == "lockstep":
+            same, n = agreement(first_lock, r["results"])
+            lines.append(f"- lockstep batch {runs[1][1]} vs batch {bs}: {same} / {n} = {same / max(1, n):.1%}")
+    plain = {(kind, bs): r for kind, bs, r in runs}
+    for (kind, bs), r in cached.items():
+        same, n = agreement(plain[(kind, bs)]["results"], r["results"])
+        lines.append(f"- {kind} batch {bs}, without vs with the prefix cache: {same} / {n} = {same / max(1, n):.1%}")
     lines += [
         "",
         "Where a prompt's cost goes (generator batch 8, CPU seconds per prompt): the whole call against the "

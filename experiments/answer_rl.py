@@ -65,8 +65,17 @@ RECIPES = {
         "critic_learning_rate": 5e-3,
     },
     "sft-lr5e-4": {"algorithm": "sft", "learning_rate": 5e-4},
+    "sft-grpo-lr1e-4-t0.7": {"init_adapter": "sft-lr5e-4", "temperature": 0.7},
+    "sft-ppo-lr1e-4-t0.7": {
+        "algorithm": "ppo",
+        "init_adapter": "sft-lr5e-4",
+        "temperature": 0.7,
+        "critic_learning_rate": 1e-3,
+    },
 }
-"""Every recipe tried; a recipe is BASE with these overrides. ``<name>-lr0`` is its learning-rate-0 control."""
+"""Every recipe tried; a recipe is BASE with these overrides. ``<name>-lr0`` is its learning-rate-0 control.
+``init_adapter`` names another recipe: the run starts from that recipe's adapter of the same seed (RL after SFT),
+and the table adds the paired interval against that start."""
 
 
 def recipe(name: str) -> dict:
@@ -80,10 +89,16 @@ def train(name: str, seed: int, args) -> tuple[dict, float]:
     from memr1.stages.train_answer import AnswerTrainConfig, AnswerTrainResult, run
 
     run_dir = RUNS / f"{name}-seed{seed}" / "train"
+    settings = recipe(name)
+    if settings.get("init_adapter"):
+        start = RUNS / f"{settings['init_adapter']}-seed{seed}" / "train"
+        if not (start / "adapter" / "adapter_config.json").is_file():
+            raise SystemExit(f"{name} starts from {start}, which has no adapter: run its --recipe first")
+        settings["init_adapter"] = str(start)
     cfg = AnswerTrainConfig.from_params(
         {
             **COMMON,
-            **recipe(name),
+            **settings,
             "seed": seed,
             "steps": args.steps,
             "train_limit": 0,
@@ -202,6 +217,19 @@ def _trend(log: list[dict]) -> str:
     return f"{'' if key == 'reward' else 'loss '}{first:.3f} → {last:.3f} | {flat}"
 
 
+def vs_start_interval(results: dict, run: dict, qids: list[str]):
+    """Paired interval of (run − its start) F1 for a run with ``init_adapter`` (the start: the longest run of that
+    recipe and seed), else None."""
+    from memr1.eval.bootstrap import paired_bootstrap
+
+    init = run["settings"].get("init_adapter")
+    starts = [r for r in results["runs"].values() if r["recipe"] == init and r["seed"] == run["seed"]]
+    if not init or not starts:
+        return None
+    start = max(starts, key=lambda r: r["steps"])["validation"]["per_question_f1"]
+    return paired_bootstrap([run["validation"]["per_question_f1"][q] for q in qids], [start[q] for q in qids])
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
 
@@ -237,9 +265,9 @@ def write_table(results: dict, out: str) -> None:
         ),
         "",
         "| run | settings (beside the base) | steps | val F1 | Δ F1 [95% CI] | val BLEU-1 | val EM "
-        "| answer line, % of val | Δ answer line [95% CI] | train reward (SFT: loss), first 10 → last 10 steps "
-        "| flat groups | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| answer line, % of val | Δ answer line [95% CI] | Δ F1 vs its start [95% CI] "
+        "| train reward (SFT: loss), first 10 → last 10 steps | flat groups | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_recipe: dict[tuple[str, int], list[dict]] = {}
     for key, r in sorted(results["runs"].items()):
@@ -252,9 +280,10 @@ def write_table(results: dict, out: str) -> None:
             fmt = f"{statistics.mean(v['per_question_format'].values()):.0f}"
             dfmt = str(paired_bootstrap([v["per_question_format"][q] for q in qids],
                                         [before["per_question_format"][q] for q in qids]))  # fmt: skip
+        vs_start = vs_start_interval(results, r, qids)
         lines.append(
             f"| {key} | {over} | {r['steps']} | {v['f1']:.1f} | {d} | {v['bleu1']:.1f} | {v['em']:.1f} | {fmt} | "
-            f"{dfmt} | {_trend(r['log'])} | {r['train_s'] / 60:.0f} |"
+            f"{dfmt} | {vs_start or '–'} | {_trend(r['log'])} | {r['train_s'] / 60:.0f} |"
         )
     lines += [
         "",
@@ -263,16 +292,18 @@ def write_table(results: dict, out: str) -> None:
         "",
     ]
     lines += [
-        "| recipe | steps | seeds | val F1 | mean − 2σ | intervals above 0 | intervals below 0 |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | steps | seeds | val F1 | mean − 2σ | intervals above 0 | intervals below 0 | above its start |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (name, steps), runs in sorted(by_recipe.items()):
         f1s = [r["validation"]["f1"] for r in runs]
         ds = [paired_bootstrap([r["validation"]["per_question_f1"][q] for q in qids], base) for r in runs]
         low = f"{statistics.mean(f1s) - 2 * statistics.stdev(f1s):.1f}" if len(f1s) > 1 else "–"
+        starts = [i for i in (vs_start_interval(results, r, qids) for r in runs) if i is not None]
+        above = f"{sum(i.lo > 0 for i in starts)} of {len(starts)}" if starts else "–"
         lines.append(
             f"| {name} | {steps} | {', '.join(str(r['seed']) for r in runs)} | {mean_std(f1s)} | {low} | "
-            f"{sum(d.lo > 0 for d in ds)} of {len(ds)} | {sum(d.hi < 0 for d in ds)} of {len(ds)} |"
+            f"{sum(d.lo > 0 for d in ds)} of {len(ds)} | {sum(d.hi < 0 for d in ds)} of {len(ds)} | {above} |"
         )
     lines += ["", "Curves per run (every step: reward, flat-group share, entropy, completion tokens, cut at the cap; "
               "probe rows: greedy F1 ×100, format rate, tokens):", ""]  # fmt: skip

@@ -231,7 +231,7 @@ def run_pipeline(
         start = time.time()
         out_nb = run_dir / f"{p.name}.ipynb"
         try:
-            with _env(MEMR1_STATIC_WIDGETS="1"):
+            with _env(MEMR1_STATIC_WIDGETS="1", MEMR1_PLOTLYJS_DIR=str(run_dir)):  # see widgets.display
                 pm.execute_notebook(
                     str(notebooks_dir() / f"{p.name}.ipynb"),
                     str(out_nb),

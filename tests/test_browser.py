@@ -37,7 +37,8 @@ def require_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def exported(data_dir, tmp_path_factory):
-    """Notebooks 01 and 02 executed by ``memr1 run`` and exported with nbconvert, as HTML files."""
+    """Notebooks 01 and 02 executed by ``memr1 run`` and exported with nbconvert beside them (where the run's one
+    plotly.min.js is), as HTML files, and the run's report.html (stage 07, after stage 05 gave it a table)."""
     from nbconvert import HTMLExporter
 
     require_chromium()
@@ -49,12 +50,12 @@ def exported(data_dir, tmp_path_factory):
             name="browser",
             runs_root=tmp_path_factory.mktemp("runs"),
             progress=False,
-            stages=["01_locomo_data", "02_build_memory_bank"],
+            stages=["01_locomo_data", "02_build_memory_bank", "05_evaluate_locomo", "07_report"],
             overrides={"embedder": "hash", "bank.focus_turn": 2},
         )
     finally:
         os.environ.pop("MEMR1_DATA_DIR") if old is None else os.environ.__setitem__("MEMR1_DATA_DIR", old)
-    out = {}
+    out = {"report": run / "report.html"}
     for name in ("01_locomo_data", "02_build_memory_bank"):
         body, _ = HTMLExporter().from_filename(str(run / f"{name}.ipynb"))
         out[name] = run / f"{name}.html"
@@ -100,3 +101,16 @@ def test_plotly_figures_render(exported, page):
     assert page.locator(".plotly-graph-div").count() >= 3
     assert "conv-26: turns per session" in page.locator(".plotly-graph-div").first.inner_text()
     page.locator(".plotly-graph-div").first.screenshot(path=str(_artifacts() / "turns_per_session.png"))
+
+
+def test_report_opens_with_the_papers_tables(exported, page):
+    """report.html, opened offline: the two tables come first, in the first screen, and its figures draw."""
+    page.goto(exported["report"].as_uri())
+    heading = page.get_by_text("The papers' tables, from this run").first
+    heading.wait_for()
+    assert heading.bounding_box()["y"] < 900  # the first thing a reader sees, above the stage sections
+    assert "LoCoMo (Memory-R1's Table 1 layout)" in page.locator("h3").first.inner_text()
+    table = page.locator("table").first  # the stage list comes after
+    assert "Memory-R1-GRPO (published)" in table.inner_text()
+    page.locator(".plotly-graph-div .main-svg").first.wait_for(timeout=20_000)
+    page.screenshot(path=str(_artifacts() / "report_top.png"))

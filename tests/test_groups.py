@@ -352,3 +352,38 @@ def test_ppo_needs_the_memr1_engine():
         GRPOSettings(**{**FAST, "engine": "trl", "algorithm": "ppo"}).validate()
     with pytest.raises(ConfigError, match="algorithm"):
         GRPOSettings(**{**FAST, "algorithm": "reinforce"}).validate()
+
+
+# ----------------------------------------------------------------------------- warm start
+
+
+def test_init_adapter_starts_from_the_trained_weights(tmp_path):
+    """A run with ``init_adapter`` begins at that adapter's weights (at learning rate 0 it saves them unchanged;
+    a fresh run at learning rate 0 does not); a LoRA of another shape and an engine that cannot take it are errors."""
+    from safetensors.torch import load_file
+
+    from memr1.llm.load import load_policy
+    from memr1.rl.engines import train_policy
+
+    rows = [{"prompt": p} for p in PROMPTS]
+    reward = [even_first_token(load_policy("tiny").tokenizer)]
+
+    def cfg(**kw):
+        return GRPOSettings(**{**FAST, "steps": 1, "num_generations": 4, "batch_size": 4,
+                               "max_completion_length": 4, **kw})  # fmt: skip
+
+    def weights(result):
+        return load_file(str(Path(result.adapter) / "adapter_model.safetensors"))
+
+    start = train_policy(cfg(steps=2, learning_rate=1e-2), rows, reward, run_dir=tmp_path / "start", seed=0)
+    warm = train_policy(cfg(learning_rate=0.0, init_adapter=str(tmp_path / "start")), rows, reward,
+                        run_dir=tmp_path / "warm", seed=0)  # fmt: skip
+    cold = train_policy(cfg(learning_rate=0.0), rows, reward, run_dir=tmp_path / "cold", seed=0)
+    a, w, c = weights(start), weights(warm), weights(cold)
+    assert a.keys() == w.keys() and any(bool(t.abs().sum() > 0) for k, t in a.items() if "lora_B" in k)
+    assert all(torch.equal(a[k], w[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ConfigError, match="differs from the settings"):
+        train_policy(cfg(lora_r=4, init_adapter=start.adapter), rows, reward, run_dir=tmp_path / "r4", seed=0)
+    with pytest.raises(ConfigError, match="init_adapter"):
+        cfg(engine="trl", init_adapter=start.adapter).validate()

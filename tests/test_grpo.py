@@ -377,6 +377,11 @@ def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_pa
     assert result.steps == 2 and result.eval_history[0]["eval/n"] == 2.0
     assert all("rewards/manager_em/mean" in e for e in result.step_logs())
     assert list((tmp_path / "mm" / "reward_log").rglob("*.parquet"))  # the reward's op log
+    if engine == "memr1":  # what notebook 04 shows after training
+        turns, delta = train_manager.trained_vs_untrained(cfg, result.adapter)
+        assert len(turns) == delta.n == 2 and turns["score_untrained"].between(0, 100).all()
+        assert delta.mean == pytest.approx((turns["score_trained"] - turns["score_untrained"]).mean())
+        assert turns["valid_trained"].dtype == bool and turns["ops_untrained"].map(bool).all()
 
 
 @pytest.mark.slow

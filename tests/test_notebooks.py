@@ -73,6 +73,14 @@ def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
     run_dir = run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, overrides={"embedder": "hash"})
     first = {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES if not s.always}
     assert all((run_dir / f"{s.name}.ipynb").exists() for s in STAGES)
+    # plotly.js lives once in the run folder; each executed notebook holds its figures' data only (goal <= 1 MB)
+    sizes = {s.name: (run_dir / f"{s.name}.ipynb").stat().st_size for s in STAGES}
+    assert max(sizes.values()) < 1_000_000, sizes
+    assert (run_dir / "plotly.min.js").stat().st_size > 1_000_000
+    html = {s.name: _html_outputs(run_dir / f"{s.name}.ipynb") for s in STAGES}
+    assert all('src="plotly.min.js"' in html[s.name] for s in STAGES if s.name[:2] in ("01", "03", "05")), {
+        k: v.count("plotly") for k, v in html.items()
+    }
     run_pipeline("smoke", name="t", runs_root=tmp_path, progress=False, overrides={"embedder": "hash"})  # skipped
     assert {s.name: (run_dir / s.name / "metrics.json").stat().st_mtime_ns for s in STAGES if not s.always} == first
     report = (run_dir / "report.html").read_text()
@@ -94,6 +102,14 @@ def test_pipeline_runs_skips_and_forces(data_dir, tmp_path, monkeypatch):
         overrides={"embedder": "hash"},
     )
     assert (run_dir / STAGES[0].name / "metrics.json").stat().st_mtime_ns != first[STAGES[0].name]
+
+
+def _html_outputs(path) -> str:
+    """Every text/html output of an executed notebook, joined."""
+    cells = json.loads(path.read_text())["cells"]
+    data = [o.get("data", {}) for c in cells for o in c.get("outputs", [])]
+    html = [d.get("text/html", "") for d in data]
+    return "".join("".join(h) if isinstance(h, list) else h for h in html)
 
 
 def test_failed_stage_keeps_notebook_and_reports_cell(tmp_path, monkeypatch):

@@ -155,3 +155,20 @@ def test_locomo_answer_uses_the_fact(generator, locomo_answer):
 )
 def test_locomo_answer_matches_gold(locomo_answer):
     assert "7 may" in _norm(locomo_answer.text), locomo_answer.text
+
+
+def test_prefix_cache_keeps_the_manager_s_greedy_text(generator):
+    """The real Memory-Manager prompts, greedy, batched with and without the shared-prefix cache: the same text
+    (fp32 rounding could flip a near-tie; none does on these prompts)."""
+    from memr1.llm.prefix_cache import PrefixCache
+    from tests.test_prefix_cache import manager_prompts
+
+    prompts, sampling = manager_prompts(), Sampling(max_new_tokens=48)
+    plain = generator.generate(prompts, sampling)
+    generator.prefix_cache = PrefixCache(64)
+    try:
+        cached = generator.generate(prompts, sampling)
+        assert generator.prefix_cache.misses == 1 and generator.prefix_cache.reused_tokens > 64 * len(prompts)
+    finally:
+        generator.prefix_cache = None
+    assert [g.text for g in cached] == [g.text for g in plain] and len({g.text for g in plain}) > 1

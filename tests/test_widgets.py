@@ -182,3 +182,23 @@ def test_training_curves_give_every_measure_its_own_axes():
     axes = {k: by_name[k].yaxis for k in ("reward", "loss", "completions/mean_length", "eval/format")}
     assert len(set(axes.values())) == 4
     assert by_name["eval/f1"].yaxis == by_name["eval/em"].yaxis  # one probe panel, two lines
+
+
+def test_plotly_js_is_shared_from_the_run_folder_or_embedded_once(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from widgets import display
+
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    monkeypatch.setattr(display, "_plotly_js_sent", False)
+    monkeypatch.delenv("MEMR1_PLOTLYJS_DIR", raising=False)
+    first, second = display.figure_fragment(fig), display.figure_fragment(fig)
+    assert len(first) > 1_000_000 > 100_000 > len(second)  # embedded with the kernel's first figure only
+    monkeypatch.setenv("MEMR1_PLOTLYJS_DIR", str(tmp_path / "run"))
+    shared = display.figure_fragment(fig)
+    assert 'src="plotly.min.js"' in shared and len(shared) < 100_000
+    js = tmp_path / "run" / "plotly.min.js"
+    assert js.stat().st_size > 1_000_000
+    stamp = js.stat().st_mtime_ns
+    display.figure_fragment(fig)
+    assert js.stat().st_mtime_ns == stamp  # written once, not per figure

@@ -77,13 +77,20 @@ class TransformersGenerator:
     Args:
         policy: from ``load_policy``; its model is switched to eval mode while generating.
         batch_size: prompts per ``model.generate`` call.
+        prefix_cache: reuse the key/value cache of the leading tokens a batch shares when they are at least
+            this many (``memr1.llm.prefix_cache``; equal outputs up to fp32 rounding); 0: off.
     """
 
     backend = "transformers"
 
-    def __init__(self, policy: Policy, *, batch_size: int = 8):
+    def __init__(self, policy: Policy, *, batch_size: int = 8, prefix_cache: int = 0):
+        from memr1.llm.prefix_cache import PrefixCache
+
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if prefix_cache < 0:
+            raise ConfigError(f"prefix_cache must be >= 0 (0: off), got {prefix_cache}")
+        self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache else None
         self.name, self.note, self.batch_size = policy.name, policy.note, batch_size
         self.model, self.tokenizer = policy.model, policy.tokenizer
         self.tokenizer_name = f"{policy.name} tokenizer"
@@ -131,8 +138,12 @@ class TransformersGenerator:
         tok, start = self.tokenizer, time.perf_counter()
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
         # The template already wrote any special tokens (BOS, <|im_start|>): add none twice.
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(self.model.device)
+        enc = None
+        if self.prefix_cache is not None:
+            rows = tok(texts, add_special_tokens=False).input_ids
+            enc = self.prefix_cache.inputs(self.model, rows, tok.pad_token_id)
+        if enc is None:
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         if sampling.temperature == 0:
             decoding: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_p": 1.0}
         else:
@@ -373,6 +384,7 @@ def make_generator(
     fallback: str = "",
     batch_size: int = 8,
     lora_path: str = "",
+    prefix_cache: int = 0,
     **load_kwargs: Any,
 ) -> Generator:
     """Build a generator from a model name and a backend name.
@@ -385,6 +397,8 @@ def make_generator(
         fallback: model to load when ``model`` cannot be fetched from the hub (see ``load_policy``).
         batch_size: prompts per ``model.generate`` call (local backends).
         lora_path: PEFT adapter folder to put on the local model; ``""`` for none.
+        prefix_cache: transformers backend: shared prompt prefixes of at least this many tokens are encoded
+            once (``TransformersGenerator``); 0: off.
         **load_kwargs: passed to ``load_policy`` (``device``, ``dtype``, ``max_seq_length``, ...).
 
     Raises:
@@ -407,4 +421,4 @@ def make_generator(
         return UnslothGenerator(policy, batch_size=batch_size, lora_path=lora_path)
     if lora_path:
         policy = dataclasses.replace(policy, model=_attach_lora(policy.model, lora_path))
-    return TransformersGenerator(policy, batch_size=batch_size)
+    return TransformersGenerator(policy, batch_size=batch_size, prefix_cache=prefix_cache)

@@ -99,6 +99,10 @@ class GRPOSettings(StageConfig):
     """Layers the LoRA adapts: attention (q, k, v, o projections) or all (also gate, up and down of the MLP)."""
     lora_alpha: int = 16
     """LoRA scaling numerator (the update is scaled by lora_alpha over lora_r)."""
+    init_adapter: str = ""
+    """Engine memr1: start the LoRA from this trained adapter (or a training run dir holding adapter/) instead
+    of zero, e.g. an SFT run, so RL refines a supervised start (the cold start of DeepSeek-R1); its rank, alpha and
+    targets must equal lora_r, lora_alpha and lora_targets. The KL reference stays the base model. "": none."""
     save_every: int = 2
     """Steps between checkpoints in run_dir/checkpoints (0 for none, which rules out resume)."""
     eval_every: int = 2
@@ -147,6 +151,11 @@ class GRPOSettings(StageConfig):
                 raise ConfigError(f"{name}.{key} must lie in [0, 1], got {getattr(self, key)}")
         if self.clip_eps <= 0:
             raise ConfigError(f"{name}.clip_eps must be > 0, got {self.clip_eps}")
+        if self.init_adapter and (self.engine != "memr1" or self.algorithm == "sft"):
+            raise ConfigError(
+                f"{name}.init_adapter starts GRPO or PPO on engine memr1 from a trained adapter; "
+                f"got engine={self.engine}, algorithm={self.algorithm}"
+            )
         if self.num_generations < 2:
             raise ConfigError(
                 f"{name}.num_generations must be >= 2 (GRPO compares completions within a "

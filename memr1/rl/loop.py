@@ -24,7 +24,15 @@ from typing import Any
 
 from memr1.errors import ConfigError
 from memr1.files import write_json_atomic
-from memr1.rl.grpo import GRPOSettings, TrainingError, TrainResult, lora_config, sequence_cap, verify_adapter
+from memr1.rl.grpo import (
+    GRPOSettings,
+    TrainingError,
+    TrainResult,
+    lora_config,
+    resolve_adapter,
+    sequence_cap,
+    verify_adapter,
+)
 
 log = logging.getLogger("memr1")
 
@@ -35,10 +43,20 @@ RUN_FREE = {"steps", "save_every", "eval_every", "resume", "verify_adapter"}
 
 
 def lora_model(model: Any, settings: GRPOSettings) -> Any:
-    """``model`` with a fresh LoRA adapter (PEFT) on ``settings.lora_targets``."""
-    from peft import get_peft_model
+    """``model`` with a trainable LoRA (PEFT) on ``settings.lora_targets``: fresh, or ``settings.init_adapter``'s
+    weights when set (its rank, alpha and targets must be the settings', else a ``ConfigError``)."""
+    from peft import PeftModel, get_peft_model
 
-    return get_peft_model(model, lora_config(settings))
+    config = lora_config(settings)
+    if not settings.init_adapter:
+        return get_peft_model(model, config)
+    _, path = resolve_adapter(settings.init_adapter, settings.model, field="init_adapter")
+    saved = json.loads((Path(path) / "adapter_config.json").read_text())
+    want = {"r": config.r, "lora_alpha": config.lora_alpha, "targets": sorted(config.target_modules)}
+    got = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"), "targets": sorted(saved["target_modules"])}
+    if got != want:
+        raise ConfigError(f"init_adapter {path}: LoRA {got} differs from the settings' {want}")
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
 
 
 def step_rows(n_rows: int, per_step: int, step: int, seed: int) -> list[int]:

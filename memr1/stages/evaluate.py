@@ -84,6 +84,10 @@ class EvalConfig(RunConfig):
     lockstep: int = 10
     """Conversations whose banks are built together, every model call carrying turns of each (larger batches;
     gain: bench/bench_lockstep.py). The banks equal one-at-a-time ones up to fp32 rounding. 1: one at a time."""
+    prefix_cache: int = 64
+    """Prompt prefixes that a batch shares, at least this many tokens long (the instructions and examples that
+    open every extractor and manager prompt), are encoded once and their key/value cache reused (memr1.llm.prefix_cache;
+    transformers backend). Outputs equal uncached ones up to fp32 rounding. 0: off."""
     k_per_speaker: int = 30
     """Memories retrieved per speaker for each question (60 in all, as in Memory-R1)."""
     answer_tokens: int = 128
@@ -130,6 +134,7 @@ class EvalConfig(RunConfig):
             check_servable(self.judge_serve)  # now, not after hours of answering
         check_min(self, -1, "limit", "max_turns")
         check_min(self, 1, "k_per_speaker", "answer_tokens", "extract_tokens", "manager_tokens", "lockstep")
+        check_min(self, 0, "prefix_cache")
         from memr1.agents.answer import STYLES
         from memr1.agents.manager import MANAGER_STYLES
 
@@ -321,8 +326,9 @@ def _make_setup(cfg: EvalConfig, generator: Any, progress: bool) -> _Setup:
         from memr1.llm.backends import make_generator
 
         generator = make_generator(  # the plain model, needed unless an adapter does every LLM role
-            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model
-        )
+            cfg.model, cfg.backend, base_url=cfg.base_url, fallback=get_profile(cfg.profile).fallback_model,
+            prefix_cache=cfg.prefix_cache,
+        )  # fmt: skip
     return _Setup(
         cfg,
         generator,
@@ -415,7 +421,7 @@ def _adapter_generator(cfg: EvalConfig, adapter: str, field: str) -> Any:
     from memr1.rl.grpo import resolve_adapter
 
     base, lora = resolve_adapter(adapter, cfg.model, field)
-    return make_generator(base, cfg.backend, lora_path=lora)
+    return make_generator(base, cfg.backend, lora_path=lora, prefix_cache=cfg.prefix_cache)
 
 
 def _context_budget(window: int | None, max_new_tokens: int) -> int | None:

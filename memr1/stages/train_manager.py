@@ -135,3 +135,56 @@ def run(cfg: ManagerTrainConfig, *, callbacks: Sequence[Any] = ()) -> ManagerTra
     )
     save_result(cfg.run_dir, result, cfg)
     return result
+
+
+def trained_vs_untrained(cfg: ManagerTrainConfig, adapter: str):
+    """``(per-turn frame, paired interval)``: the probe turns (the first ``eval_limit`` manager turns of conv-30;
+    0 for all) written greedily by the untrained manager and with ``adapter``, each applied to its snapshot bank
+    and scored by the frozen Answer Agent on the turn's linked questions (the training reward, ×100), with
+    whether the bank accepted the output and its operations; and the paired bootstrap 95% interval of
+    (trained − untrained) score over the turns. What notebook 04 shows after training."""
+    import json
+
+    import pandas as pd
+
+    from memr1.agents.answer import AnswerAgent
+    from memr1.eval.bootstrap import paired_bootstrap
+    from memr1.llm.backends import make_generator
+    from memr1.llm.generate import Sampling
+    from memr1.rl.datasets import manager_rows
+    from memr1.rl.grpo import as_chat, resolve_adapter
+    from memr1.rl.rewards import ManagerReward
+
+    cfg = resolved_as(cfg, ManagerTrainConfig)
+    run_config = Path(cfg.run_dir) / "train_config.json"
+    base = json.loads(run_config.read_text())["base_model"] if run_config.is_file() else cfg.model
+    data, embedder, store = teacher_data(cfg)
+    rows = manager_rows(data, "validation", embedder, store_dir=store, k_similar=cfg.k_similar,
+                        style=cfg.memory_style, progress=False)  # fmt: skip
+    rows = rows[: cfg.eval_limit] if cfg.eval_limit else rows
+    untrained = make_generator(base, cfg.backend)
+    frozen = untrained
+    if cfg.answer_model:  # a trained answer agent has weights of its own
+        answer_base, lora = resolve_adapter(cfg.answer_model, base)
+        frozen = make_generator(answer_base, cfg.backend, lora_path=lora)
+    agent = AnswerAgent(frozen, Sampling(max_new_tokens=cfg.answer_tokens), k_per_speaker=cfg.k_per_speaker,
+                        style=cfg.answer_style)  # fmt: skip
+    reward = ManagerReward(agent, embedder, k_per_speaker=cfg.k_per_speaker, score=cfg.reward)
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+    out = pd.DataFrame({"turn": columns["dia_id"], "speaker": columns["speaker"]})
+    sampling = Sampling(max_new_tokens=cfg.max_completion_length)
+    for name, gen in (("untrained", untrained), ("trained", make_generator(base, cfg.backend, lora_path=adapter))):
+        texts = [g.text for g in gen.generate([r["prompt"] for r in rows], sampling)]
+        start = len(reward.log)
+        out[f"score_{name}"] = [100 * s for s in reward(completions=as_chat(texts), **columns)]
+        logged = reward.log[start:]
+        out[f"valid_{name}"] = [r["valid"] for r in logged]
+        out[f"ops_{name}"] = [_ops(r) for r in logged]
+        out[f"output_{name}"] = texts
+    return out, paired_bootstrap(out["score_trained"].tolist(), out["score_untrained"].tolist())
+
+
+def _ops(logged: dict[str, Any]) -> str:
+    """The operation counts of one op-log row, e.g. ``ADD 2 UPDATE 1`` (``–`` for none)."""
+    kinds = [k for k in logged if k.startswith("n_") and k != "n_questions" and logged[k]]
+    return " ".join(f"{k[2:].upper()} {logged[k]}" for k in kinds) or "–"
