@@ -71,7 +71,7 @@ MEMR1_TO_VERL = {
     "clip_eps": "actor_rollout_ref.actor.clip_ratio",
     "entropy_coef": "actor_rollout_ref.actor.entropy_coeff",
 }
-"""`memr1.rl.grpo.GRPOSettings` field → the verl key that plays its part. Not one to one: ``minibatches``
+"""`memr1.rl.settings.GRPOSettings` field → the verl key that plays its part. Not one to one: ``minibatches``
 is ``train_batch_size / ppo_mini_batch_size``; ``max_seq_length`` is prompt plus response length;
 ``beta`` is ``algorithm.kl_ctrl.kl_coef`` instead when ``kl_in_reward``; ``batch_size`` counts
 completions per pass, verl per GPU; ``clip_eps`` also clips memr1's value loss, verl's critic uses
