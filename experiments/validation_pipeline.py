@@ -4,13 +4,14 @@
 the pipeline builds: the untrained extractor and Memory Manager over all 369 turns of conv-30 (stage 05,
 ``memr1.stages.tables.LOCOMO_PARAMS``: ``lines`` prompts, 5 memories per speaker, ``direct`` answers of at most
 32 tokens), built once into a shared store; then system ``base`` answers with the untrained model and system
-``memory-r1-answer`` with the trained adapter of each seed (``--adapter``, ``{seed}`` filled in) from the same
-banks, so only the answerer differs. Per run: F1 / BLEU-1 / EM per category and overall, and the paired bootstrap
+``memory-r1-answer`` with the trained adapter of each recipe and seed of ``experiments/answer_rl.py``
+(``--recipes``; the adapter of ``<recipe>-seed<k>/train`` under ``--trained``) from the same banks, so only the
+answerer differs. Per run: F1 / BLEU-1 / EM per category and overall, and the paired bootstrap
 95% interval of (trained − untrained) F1 over the questions; over seeds, mean ± std. Resumable: a finished stage-05
 run is read back, a killed bank build continues after its last turn.
 
     MEMR1_DATA_DIR=../shared/data OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python \\
-        experiments/validation_pipeline.py --seeds 0 1 2
+        experiments/validation_pipeline.py --recipes sft-lr5e-4 sft-grpo-lr1e-4-t0.7 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import time
 from pathlib import Path
 
 from stats import mean_std
-
-ADAPTER = "runs/experiments/answer_rl/sft-grpo-lr1e-4-t0.7-seed{seed}/train"
 
 
 def evaluate(runs: Path, name: str, system: str, adapter: str = "") -> dict:
@@ -53,13 +52,13 @@ def evaluate(runs: Path, name: str, system: str, adapter: str = "") -> dict:
 
 
 def write(results: dict, out: str, seeds: list[int], command: str) -> None:
-    from memr1.eval.bootstrap import paired_bootstrap
     from memr1.files import write_json_atomic, write_text_atomic
 
     base = results["untrained"]
     qids = sorted(base["per_question_f1"])
     ref = [base["per_question_f1"][q] for q in qids]
     cats = [row.get("memory_r1_name") or str(row["category"]) for row in base["table"]]
+    first = results["recipes"][0]
     lines = [
         "# The trained Answer Agent on the whole validation conversation (SmolLM2-135M, CPU)",
         "",
@@ -67,46 +66,60 @@ def write(results: dict, out: str, seeds: list[int], command: str) -> None:
         "",
         f"Banks: the untrained extractor and Memory Manager over every turn of conv-30 ({base['questions']} "
         f"questions; operations {base['operations'].get('applied')}). Answers: greedy, `direct`, ≤ 32 tokens, 5 "
-        "memories per speaker; untrained = system `base`, trained = `memory-r1-answer` with the adapter of each seed "
-        f"(`{results['adapter_template']}`). Scores ×100; interval: paired bootstrap 95% over questions of "
-        "(trained − untrained) F1.",
+        "memories per speaker; untrained = system `base`, trained = `memory-r1-answer` with the adapter of each "
+        "recipe and seed of `experiments/answer_rl.py` (`docs/results/answer_rl.md`). Scores ×100; interval: paired "
+        "bootstrap 95% over questions of (trained − untrained) F1.",
         "",
-        "| run | " + " | ".join(f"{c} F1" for c in cats) + " | BLEU-1 | EM | Δ F1 [95% CI] |",
-        "|---|" + "---|" * (len(cats) + 3),
+        "| run | " + " | ".join(f"{c} F1" for c in cats) + " | BLEU-1 | EM | Δ F1 [95% CI] "
+        f"| Δ F1 vs {first} of the same seed [95% CI] |",
+        "|---|" + "---|" * (len(cats) + 4),
     ]
-    f1s = []
-    for name in ["untrained", *(f"seed{s}" for s in seeds if f"seed{s}" in results)]:
-        r = results[name]
-        overall = r["table"][-1]
-        delta = "–" if name == "untrained" else str(paired_bootstrap([r["per_question_f1"][q] for q in qids], ref))
-        if name != "untrained":
-            f1s.append(overall["f1"])
-        lines.append(
-            f"| {name} | " + " | ".join(f"{row['f1']:.1f}" for row in r["table"]) + f" | {overall['bleu1']:.1f} | "
-            f"{overall['em']:.1f} | {delta} |"
-        )
-    if f1s:
-        lines += ["", f"Trained over seeds: F1 {mean_std(f1s)} against {base['table'][-1]['f1']:.1f} untrained."]
+    lines.append(_row("untrained", base, qids, None))
+    summary = []
+    for recipe in results["recipes"]:
+        names = [f"{recipe}-seed{s}" for s in seeds if f"{recipe}-seed{s}" in results]
+        for name in names:
+            start = results.get(f"{first}-seed{name.rsplit('seed', 1)[1]}") if recipe != first else None
+            lines.append(_row(name, results[name], qids, ref, start))
+        f1s = [results[name]["table"][-1]["f1"] for name in names]
+        if f1s:
+            summary.append(
+                f"- {recipe}: F1 {mean_std(f1s)} over seeds {', '.join(n.rsplit('seed', 1)[1] for n in names)}"
+            )
+    lines += ["", f"Over seeds, against {base['table'][-1]['f1']:.1f} untrained:", "", *summary]
     write_text_atomic(out + ".md", "\n".join(lines) + "\n")
     write_json_atomic(out + ".json", results)
     print("\n".join(lines))
 
 
+def _row(name: str, r: dict, qids: list[str], ref: list[float] | None, start: dict | None = None) -> str:
+    """One table row: F1 per category, BLEU-1, EM, the paired interval against the untrained answers (``ref``) and,
+    given ``start``, against that run (the first recipe's run of the same seed)."""
+    from memr1.eval.bootstrap import paired_bootstrap
+
+    overall, mine = r["table"][-1], [r["per_question_f1"][q] for q in qids]
+    delta = "–" if ref is None else str(paired_bootstrap(mine, ref))
+    versus = "–" if start is None else str(paired_bootstrap(mine, [start["per_question_f1"][q] for q in qids]))
+    cells = " | ".join(f"{row['f1']:.1f}" for row in r["table"])
+    return f"| {name} | {cells} | {overall['bleu1']:.1f} | {overall['em']:.1f} | {delta} | {versus} |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", nargs="+", default=["sft-lr5e-4", "sft-grpo-lr1e-4-t0.7"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--adapter", default=ADAPTER, help="trained Answer-Agent run dir or adapter; {seed} is filled in")
+    ap.add_argument("--trained", default="runs/experiments/answer_rl", help="experiments/answer_rl.py's runs folder")
     ap.add_argument("--runs", default="runs/experiments/validation_pipeline")
     ap.add_argument("--out", default="docs/results/validation_pipeline")
     args = ap.parse_args()
     runs = Path(args.runs)
-    results = {"adapter_template": args.adapter, "untrained": evaluate(runs, "untrained", "base")}
+    results = {"recipes": args.recipes, "untrained": evaluate(runs, "untrained", "base")}
     for seed in args.seeds:
-        adapter = args.adapter.format(seed=seed)
-        results[f"seed{seed}"] = evaluate(runs, f"seed{seed}", "memory-r1-answer", adapter)
-    command = f"experiments/validation_pipeline.py --seeds {' '.join(map(str, args.seeds))}"
-    command += f" --adapter {args.adapter}" if args.adapter != ADAPTER else ""
-    write(results, args.out, args.seeds, command)
+        for recipe in args.recipes:
+            adapter = str(Path(args.trained) / f"{recipe}-seed{seed}" / "train")
+            results[f"{recipe}-seed{seed}"] = evaluate(runs, f"{recipe}-seed{seed}", "memory-r1-answer", adapter)
+    command = f"experiments/validation_pipeline.py --recipes {' '.join(args.recipes)} --seeds "
+    write(results, args.out, args.seeds, command + " ".join(map(str, args.seeds)))
 
 
 if __name__ == "__main__":
