@@ -82,6 +82,8 @@ NO_VERL_EQUIVALENT = {
     "verify_adapter": "memr1 reloads its saved LoRA adapter; verl checkpoints through its own manager",
     "vf_coef": "memr1's critic is a value head sharing the policy's LoRA; verl's is a separate model "
     "with its own optimizer (critic.optim.lr), so the two losses are never summed",
+    "init_adapter": "verl starts from actor_rollout_ref.model.path: merge the SFT adapter into the base "
+    "(PEFT merge_and_unload), save it, and export with --model pointing at that folder",
 }
 """GRPOSettings fields with no verl key, and why."""
 
