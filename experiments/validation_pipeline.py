@@ -53,6 +53,7 @@ def evaluate(runs: Path, name: str, system: str, adapter: str = "") -> dict:
 
 def write(results: dict, out: str, seeds: list[int], command: str) -> None:
     from memr1.files import write_json_atomic, write_text_atomic
+    from memr1.stages.tables import LOCOMO_PARAMS as P
 
     base = results["untrained"]
     qids = sorted(base["per_question_f1"])
@@ -65,9 +66,10 @@ def write(results: dict, out: str, seeds: list[int], command: str) -> None:
         f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, no GPU).",
         "",
         f"Banks: the untrained extractor and Memory Manager over every turn of conv-30 ({base['questions']} "
-        f"questions; operations {base['operations'].get('applied')}). Answers: greedy, `direct`, ≤ 32 tokens, 5 "
-        "memories per speaker; untrained = system `base`, trained = `memory-r1-answer` with the adapter of each "
-        "recipe and seed of `experiments/answer_rl.py` (`docs/results/answer_rl.md`). Scores ×100; interval: paired "
+        f"questions; operations {base['operations'].get('applied')}). Answers: greedy, `{P['answer_style']}`, "
+        f"≤ {P['answer_tokens']} tokens, {P['k_per_speaker']} memories per speaker; untrained = system `base`, "
+        "trained = `memory-r1-answer` with the adapter of each recipe and seed of `experiments/answer_rl.py` "
+        "(`docs/results/answer_rl.md`). Scores ×100; interval: paired "
         "bootstrap 95% over questions of (trained − untrained) F1.",
         "",
         "| run | " + " | ".join(f"{c} F1" for c in cats) + " | BLEU-1 | EM | Δ F1 [95% CI] "

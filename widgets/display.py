@@ -58,12 +58,19 @@ def figure_fragment(fig: Any) -> str:
     return html
 
 
+_plotly_js_checked: set[Path] = set()
+
+
 def shared_plotly_js(folder: Path) -> Path:
-    """``folder/plotly.min.js``, written (atomically) from the installed plotly when missing or another version."""
+    """``folder/plotly.min.js``, written (atomically) from the installed plotly when missing or another version;
+    checked once per folder and kernel, not per figure."""
+    path = folder / PLOTLY_JS
+    if folder in _plotly_js_checked:
+        return path
     from plotly.offline import get_plotlyjs
 
-    path = folder / PLOTLY_JS
     js = get_plotlyjs()
+    _plotly_js_checked.add(folder)
     if not path.is_file() or path.stat().st_size != len(js.encode()):
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -48,6 +48,8 @@ class PrefixCache:
         self.min_tokens, self.entries = min_tokens, entries
         self._store: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.hits = self.misses = self.reused_tokens = 0
+        self.unsupported = False
+        """Set when the model's cache has another layout: every later batch takes the plain path at once."""
 
     def __repr__(self) -> str:
         return f"PrefixCache(min_tokens={self.min_tokens}, entries={len(self._store)}/{self.entries})"
@@ -58,7 +60,7 @@ class PrefixCache:
         import torch
 
         shared = min(shared_length(rows), min(len(r) for r in rows) - 1)
-        if shared < self.min_tokens:
+        if self.unsupported or shared < self.min_tokens:
             return None
         head = rows[0][:shared]
         best: tuple[int, ...] = ()
@@ -74,6 +76,7 @@ class PrefixCache:
             best, size = tuple(head), shared
             cache = self._encode(model, head)
             if cache is None:
+                self.unsupported = True
                 return None
             self._store[best] = cache
             if len(self._store) > self.entries:
