@@ -25,8 +25,9 @@ from pathlib import Path
 from stats import mean_std
 
 
-def evaluate(runs: Path, name: str, system: str, adapter: str = "") -> dict:
-    """Stage 05 on all of conv-30 (run once, then read back): overall scores and F1 per question."""
+def evaluate(runs: Path, name: str, system: str, adapter: str = "", manager_adapter: str = "") -> dict:
+    """Stage 05 on all of conv-30 (run once, then read back): overall scores and F1 per question; ``adapter`` is the
+    answer adapter, ``manager_adapter`` the manager's (system ``memory-r1``)."""
     import pandas as pd
 
     from memr1.runs import read_result
@@ -36,7 +37,8 @@ def evaluate(runs: Path, name: str, system: str, adapter: str = "") -> dict:
     run_dir = runs / name
     if not (run_dir / "metrics.json").is_file():
         params = {**LOCOMO_PARAMS, "system": system, "split": "validation", "run_dir": str(run_dir),
-                  "store_dir": str(runs / "store"), **({"answer_adapter": adapter} if adapter else {})}  # fmt: skip
+                  "store_dir": str(runs / "store"), **({"answer_adapter": adapter} if adapter else {}),
+                  **({"manager_adapter": manager_adapter} if manager_adapter else {})}  # fmt: skip
         t0 = time.perf_counter()
         run(EvalConfig.from_params(params), progress=True)
         print(f"{name}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
@@ -46,6 +48,7 @@ def evaluate(runs: Path, name: str, system: str, adapter: str = "") -> dict:
         "table": saved.result.table,
         "questions": saved.result.questions,
         "operations": saved.result.operations,
+        "truncated": saved.result.truncated,
         "per_question_f1": dict(zip(records["qid"], (100 * records["f1"]).round(4))),
         "adapter": adapter,
     }

@@ -15,7 +15,7 @@ from memr1.agents.answer import (
     parse_answer_output,
     render_context,
 )
-from memr1.agents.baselines import FullContextAnswerer, RagAnswerer, session_blocks
+from memr1.agents.baselines import FullContextAnswerer, OracleAnswerer, RagAnswerer, session_blocks
 from memr1.errors import ConfigError
 from memr1.eval.metrics import score
 from memr1.eval.tables import category_table
@@ -250,6 +250,20 @@ def test_rag_retrieves_the_evidence_turn_of_near_verbatim_questions(conv, questi
     index = rag._index["conv-26"]
     rag.answer(questions[:2], conv)
     assert rag._index["conv-26"] is index  # turns embedded once per conversation
+
+
+def test_oracle_shows_exactly_the_evidence_turns_in_conversation_order(conv, questions):
+    multi = next(q for q in questions if len(set(q.evidence)) >= 2)
+    gen = CountingGenerator(lambda m: f"{ANSWER_MARKER} ok")
+    (record,) = OracleAnswerer(gen).answer([multi], conv)
+    positions = [conv.turn(d).position for d in record.sources]
+    assert sorted(record.sources) == sorted(set(multi.evidence)) and positions == sorted(positions)
+    shown = [line for line in record.messages[-1]["content"].splitlines() if re.match(r"^- .*\d{4}: ", line)]
+    assert shown == [f"- {conv.session_time(conv.turn(d).session)}: {conv.turn(d).render()}" for d in record.sources]
+    assert record.context_note == f"{len(record.sources)} evidence turn(s) of 419 turns"
+    last = max(conv.turn(d).position for d in multi.evidence)
+    (cut,) = OracleAnswerer(gen).answer([multi], conv.first_turns(last))  # the last evidence turn not yet seen
+    assert len(cut.sources) < len(record.sources) and set(cut.sources) < set(record.sources)
 
 
 # --------------------------------------------------------------------------- tiny model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from memr1.errors import ConfigError
-from memr1.eval.bootstrap import bootstrap_ci, paired_bootstrap
+from memr1.eval.bootstrap import Interval, bootstrap_ci, paired_bootstrap
 
 
 def test_paired_interval_sees_a_small_constant_gain_that_unpaired_noise_hides():
@@ -43,3 +43,9 @@ def test_reproducible_and_typed_errors():
         paired_bootstrap([1, 2], [1])
     with pytest.raises(ConfigError, match="at least one"):
         bootstrap_ci([])
+
+
+def test_interval_prints_in_the_precision_asked():
+    iv = Interval(0.12345, -0.01, 0.3, 5)
+    assert str(iv) == "+0.1 [-0.0, +0.3]"  # scores ×100 keep one decimal
+    assert f"{iv:.3f}" == "+0.123 [-0.010, +0.300]"  # rewards on a 0-2 scale need three

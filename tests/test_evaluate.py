@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from memr1.data.locomo import load_locomo
 from memr1.errors import ConfigError
 from memr1.llm.generate import ScriptedGenerator
 from memr1.runs import read_result
@@ -108,6 +109,15 @@ def test_base_pipeline_with_scripted_llm_writes_memories(data_dir, tmp_path):
         progress=False,
     )
     assert rag.store == "" and evaluated_banks(rag) is None
+    oracle = run(
+        _cfg(tmp_path, data_dir, system="oracle", limit=4, run_dir=str(tmp_path / "oracle")),
+        generator=ScriptedGenerator(policy),
+        progress=False,
+    )
+    evidence = {q.qid: set(q.evidence) for c in load_locomo(str(data_dir)).conversations for q in c.qa}
+    assert oracle.store == "" and len(oracle.records) == 4
+    for qid, shown, note in zip(oracle.records.qid, oracle.records.retrieved, oracle.records.context_note):
+        assert len(shown) == len(evidence[qid]) and note.startswith(f"{len(evidence[qid])} evidence turn(s) of")
 
 
 def test_rerun_gives_the_same_records_and_counts(data_dir, tmp_path):

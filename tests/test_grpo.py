@@ -25,6 +25,7 @@ import pytest
 
 from memr1.errors import ConfigError
 from memr1.rl.grpo import GRPOSettings, TrainingError, greedy_completions, resolve_adapter, run_grpo
+from memr1.rl.rewards import read_op_log
 from memr1.runs import read_result
 from memr1.stages import train_answer, train_manager
 from memr1.stages.train_answer import AnswerTrainConfig, AnswerTrainResult
@@ -376,7 +377,8 @@ def test_train_memory_manager_runs_with_the_frozen_answer_agent(data_dir, tmp_pa
     result = train_manager.run(cfg)
     assert result.steps == 2 and result.eval_history[0]["eval/n"] == 2.0
     assert all("rewards/manager_em/mean" in e for e in result.step_logs())
-    assert list((tmp_path / "mm" / "reward_log").rglob("*.parquet"))  # the reward's op log
+    log = read_op_log(tmp_path / "mm" / "reward_log")  # the reward's op log: training rows numbered by step
+    assert sorted(log[log["from_trainer"]]["step"].unique()) == [1, 2] and len(result.op_mix) == 2
     if engine == "memr1":  # what notebook 04 shows after training
         turns, delta = train_manager.trained_vs_untrained(cfg, result.adapter)
         assert len(turns) == delta.n == 2 and turns["score_untrained"].between(0, 100).all()

@@ -2,11 +2,12 @@
 
 ``FullContextAnswerer`` shows the whole conversation (sessions with their date-times), cut to a
 token budget by dropping the *oldest* turns; ``RagAnswerer`` (LoCoMo's RAG baseline) shows the
-top-k raw dialogue turns most similar to the question. Both build their prompts with
+top-k raw dialogue turns most similar to the question; ``OracleAnswerer`` shows the question's own
+evidence turns (an upper bound on what any retrieval can hand the answerer). All build their prompts with
 ``memr1.agents.answer.qa_messages`` (same rules, same ``**Memories selected as relevant:**`` /
 ``**Answer:**`` format) and return the same ``AnswerRecord`` as ``AnswerAgent``, so metrics, tables
-and widgets treat all three alike. Records of both leave ``retrieved`` empty; ``RagAnswerer`` lists
-the dialogue ids of the turns it showed in ``AnswerRecord.sources`` (prompt order).
+and widgets treat them alike. Their records leave ``retrieved`` empty; ``RagAnswerer`` and
+``OracleAnswerer`` list the dialogue ids of the turns they showed in ``AnswerRecord.sources`` (prompt order).
 """
 
 from __future__ import annotations
@@ -120,7 +121,39 @@ class FullContextAnswerer:
         return [make_record(q, m, g, context_note=note) for q, m, g in zip(questions, prompts, gens)]
 
 
-class RagAnswerer:
+class ExcerptAnswerer:
+    """Answers from dated dialogue excerpts that ``top_turns`` picks per question, shown under ``heading``; the
+    shared part of ``RagAnswerer`` and ``OracleAnswerer``."""
+
+    heading = "Conversation excerpts"
+    generator: Generator
+    sampling: Sampling
+    batch_size: int
+
+    def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
+        raise NotImplementedError
+
+    def note(self, shown: int, total: int) -> str:
+        """The record's ``context_note`` for ``shown`` excerpts of a conversation of ``total`` turns."""
+        raise NotImplementedError
+
+    def answer(self, questions: Sequence[QA], conv: Conversation) -> list[AnswerRecord]:
+        """One record per question of ``conv``, in the order given."""
+        _check_questions(questions, conv)
+        tops = self.top_turns(questions, conv)
+        prompts = []
+        for q, top in zip(questions, tops):
+            lines = [f"{conv.session_time(t.session)}: {t.render()}" for t, _ in top]
+            prompts.append(qa_messages(q.question, [(self.heading, lines)], conv.speakers, EXCERPTS))
+        gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
+        n = conv.num_turns()
+        return [
+            make_record(q, m, g, sources=[t.dia_id for t, _ in top], context_note=self.note(len(top), n))
+            for q, m, g, top in zip(questions, prompts, gens, tops)
+        ]
+
+
+class RagAnswerer(ExcerptAnswerer):
     """LoCoMo-RAG: the top-k dialogue turns most similar to the question, as dated excerpts.
 
     Turns are embedded as ``turn.render()`` (speaker, text, image caption) once per conversation and
@@ -134,6 +167,8 @@ class RagAnswerer:
         sampling: decoding settings.
         batch_size: prompts per ``generate`` call.
     """
+
+    heading = "Conversation excerpts, most relevant first"
 
     def __init__(
         self, generator: Generator, embedder: Embedder, k: int = 30, sampling: Sampling = GREEDY, batch_size: int = 8
@@ -166,23 +201,31 @@ class RagAnswerer:
             out.append([(turns[i], float(scores[i])) for i in order])
         return out
 
-    def answer(self, questions: Sequence[QA], conv: Conversation) -> list[AnswerRecord]:
-        """One record per question of ``conv``, in the order given."""
-        _check_questions(questions, conv)
-        tops = self.top_turns(questions, conv)
-        prompts = []
-        for q, top in zip(questions, tops):
-            lines = [f"{conv.session_time(t.session)}: {t.render()}" for t, _ in top]
-            prompts.append(
-                qa_messages(
-                    q.question, [("Conversation excerpts, most relevant first", lines)], conv.speakers, EXCERPTS
-                )
-            )
-        gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
-        n = sum(1 for _ in conv.turns())
-        return [
-            make_record(
-                q, m, g, sources=[t.dia_id for t, _ in top], context_note=f"top {len(top)} of {n} turns by similarity"
-            )
-            for q, m, g, top in zip(questions, prompts, gens, tops)
-        ]
+    def note(self, shown: int, total: int) -> str:
+        return f"top {shown} of {total} turns by similarity"
+
+
+class OracleAnswerer(ExcerptAnswerer):
+    """The question's gold evidence turns (LoCoMo's ``evidence`` dialogue ids) as dated excerpts, in conversation
+    order: what a perfect retriever would show, the reference for what better memory and retrieval could give this
+    answerer. Evidence past the end of ``conv`` (a conversation cut after its first turns) is not shown.
+
+    Args:
+        generator: any ``Generator``.
+        sampling: decoding settings.
+        batch_size: prompts per ``generate`` call.
+    """
+
+    heading = "Conversation excerpts that hold the answer"
+
+    def __init__(self, generator: Generator, sampling: Sampling = GREEDY, batch_size: int = 8):
+        self.generator, self.sampling, self.batch_size = generator, sampling, batch_size
+
+    def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
+        """Per question, its evidence turns that ``conv`` holds, in conversation order (score 1.0 each)."""
+        turns = {t.dia_id: t for t in conv.turns()}
+        shown = [[turns[e] for e in dict.fromkeys(q.evidence) if e in turns] for q in questions]
+        return [[(t, 1.0) for t in sorted(ts, key=lambda t: t.position)] for ts in shown]
+
+    def note(self, shown: int, total: int) -> str:
+        return f"{shown} evidence turn(s) of {total} turns"

@@ -38,8 +38,13 @@ class Interval:
     def excludes_zero(self) -> bool:
         return self.lo > 0 or self.hi < 0
 
+    def __format__(self, spec: str) -> str:
+        """``+mean [+lo, +hi]`` with each number in ``spec`` (default ``.1f``): ``f"{iv:.3f}"``."""
+        spec = spec or ".1f"
+        return f"{self.mean:+{spec}} [{self.lo:+{spec}}, {self.hi:+{spec}}]"
+
     def __str__(self) -> str:
-        return f"{self.mean:+.1f} [{self.lo:+.1f}, {self.hi:+.1f}]"
+        return format(self, "")
 
 
 def _indices(n: int, resamples: int, seed: int) -> np.ndarray:

@@ -27,17 +27,24 @@ Log lines use TRL's metric names (``reward``, ``frac_reward_zero_std``, ``comple
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from memr1.errors import ConfigError
 from memr1.rl.grpo import GRPOSettings, TrainResult, as_chat
 
 
-def score(reward_funcs: Sequence[Callable], row: dict, texts: Sequence[str]) -> tuple[list[float], dict]:
+def score(
+    reward_funcs: Sequence[Callable], row: dict, texts: Sequence[str], step: int | None = None
+) -> tuple[list[float], dict]:
     """Summed rewards of ``texts`` (completions of ``row``), called as TRL calls reward functions, and
-    each function's scores by its name (None counts 0)."""
+    each function's scores by its name (None counts 0). ``step``: the 0-based optimizer step the
+    completions were sampled for, handed over as TRL's ``trainer_state`` (its ``global_step``), so a
+    reward that logs (``ManagerReward``'s op log) numbers training rows as under TRL."""
     n = len(texts)
-    columns = {k: [v] * n for k, v in row.items() if k != "prompt"}
+    columns: dict[str, Any] = {k: [v] * n for k, v in row.items() if k != "prompt"}
+    if step is not None:
+        columns["trainer_state"] = SimpleNamespace(global_step=step)
     total, each = [0.0] * n, {}
     for func in reward_funcs:
         name = getattr(func, "__name__", type(func).__name__)
@@ -66,7 +73,7 @@ def rollouts(run: Any, reward_funcs: Sequence[Callable], step: int) -> tuple[lis
             run.model, tok, run.prompts[i], s.num_generations,
             max_new_tokens=s.max_completion_length, temperature=s.temperature, generator=gen,
         )  # fmt: skip
-        total, each = score(reward_funcs, run.rows[i], [tok.decode(c, skip_special_tokens=True) for c in comps])
+        total, each = score(reward_funcs, run.rows[i], [tok.decode(c, skip_special_tokens=True) for c in comps], step)
         groups.append((i, comps, total))
         for name, got in each.items():
             per_func.setdefault(name, []).extend(got)

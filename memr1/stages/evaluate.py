@@ -6,6 +6,7 @@ Systems (``EvalConfig.system``):
     replay        LoCoMo's own observation facts replayed into the banks (oracle memory), the Answer Agent
     full-context  the whole conversation (newest turns kept when it does not fit), no memory
     rag           LoCoMo-RAG: the top-k raw dialogue turns for the question, no memory
+    oracle        the question's gold evidence turns (those seen), no memory: what perfect retrieval would show
     memory-r1     the extractor + the GRPO-trained manager (manager_adapter) + the GRPO-trained Answer
                   Agent (answer_adapter): Memory-R1's own row
     memory-r1-answer  base's banks (untrained extractor and manager) + the trained Answer Agent
@@ -35,8 +36,10 @@ from memr1.errors import ConfigError
 from memr1.runs import StageResult, save_result, transient
 from memr1.stages.evaluate_banks import LATENCY_COMPONENTS, LLM_BANK_SYSTEMS, Tally
 
-SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag", "memory-r1", "memory-r1-answer")
+SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag", "oracle", "memory-r1", "memory-r1-answer")
 """Memory systems this stage can run (see the module docstring)."""
+NO_BANK_SYSTEMS = ("full-context", "rag", "oracle")
+"""Systems that answer from the conversation itself and keep no memory bank."""
 
 
 @dataclass
@@ -47,8 +50,8 @@ class EvalConfig(RunConfig):
 
     system: str = "heuristic"
     """base (LLM extractor + LLM manager), heuristic (no-LLM manager), replay (oracle banks), full-context,
-    rag, memory-r1 (trained manager + trained answer agent) or memory-r1-answer (trained answer agent on
-    the banks of base)."""
+    rag, oracle (the evidence turns of each question), memory-r1 (trained manager + trained answer agent) or
+    memory-r1-answer (trained answer agent on the banks of base)."""
     model: str = ""
     """Policy model for every LLM role; "" uses the model of the profile (tiny for smoke)."""
     backend: str = ""
@@ -141,7 +144,7 @@ class EvalConfig(RunConfig):
         check_choice(self, "answer_style", STYLES)
         check_choice(self, "memory_style", MANAGER_STYLES)
         check_min(self, 0, "per_category")
-        if self.answer_adapter and self.system in ("full-context", "rag"):
+        if self.answer_adapter and self.system in NO_BANK_SYSTEMS:
             raise ConfigError(f"EvalConfig.answer_adapter applies to memory systems, not to {self.system!r}")
         if self.manager_adapter and self.system != "memory-r1":
             raise ConfigError(f"EvalConfig.manager_adapter applies to system memory-r1, not to {self.system!r}")
@@ -277,7 +280,7 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
         by_conv.setdefault(q.sample_id, []).append(q)
     setup = _make_setup(cfg, generator, progress)
     convs = [data.conversation(sample_id) for sample_id in by_conv]
-    built = {} if cfg.system in ("full-context", "rag") else build_all(setup, convs)
+    built = {} if cfg.system in NO_BANK_SYSTEMS else build_all(setup, convs)
     rows, tally = [], Tally()
     for sample_id, qs in tqdm(by_conv.items(), desc=f"evaluate {cfg.system}", disable=not progress, unit="conv"):
         conv = data.conversation(sample_id)
@@ -308,7 +311,7 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
         },
         judge=judge_info,
         latency=[_latency(c, tally.seconds[c]) for c in LATENCY_COMPONENTS],
-        store="" if cfg.system in ("full-context", "rag") else str(setup.store),
+        store="" if cfg.system in NO_BANK_SYSTEMS else str(setup.store),
         embedder=cfg.embedder,
         records=df,
     )
@@ -349,7 +352,7 @@ def prepare_banks(cfg: EvalConfig, *, generator: Any = None, progress: bool = Tr
     from memr1.stages.evaluate_banks import build_all
 
     cfg = cfg.resolved()
-    if cfg.system in ("full-context", "rag"):
+    if cfg.system in NO_BANK_SYSTEMS:
         raise ConfigError(f"EvalConfig.system={cfg.system!r} keeps no memory banks; nothing to build")
     seed_everything(cfg.seed)
     data = load_locomo(cfg.data_dir or None)
@@ -363,7 +366,7 @@ def _answer(setup: _Setup, conv: Any, qs: list, built: tuple[Any, Tally] | None)
     import time
 
     from memr1.agents.answer import AnswerAgent
-    from memr1.agents.baselines import FullContextAnswerer, RagAnswerer
+    from memr1.agents.baselines import ExcerptAnswerer, FullContextAnswerer, OracleAnswerer, RagAnswerer
     from memr1.llm.generate import Sampling
     from memr1.memory.retrieve import retrieve
 
@@ -378,9 +381,13 @@ def _answer(setup: _Setup, conv: Any, qs: list, built: tuple[Any, Tally] | None)
             max_context_tokens=_context_budget(gen.context_window, cfg.answer_tokens),
         )
         records, tally = answerer.answer(qs, seen), Tally()
-    elif cfg.system == "rag":
-        records = RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling).answer(qs, seen)
-        tally = Tally()
+    elif cfg.system in ("rag", "oracle"):
+        excerpts: ExcerptAnswerer = (
+            RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling)
+            if cfg.system == "rag"
+            else OracleAnswerer(gen, sampling=sampling)
+        )
+        records, tally = excerpts.answer(qs, seen), Tally()
     else:
         assert built is not None, f"{conv.sample_id}: the banks of memory systems are built before answering"
         banks, tally = built

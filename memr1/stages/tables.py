@@ -28,7 +28,7 @@ from typing import Any
 from memr1.errors import ConfigError
 from memr1.files import write_json_atomic, write_text_atomic
 
-LOCOMO_SYSTEMS = ("base", "full-context", "rag", "heuristic", "replay", "memory-r1-answer", "memory-r1")
+LOCOMO_SYSTEMS = ("base", "full-context", "rag", "heuristic", "replay", "oracle", "memory-r1-answer", "memory-r1")
 TRAINED = ("memory-r1-answer", "memory-r1")
 """Systems with adapters: one run per training seed."""
 LOCOMO_PARAMS: dict[str, Any] = {
@@ -60,7 +60,7 @@ class TablesConfig:
     answer_adapter: str = "runs/experiments/answer_rl/sft-grpo-lr1e-4-t0.7-seed{seed}/train"
     """Answer-Agent adapter per seed (``{seed}`` is filled in): GRPO started from the SFT adapter, the RL recipe whose
     3 seeds all beat the untrained model on validation (``docs/results/answer_rl.md``)."""
-    manager_adapter: str = "runs/experiments/manager_grpo/lr0.0001-seed{seed}/train"
+    manager_adapter: str = "runs/experiments/manager_rl/grpo-lr1e-4-t0.7-seed{seed}/train"
     """Memory-Manager adapter per seed (``{seed}`` is filled in)."""
     judge_serve: str = ""
     """Judge the answers of missing runs with this model served locally (stage 05's judge_serve); "" for none."""
@@ -146,7 +146,10 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         "",
         "F1 / BLEU-1 / J ×100 per column (Memory-R1's names: Single Hop = category 1, Multi-Hop = 3, Open Domain = "
         "4, Temporal = 2). One run: mean [95% bootstrap interval over questions]; several seeds: mean ± std over "
-        "seeds. J: –, not judged. Published rows: the paper's numbers with its own 7-8B models, for context.",
+        "seeds. J: –, not judged. Published rows: the paper's numbers with its own 7-8B models, for context. "
+        "Systems: full-context reads the transcript cut at the model's window (the newest turns kept); rag the "
+        "top-k raw turns; oracle the question's own evidence turns (perfect retrieval); replay LoCoMo's observation "
+        "facts as memories; base, memory-r1-answer and memory-r1 the banks their extractor and manager wrote.",
         "",
         locomo_markdown(rows),
         "",
