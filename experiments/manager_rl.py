@@ -118,17 +118,15 @@ def validate(name: str, seed: int, adapter: str) -> dict:
     """The SFT agent on the untrained manager's banks (reference) and on this manager's (trained); and Memory-R1's
     whole row: the RL-after-SFT agent (``FULL_AGENT``) on this manager's banks, with the same agent on the untrained
     manager's banks beside it."""
-    agents = {role: str(SCORERS / f"{recipe}-seed{seed}" / "train") for role, recipe in (("sft", SCORER),
-              ("rl", FULL_AGENT))}  # fmt: skip
-    sft = agents["sft"]
+    sft, rl = (str(SCORERS / f"{recipe}-seed{seed}" / "train") for recipe in (SCORER, FULL_AGENT))
     runs = {
         "reference": evaluate(PIPELINE, f"{SCORER}-seed{seed}", "memory-r1-answer", sft),
         "trained": evaluate(PIPELINE, f"manager-{name}-seed{seed}", "memory-r1", sft, manager_adapter=adapter),
     }
-    if (Path(agents["rl"]) / "adapter").is_dir():
-        runs["rl_reference"] = evaluate(PIPELINE, f"{FULL_AGENT}-seed{seed}", "memory-r1-answer", agents["rl"])
+    if (Path(rl) / "adapter").is_dir():
+        runs["rl_reference"] = evaluate(PIPELINE, f"{FULL_AGENT}-seed{seed}", "memory-r1-answer", rl)
         runs["memory_r1"] = evaluate(
-            PIPELINE, f"memory-r1-{name}-{FULL_AGENT}-seed{seed}", "memory-r1", agents["rl"], manager_adapter=adapter
+            PIPELINE, f"memory-r1-{name}-{FULL_AGENT}-seed{seed}", "memory-r1", rl, manager_adapter=adapter
         )
     return runs
 
@@ -282,9 +280,6 @@ def main() -> None:
         for seed in args.seeds:
             for name in args.recipe:
                 key = f"{name}-s{args.steps}-seed{seed}"
-                log = RUNS / f"{name}-seed{seed}" / "train" / "train_log.jsonl"
-                if key in results["runs"] and log.is_file():  # curves of earlier versions of this script
-                    results["runs"][key] |= curves([json.loads(line) for line in log.read_text().splitlines()])
                 if key not in results["runs"]:
                     results["runs"][key] = train(name, seed, args.steps)
                     print(key, "trained", results["runs"][key]["reward"], flush=True)

@@ -12,6 +12,7 @@ and widgets treat them alike. Their records leave ``retrieved`` empty; ``RagAnsw
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -121,21 +122,22 @@ class FullContextAnswerer:
         return [make_record(q, m, g, context_note=note) for q, m, g in zip(questions, prompts, gens)]
 
 
-class ExcerptAnswerer:
+class ExcerptAnswerer(ABC):
     """Answers from dated dialogue excerpts that ``top_turns`` picks per question, shown under ``heading``; the
-    shared part of ``RagAnswerer`` and ``OracleAnswerer``."""
+    shared part of ``RagAnswerer`` and ``OracleAnswerer`` (each says which turns and how to describe them)."""
 
     heading = "Conversation excerpts"
     generator: Generator
     sampling: Sampling
     batch_size: int
 
+    @abstractmethod
     def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
-        raise NotImplementedError
+        """Per question, the turns to show (with a score), in the order shown."""
 
+    @abstractmethod
     def note(self, shown: int, total: int) -> str:
         """The record's ``context_note`` for ``shown`` excerpts of a conversation of ``total`` turns."""
-        raise NotImplementedError
 
     def answer(self, questions: Sequence[QA], conv: Conversation) -> list[AnswerRecord]:
         """One record per question of ``conv``, in the order given."""
