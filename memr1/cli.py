@@ -137,12 +137,15 @@ def _cmd_export_verl(args: argparse.Namespace) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
-    from memr1.stages.tables import TablesConfig, build, run_missing
+    from memr1.stages.tables import TablesConfig, build, judge_missing, run_missing
 
     cfg = TablesConfig(runs=args.runs, mem1_results=args.mem1_results, out=args.out, seeds=args.seeds,
-                       judge_serve=args.judge_serve, systems=args.systems or TablesConfig().systems)  # fmt: skip
+                       judge_serve=args.judge_serve, judge_base_url=args.judge_url, judge_model=args.judge_model,
+                       systems=args.systems or TablesConfig().systems)  # fmt: skip
     if args.run_missing:
         run_missing(cfg)
+    if cfg.judge_serve or cfg.judge_model:
+        judge_missing(cfg)
     out = build(cfg)
     print("\n".join(out["summary"]))
     print(f"[memr1] tables: {cfg.out}.md and {cfg.out}.json")
@@ -221,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--out", default="docs/results/tables", help="writes <out>.md and <out>.json")
     tables.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the trained systems")
     tables.add_argument("--systems", nargs="+", default=[], help="LoCoMo systems (default: all)")
-    tables.add_argument("--judge-serve", default="", help="judge missing runs with this locally served model")
+    tables.add_argument("--judge-serve", default="", help="judge stored runs without J with this model")
+    tables.add_argument("--judge-url", default="", help="or judge them through this OpenAI-compatible endpoint")
+    tables.add_argument("--judge-model", default="", help="the judge model's name on --judge-url")
     tables.add_argument("--run-missing", action="store_true", help="run the missing LoCoMo systems first")
     tables.set_defaults(func=_cmd_tables)
     train = sub.add_parser(

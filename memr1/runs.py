@@ -112,6 +112,17 @@ def save_result(run_dir: str | os.PathLike, result: StageResult, config: Any) ->
     return write_json_atomic(Path(run_dir) / "metrics.json", body)
 
 
+def rewrite_result(run_dir: str | os.PathLike, result: StageResult, saved: SavedStage) -> Path:
+    """Write ``run_dir/metrics.json`` again with an updated ``result`` (e.g. judged later), keeping the config
+    and provenance of the run that made it; ``provenance.updated_at`` says when."""
+    body = {
+        "result": result.to_json(),
+        "config": saved.config,
+        "provenance": {**saved.provenance, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+    return write_json_atomic(Path(run_dir) / "metrics.json", body)
+
+
 @dataclasses.dataclass
 class SavedStage:
     """A finished stage read back from its metrics.json."""

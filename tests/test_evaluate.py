@@ -132,6 +132,48 @@ def test_rerun_gives_the_same_records_and_counts(data_dir, tmp_path):
     assert read_result(tmp_path / "run", EvalResult).result == again  # metrics.json holds the typed result
 
 
+def test_a_killed_run_resumes_after_its_last_answered_conversation(data_dir, tmp_path):
+    """Answers are kept per conversation: a rerun answers only what the killed run had not, with the same
+    records as an uninterrupted run; a changed config answers everything again; a finished run keeps no files."""
+    cfg = _cfg(tmp_path, data_dir, system="oracle", split="all", limit=0, max_turns=0, per_category=1)
+    calls: list = []
+
+    def answer(dies_after=None):
+        def policy(messages):
+            if dies_after is not None and len(calls) >= dies_after:
+                raise RuntimeError("killed")
+            calls.append(messages)
+            return "**Answer:** 7 May 2023"
+
+        return ScriptedGenerator(policy)
+
+    def killed(c):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="killed"):
+            run(c, generator=answer(dies_after=5), progress=False)
+        return sorted(p.stem for p in (tmp_path / "run" / "answered").glob("*.json"))
+
+    done = killed(cfg)
+    assert len(done) == 1  # the first conversation's 4 answers, not the 5th call's conversation
+    calls.clear()
+    changed = EvalConfig.from_params({**cfg.to_dict(), "answer_tokens": 16})  # another key: answered again
+    res = run(changed, generator=answer(), progress=False)
+    assert len(calls) == len(res.records) and not (tmp_path / "run" / "answered").exists()
+
+    assert killed(cfg) == done
+    calls.clear()
+    resumed = run(cfg, generator=answer(), progress=False)
+    assert len(calls) == len(resumed.records) - (resumed.records.sample_id == done[0]).sum() > 0
+    whole = run(
+        EvalConfig.from_params({**cfg.to_dict(), "run_dir": str(tmp_path / "whole")}),
+        generator=answer(),
+        progress=False,
+    )
+    volatile = ["latency_s"]
+    pd.testing.assert_frame_equal(resumed.records.drop(columns=volatile), whole.records.drop(columns=volatile))
+    assert resumed.truncated == whole.truncated and not (tmp_path / "run" / "answered").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("system", ["base", "heuristic", "full-context", "rag"])
 def test_tiny_model_runs_every_system_end_to_end(data_dir, tmp_path, system):

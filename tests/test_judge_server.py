@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from memr1.errors import ConfigError
@@ -253,6 +254,42 @@ def test_stage_05_judges_through_the_served_model(fake, data_dir, tmp_path) -> N
     expected = sum(c == h for c, h in zip(df.j.iloc[1:] == 1.0, f1_high)) / 5
     assert agreement["agreement"] == pytest.approx(expected)
     assert read_result(cfg.run_dir, EvalResult).result.judge["agreement_with_f1"] == json.loads(json.dumps(agreement))
+
+
+def test_memr1_tables_judges_stored_runs_once(fake, data_dir, tmp_path) -> None:
+    """``memr1 tables --judge-serve`` fills J of a run finished without a judge: records, metrics.json and the
+    table; a judged run is not judged again."""
+    from memr1.cli import main
+    from memr1.llm.generate import ScriptedGenerator
+    from memr1.runs import read_result
+    from memr1.stages.evaluate import EvalConfig, EvalResult, run
+
+    runs = tmp_path / "runs"
+    folder = runs / "locomo" / "oracle" / "seed0"
+    params = {"data_dir": str(data_dir), "run_dir": str(folder), "embedder": "hash", "split": "test", "limit": 6}
+    answers = iter(["**Answer:** ramble"] + ["**Answer:** 7 May 2023"] * 5)
+    before = run(
+        EvalConfig.from_params({**params, "system": "oracle"}),
+        generator=ScriptedGenerator(lambda m: next(answers)),
+        progress=False,
+    )
+    assert before.judge is None and "j" not in before.records
+    args = ["tables", "--runs", str(runs), "--mem1-results", "", "--out", str(tmp_path / "t"), "--systems", "oracle"]
+    assert main([*args, "--judge-serve", str(fake)]) == 0
+    saved = read_result(folder, EvalResult)
+    judged = saved.result
+    assert (judged.judge["verdicts"], judged.judge["unparsed"]) == (5, 1) and judged.judge["served"] == str(fake)
+    assert "updated_at" in saved.provenance and saved.config == read_result(folder, EvalResult).config
+    df = pd.read_parquet(folder / "records.parquet")
+    assert list(df.j.iloc[1:]) == [float(g in "7 May 2023") for g in df.gold.astype(str).iloc[1:]]
+    overall = judged.table[-1]
+    assert overall["j"] == pytest.approx(100 * df.j.mean())  # NaN (unparsed) left out of the mean
+    row = json.loads((tmp_path / "t.json").read_text())["locomo"][0]
+    assert row["Overall"]["j"].startswith(f"{100 * df.j.mean():.1f} [")
+    from memr1.stages.tables import TablesConfig, judge_missing
+
+    again = TablesConfig(runs=str(runs), systems=["oracle"], judge_serve=str(fake), mem1_results="")
+    assert judge_missing(again, progress=False) == []  # already judged: no server started, nothing asked
 
 
 # ----------------------------------------------------------------------------- the real server

@@ -62,6 +62,9 @@ def test_locomo_cells_from_records():
     seeds = locomo_row("memory-r1", [one, two])
     assert seeds["Overall"]["f1"] == "27.5 ± 24.7"  # seed means 45 and 10: mean ± std over seeds
     assert seeds["Overall"]["j"] == "–"  # one seed was not judged: no J at all rather than a partial one
+    unparsed = one.assign(j=[1.0, float("nan"), 0.0, float("nan")])  # no readable verdict: left out, not WRONG
+    assert locomo_row("base", [unparsed])["Overall"]["j"].startswith("50.0 [")
+    assert locomo_row("base", [unparsed])["Temporal"]["j"] == "–"  # its one answer has no verdict
     md = locomo_markdown([row])
     assert "| base | smollm2-135m | 4 | 1 | 50.0 [0.0, 100.0] / 25.0 [0.0, 50.0] / 50.0 [0.0, 100.0] |" in md
     assert md.count("(published)") == len(PUBLISHED_LOCOMO)
@@ -112,3 +115,38 @@ def test_memr1_tables_builds_from_a_real_stage05_run(data_dir, tmp_path):
     saved = json.loads((out.parent / "tables.json").read_text())
     assert saved["missing"] == ["base"] and saved["locomo"][0]["questions"] == 6
     assert main(["tables", "--runs", str(runs), "--systems", "no-such-system"]) == 2  # unknown system: a clear error
+
+
+def test_memr1_tables_judges_stored_runs_through_an_endpoint(data_dir, tmp_path):
+    """``--judge-url/--judge-model``: a run finished without a judge gets J from an OpenAI-compatible endpoint;
+    half-set or doubly-set judge options are refused."""
+    from chat_server import completion, serve
+
+    from memr1.cli import main
+    from memr1.llm.generate import ScriptedGenerator
+    from memr1.runs import read_result
+    from memr1.stages.evaluate import EvalConfig, EvalResult, run
+    from memr1.stages.tables import TablesConfig
+
+    asked = []
+
+    def judge(req):
+        asked.append(req.body["model"])
+        reply = json.dumps({"reason": "compared.", "label": "CORRECT" if len(asked) % 2 else "WRONG"})
+        return 200, completion(reply, req.body["model"]), "application/json"
+
+    runs = tmp_path / "runs"
+    folder = runs / "locomo" / "rag" / "seed0"
+    cfg = EvalConfig.from_params({"data_dir": str(data_dir), "run_dir": str(folder), "embedder": "hash",
+                                  "split": "test", "limit": 4, "system": "rag"})  # fmt: skip
+    run(cfg, generator=ScriptedGenerator(lambda m: "**Answer:** 7 May 2023"), progress=False)
+    args = ["tables", "--runs", str(runs), "--mem1-results", "", "--out", str(tmp_path / "t"), "--systems", "rag"]
+    with serve(judge) as url:
+        assert main([*args, "--judge-url", url, "--judge-model", "judge-x"]) == 0
+    assert asked == ["judge-x"] * 4
+    judged = read_result(folder, EvalResult).result
+    assert judged.judge["model"] == "judge-x" and judged.judge["verdicts"] == 4 and judged.table[-1]["j"] == 50.0
+    assert json.loads((tmp_path / "t.json").read_text())["locomo"][0]["Overall"]["j"].startswith("50.0 [")
+    for bad in ({"judge_model": "m"}, {"judge_serve": "tiny", "judge_base_url": "http://x/v1", "judge_model": "m"}):
+        with pytest.raises(ConfigError, match="judge with judge_serve"):
+            TablesConfig(**bad)

@@ -104,6 +104,7 @@ def _cell(values: Sequence[float], per_seed: Sequence[float] | None = None, digi
 
 def locomo_row(system: str, runs: Sequence[pd.DataFrame], model: str = "") -> dict[str, Any]:
     """One system's row: per column and metric a formatted cell; the metrics a run lacks (J unjudged) are "–".
+    J is the share CORRECT of the answers the judge labelled (``j`` NaN: no readable verdict).
 
     ``runs``: one records frame per seed (columns ``category``, ``f1``, ``bleu1``, optionally ``j``; scores
     in [0, 1]), all over the same questions.
@@ -118,11 +119,16 @@ def locomo_row(system: str, runs: Sequence[pd.DataFrame], model: str = "") -> di
         parts = [r if cat is None else r[r["category"] == cat] for r in runs]
         cells = {}
         for m in LOCOMO_METRICS:
-            if len(parts[0]) == 0 or any(m not in p or p[m].isna().any() for p in parts):
+            # J averages the answers the judge labelled (an unreadable verdict is NaN, never WRONG)
+            if any(m not in p for p in parts):
                 cells[m] = "–"
                 continue
-            pooled = [100 * float(v) for v in parts[0][m]]
-            cells[m] = _cell(pooled, [100 * float(p[m].mean()) for p in parts])
+            kept = [p[m].dropna() if m == "j" else p[m] for p in parts]
+            if any(k.empty or k.isna().any() for k in kept):
+                cells[m] = "–"
+                continue
+            pooled = [100 * float(v) for v in kept[0]]
+            cells[m] = _cell(pooled, [100 * float(k.mean()) for k in kept])
         row[column] = cells
     return row
 

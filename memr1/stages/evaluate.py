@@ -16,7 +16,9 @@ commit per changed turn) and reused by a rerun, so the same config and seed give
 conversations' banks are built before any question is answered, ``lockstep`` conversations at a time in
 shared model calls (``memr1.stages.evaluate_banks``, which also keeps each conversation's counts). ``run``
 writes one row per question to ``run_dir/records.parquet`` (layout: ``memr1.eval.records``) and the
-``EvalResult`` to ``run_dir/metrics.json``.
+``EvalResult`` to ``run_dir/metrics.json``; until then each conversation's answers are kept on their own, so a
+killed run answers only what it had not (``memr1.stages.evaluate_answers``). ``judge_stored`` adds J to a run
+finished without a judge.
 
 >>> cfg = EvalConfig.from_params({"profile": "smoke", "system": "rag"}).resolved()
 >>> cfg.model, cfg.limit, cfg.max_turns
@@ -32,8 +34,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from memr1.config import RunConfig, check_choice, check_min, get_profile, profile_value
-from memr1.errors import ConfigError
+from memr1.errors import ConfigError, ResultError
 from memr1.runs import StageResult, save_result, transient
+from memr1.stages.evaluate_answers import answered_rows, forget_answers, judge_frame
 from memr1.stages.evaluate_banks import LATENCY_COMPONENTS, LLM_BANK_SYSTEMS, Tally
 
 SYSTEMS = ("base", "heuristic", "replay", "full-context", "rag", "oracle", "memory-r1", "memory-r1-answer")
@@ -266,7 +269,7 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     from tqdm.auto import tqdm
 
     from memr1.data.locomo import load_locomo
-    from memr1.eval.records import record_row, score_records
+    from memr1.eval.records import score_records
     from memr1.eval.tables import category_table
     from memr1.files import atomic_path
     from memr1.seeding import seed_everything
@@ -283,12 +286,12 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
     built = {} if cfg.system in NO_BANK_SYSTEMS else build_all(setup, convs)
     rows, tally = [], Tally()
     for sample_id, qs in tqdm(by_conv.items(), desc=f"evaluate {cfg.system}", disable=not progress, unit="conv"):
-        conv = data.conversation(sample_id)
-        records, part = _answer(setup, conv, qs, built.get(sample_id))
-        rows += [record_row(r, conv, cfg.system, cfg.model) for r in records]
-        tally += part
+        banks, tally_banks = built.get(sample_id, (None, Tally()))
+        part_rows, part = answered_rows(setup, data.conversation(sample_id), qs, banks)  # resumes per conversation
+        rows += part_rows
+        tally += tally_banks + part
     df = score_records(pd.DataFrame(rows))
-    judge_info = _judge(df, judge, cfg, progress)
+    judge_info = judge_frame(df, judge, cfg, progress)
     with atomic_path(Path(cfg.run_dir) / "records.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     judged = judge_info is not None
@@ -316,7 +319,39 @@ def run(cfg: EvalConfig, *, generator: Any = None, judge: Any = None, progress: 
         records=df,
     )
     save_result(cfg.run_dir, result, cfg)
+    forget_answers(cfg.run_dir)
     return result
+
+
+def judge_stored(
+    run_dir: str | Path, judge: Any, *, describe: dict[str, Any] | None = None, progress: bool = True
+) -> EvalResult:
+    """Judge the answers of a finished stage-05 run with ``judge`` (an ``LLMJudge``) and rewrite its
+    records.parquet and metrics.json with J; returns the updated ``EvalResult``. ``describe``: more to keep
+    in the result's ``judge`` entry (a served judge's description)."""
+    import pandas as pd
+
+    from memr1.eval.judge import judge_records
+    from memr1.eval.tables import category_table
+    from memr1.files import atomic_path
+    from memr1.runs import read_result, rewrite_result
+    from memr1.stages.evaluate_answers import f1_column_of
+
+    run_dir = Path(run_dir)
+    saved = read_result(run_dir, EvalResult)
+    res = saved.result
+    try:
+        df = pd.read_parquet(run_dir / "records.parquet")
+    except (OSError, ValueError) as exc:
+        raise ResultError(f"{run_dir}/records.parquet: cannot read the run's answers ({exc})") from None
+    info = judge_records(df, judge, f1_column=f1_column_of(res.metric_family), progress=progress)
+    with atomic_path(run_dir / "records.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    res.judge = {**info, **(describe or {})}
+    res.table = category_table(df, metric_columns(res.metric_family, judged=True)).to_dict("records")
+    rewrite_result(run_dir, res, saved)
+    res.records = df
+    return res
 
 
 def _make_setup(cfg: EvalConfig, generator: Any, progress: bool) -> _Setup:
@@ -361,46 +396,6 @@ def prepare_banks(cfg: EvalConfig, *, generator: Any = None, progress: bool = Tr
     return {sample_id: tally for sample_id, (_, tally) in built.items()}
 
 
-def _answer(setup: _Setup, conv: Any, qs: list, built: tuple[Any, Tally] | None) -> tuple[list, Tally]:
-    """Answer records for one conversation, and what answering (and building its banks, ``built``) cost."""
-    import time
-
-    from memr1.agents.answer import AnswerAgent
-    from memr1.agents.baselines import ExcerptAnswerer, FullContextAnswerer, OracleAnswerer, RagAnswerer
-    from memr1.llm.generate import Sampling
-    from memr1.memory.retrieve import retrieve
-
-    cfg, gen = setup.cfg, setup.answerer
-    sampling = Sampling(max_new_tokens=cfg.answer_tokens)
-    seen = conv.first_turns(cfg.max_turns)
-    if cfg.system == "full-context":
-        answerer = FullContextAnswerer(
-            gen,
-            count_tokens=gen.count_tokens,
-            sampling=sampling,
-            max_context_tokens=_context_budget(gen.context_window, cfg.answer_tokens),
-        )
-        records, tally = answerer.answer(qs, seen), Tally()
-    elif cfg.system in ("rag", "oracle"):
-        excerpts: ExcerptAnswerer = (
-            RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling)
-            if cfg.system == "rag"
-            else OracleAnswerer(gen, sampling=sampling)
-        )
-        records, tally = excerpts.answer(qs, seen), Tally()
-    else:
-        assert built is not None, f"{conv.sample_id}: the banks of memory systems are built before answering"
-        banks, tally = built
-        agent = AnswerAgent(gen, sampling, k_per_speaker=cfg.k_per_speaker, style=cfg.answer_style)
-        records = agent.answer(qs, banks)
-        for vec in setup.embedder.embed([q.question for q in qs]):  # search latency, measured on its own
-            start = time.perf_counter()
-            retrieve(banks, vec, cfg.k_per_speaker)
-            tally.seconds["search"].append(time.perf_counter() - start)
-    tally.generations("answer", [r.generation for r in records])
-    return records, tally
-
-
 def select_questions(data: Any, cfg: EvalConfig) -> list:
     """The questions ``cfg`` evaluates: its split, then ``answerable``, ``per_category`` and ``limit``."""
     from memr1.data.splits import split_questions
@@ -429,35 +424,6 @@ def _adapter_generator(cfg: EvalConfig, adapter: str, field: str) -> Any:
 
     base, lora = resolve_adapter(adapter, cfg.model, field)
     return make_generator(base, cfg.backend, lora_path=lora, prefix_cache=cfg.prefix_cache)
-
-
-def _context_budget(window: int | None, max_new_tokens: int) -> int | None:
-    """Transcript tokens the full-context baseline may use; None (no truncation) when the window is unknown.
-
-    The instructions and question (about 300 tokens) and the chat template come on top of the
-    transcript; 1024 tokens are kept for them. A remote server enforces its own window.
-    """
-    return None if window is None else max(64, window - max_new_tokens - 1024)
-
-
-def _judge(df: Any, judge: Any, cfg: EvalConfig, progress: bool) -> dict[str, Any] | None:
-    """Add the judge's label, reason and ``j`` columns to ``df``; the judge's description with its verdict
-    counts and agreement with F1 (``memr1.eval.judge.judge_records``), or None without a judge."""
-    from memr1.eval.judge import JudgeConfig, LLMJudge, judge_records
-
-    f1_column = "f1" if cfg.metric_family == "mem0" else "f1_locomo"
-    cache_path = str(Path(cfg.run_dir) / "judge_cache.sqlite")
-    if judge is not None:
-        return judge_records(df, judge, f1_column=f1_column, progress=progress)
-    if cfg.judge_serve:
-        from memr1.eval.judge_server import serve_model
-
-        with serve_model(cfg.judge_serve) as served, LLMJudge(served.judge_config(cache_path=cache_path)) as judge:
-            return {**judge_records(df, judge, f1_column=f1_column, progress=progress), **served.describe()}
-    if cfg.judge_model:
-        with LLMJudge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, cache_path=cache_path)) as judge:
-            return judge_records(df, judge, f1_column=f1_column, progress=progress)
-    return None
 
 
 def _latency(component: str, seconds: list[float]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ Both are written to ``<out>.md`` (published rows beside, a summary computed from
 
     memr1 tables                       # rebuild from what is stored
     memr1 tables --run-missing         # run the missing LoCoMo systems first (hours per system on a CPU)
+    memr1 tables --judge-serve smollm2-135m   # fill J of every stored run that lacks it (a local server)
+    memr1 tables --judge-url URL --judge-model M   # ... or through an OpenAI-compatible endpoint
 """
 
 from __future__ import annotations
@@ -63,13 +65,20 @@ class TablesConfig:
     manager_adapter: str = "runs/experiments/manager_rl/grpo-lr1e-4-t0.7-seed{seed}/train"
     """Memory-Manager adapter per seed (``{seed}`` is filled in)."""
     judge_serve: str = ""
-    """Judge the answers of missing runs with this model served locally (stage 05's judge_serve); "" for none."""
+    """Judge every stored run without J with this model, served locally once for all of them (a model name
+    or folder, as stage 05's judge_serve); "" for none."""
+    judge_base_url: str = ""
+    """Or judge them through this OpenAI-compatible endpoint (with judge_model); "" for none."""
+    judge_model: str = ""
+    """The judge model's name on judge_base_url (e.g. gpt-4o-mini, Mem0's judge)."""
     systems: list[str] = field(default_factory=lambda: list(LOCOMO_SYSTEMS))
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.systems) - set(LOCOMO_SYSTEMS))
         if unknown:
             raise ConfigError(f"unknown system(s) {unknown}; choose from {', '.join(LOCOMO_SYSTEMS)}")
+        if bool(self.judge_base_url) != bool(self.judge_model) or (self.judge_serve and self.judge_model):
+            raise ConfigError("judge with judge_serve, or with judge_base_url and judge_model, or not at all")
 
 
 def run_dir(cfg: TablesConfig, system: str, seed: int) -> Path:
@@ -81,7 +90,7 @@ def locomo_config(cfg: TablesConfig, system: str, seed: int):
     from memr1.stages.evaluate import EvalConfig
 
     params = {**LOCOMO_PARAMS, "system": system, "run_dir": str(run_dir(cfg, system, seed)),
-              "store_dir": str(Path(cfg.runs) / "locomo" / "store"), "judge_serve": cfg.judge_serve}  # fmt: skip
+              "store_dir": str(Path(cfg.runs) / "locomo" / "store")}  # fmt: skip
     if system in TRAINED:
         params["answer_adapter"] = cfg.answer_adapter.format(seed=seed)
     if system == "memory-r1":
@@ -106,6 +115,48 @@ def run_missing(cfg: TablesConfig, progress: bool = True) -> list[str]:
         print(f"[{i + 1}/{len(todo)}] {system} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         done.append(f"{system}-seed{seed}")
     return done
+
+
+def judge_missing(cfg: TablesConfig, progress: bool = True) -> list[str]:
+    """Judge every finished (system, seed) run that has no J, with one judge for all: ``cfg.judge_serve``
+    served locally, or the endpoint ``cfg.judge_base_url`` / ``cfg.judge_model``
+    (`memr1.stages.evaluate.judge_stored`; verdicts cached per run). Returns the cells judged."""
+    import contextlib
+
+    from memr1.eval.judge import JudgeConfig, LLMJudge
+    from memr1.eval.judge_server import serve_model
+    from memr1.stages.evaluate import judge_stored
+    from memr1.stages.evaluate_answers import judge_cache
+
+    if not (cfg.judge_serve or cfg.judge_model):
+        raise ConfigError("judge_missing needs TablesConfig.judge_serve, or judge_base_url and judge_model")
+    runs = [(s, seed, run_dir(cfg, s, seed)) for s, seed in cells(cfg)]
+    todo = [(s, seed, d) for s, seed, d in runs if (d / "metrics.json").is_file() and not _judged(d)]
+    if not todo:
+        return []
+    done = []
+    with serve_model(cfg.judge_serve) if cfg.judge_serve else contextlib.nullcontext() as served:
+        for i, (system, seed, d) in enumerate(todo):
+            t0 = time.perf_counter()
+            jcfg = (
+                served.judge_config(cache_path=judge_cache(d))
+                if served
+                else JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, cache_path=judge_cache(d))
+            )
+            print(f"[{i + 1}/{len(todo)}] judging {system} seed {seed} with {jcfg.model}", flush=True)
+            with LLMJudge(jcfg) as judge:
+                res = judge_stored(d, judge, describe=served.describe() if served else None, progress=progress)
+            secs = time.perf_counter() - t0
+            print(f"[{i + 1}/{len(todo)}] {system} seed {seed}: {res.questions} answers in {secs:.0f} s", flush=True)
+            done.append(f"{system}-seed{seed}")
+    return done
+
+
+def _judged(run: Path) -> bool:
+    from memr1.runs import read_result
+    from memr1.stages.evaluate import EvalResult
+
+    return read_result(run, EvalResult).result.judge is not None
 
 
 def build(cfg: TablesConfig) -> dict[str, Any]:
@@ -201,4 +252,4 @@ def summarize(overall: dict[str, list[float]], rows: list[dict], mem1_cells: lis
     return out
 
 
-__all__ = ["LOCOMO_PARAMS", "LOCOMO_SYSTEMS", "TablesConfig", "build", "locomo_config", "run_missing"]
+__all__ = ["LOCOMO_PARAMS", "LOCOMO_SYSTEMS", "TablesConfig", "build", "judge_missing", "locomo_config", "run_missing"]
