@@ -13,6 +13,7 @@ from memr1.agents.answer import (
     AnswerAgent,
     answer_messages,
     parse_answer_output,
+    qa_messages,
     render_context,
 )
 from memr1.agents.baselines import FullContextAnswerer, OracleAnswerer, RagAnswerer, session_blocks
@@ -264,6 +265,25 @@ def test_oracle_shows_exactly_the_evidence_turns_in_conversation_order(conv, que
     last = max(conv.turn(d).position for d in multi.evidence)
     (cut,) = OracleAnswerer(gen).answer([multi], conv.first_turns(last))  # the last evidence turn not yet seen
     assert len(cut.sources) < len(record.sources) and set(cut.sources) < set(record.sources)
+
+
+def test_every_baseline_replies_in_the_style_it_is_given(conv, questions):
+    """The baselines take the Answer Agent's ``style``: ``direct`` asks for the answer line only, so a capped
+    reply is not spent listing excerpts (distill with 32 tokens cut 91% of 1,307 oracle replies before the answer)."""
+    gen = lambda: CountingGenerator(lambda m: f"{ANSWER_MARKER} ok")  # noqa: E731
+    for style in ("distill", "direct"):
+        expected = {"distill": "First list the relevant", "direct": "Give only the short answer"}[style]
+        assert qa_messages("q", [], conv.speakers, style=style)[0]["content"].splitlines()[-1].startswith(expected)
+        for answerer in (FullContextAnswerer(gen(), style=style), RagAnswerer(gen(), make_embedder("hash"), k=3,
+                         style=style), OracleAnswerer(gen(), style=style)):  # fmt: skip
+            (record,) = answerer.answer(questions[:1], conv)
+            last = record.messages[-1]["content"].splitlines()[-1]
+            assert last.startswith(expected), (type(answerer).__name__, style, last)
+            assert (SELECTION_HEADER in record.messages[-1]["content"]) == (style == "distill")
+    for make in (lambda s: FullContextAnswerer(gen(), style=s), lambda s: OracleAnswerer(gen(), style=s),
+                 lambda s: RagAnswerer(gen(), make_embedder("hash"), style=s)):  # fmt: skip
+        with pytest.raises(ConfigError, match="answer style"):
+            make("terse")
 
 
 # --------------------------------------------------------------------------- tiny model

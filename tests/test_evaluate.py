@@ -118,6 +118,14 @@ def test_base_pipeline_with_scripted_llm_writes_memories(data_dir, tmp_path):
     assert oracle.store == "" and len(oracle.records) == 4
     for qid, shown, note in zip(oracle.records.qid, oracle.records.retrieved, oracle.records.context_note):
         assert len(shown) == len(evidence[qid]) and note.startswith(f"{len(evidence[qid])} evidence turn(s) of")
+    for system in ("oracle", "rag", "full-context"):  # the baselines reply in the stage's answer_style
+        prompts: list = []
+        run(
+            _cfg(tmp_path, data_dir, system=system, limit=1, answer_style="direct", run_dir=str(tmp_path / system)),
+            generator=ScriptedGenerator(lambda m: prompts.append(m[-1]["content"]) or "**Answer:** x"),
+            progress=False,
+        )
+        assert len(prompts) == 1 and prompts[0].splitlines()[-1].startswith("Give only the short answer"), system
 
 
 def test_rerun_gives_the_same_records_and_counts(data_dir, tmp_path):

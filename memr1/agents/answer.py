@@ -103,6 +103,13 @@ _REPLY = {
 }
 
 
+def check_style(style: str) -> str:
+    """``style`` when it is one of ``STYLES``; else a ConfigError."""
+    if style not in STYLES:
+        raise ConfigError(f"answer style must be one of {STYLES}, got {style!r}")
+    return style
+
+
 def render_context(blocks: Sequence[tuple[str, Sequence[str]]]) -> str:
     """Context blocks as text: ``"header:"``, then its lines as ``- `` bullets (or ``(none)``).
 
@@ -130,8 +137,7 @@ def qa_messages(
         material: what the context consists of (``MEMORIES``, ``TRANSCRIPT``, ``EXCERPTS``).
         style: one of ``STYLES``: ``distill`` (selected lines, then the answer) or ``direct``.
     """
-    if style not in STYLES:
-        raise ConfigError(f"answer style must be one of {STYLES}, got {style!r}")
+    check_style(style)
     names = list(speakers) + ["the other person"] * max(0, 2 - len(speakers))
     words = {
         "header": SELECTION_HEADER,
@@ -347,8 +353,7 @@ class AnswerAgent:
     ):
         if k_per_speaker < 1 or batch_size < 1:
             raise ConfigError(f"k_per_speaker and batch_size must be >= 1, got {k_per_speaker}, {batch_size}")
-        if style not in STYLES:
-            raise ConfigError(f"answer style must be one of {STYLES}, got {style!r}")
+        check_style(style)
         self.generator, self.sampling = generator, sampling
         self.k_per_speaker, self.batch_size, self.style = k_per_speaker, batch_size, style
 

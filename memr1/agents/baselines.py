@@ -21,6 +21,7 @@ from memr1.agents.answer import (
     EXCERPTS,
     TRANSCRIPT,
     AnswerRecord,
+    check_style,
     generate_batched,
     make_record,
     qa_messages,
@@ -67,6 +68,7 @@ class FullContextAnswerer:
             question (about 300 tokens) come on top. None: never truncate.
         sampling: decoding settings.
         batch_size: prompts per ``generate`` call.
+        style: the reply format, as ``AnswerAgent``'s (``distill`` or ``direct``).
     """
 
     def __init__(
@@ -76,10 +78,12 @@ class FullContextAnswerer:
         max_context_tokens: int | None = None,
         sampling: Sampling = GREEDY,
         batch_size: int = 8,
+        style: str = "distill",
     ):
         if max_context_tokens is not None and max_context_tokens < 0:
             raise ConfigError(f"max_context_tokens must be >= 0 or None, got {max_context_tokens}")
         self.generator, self.sampling, self.batch_size = generator, sampling, batch_size
+        self.style = check_style(style)
         self.count_tokens = count_tokens or count_words
         self.max_context_tokens = max_context_tokens
         self._cache: dict[str, tuple[Blocks, str, int]] = {}
@@ -117,7 +121,7 @@ class FullContextAnswerer:
         """One record per question of ``conv``, in the order given."""
         _check_questions(questions, conv)
         blocks, note, _ = self.context(conv)
-        prompts = [qa_messages(q.question, blocks, conv.speakers, TRANSCRIPT) for q in questions]
+        prompts = [qa_messages(q.question, blocks, conv.speakers, TRANSCRIPT, self.style) for q in questions]
         gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
         return [make_record(q, m, g, context_note=note) for q, m, g in zip(questions, prompts, gens)]
 
@@ -130,6 +134,8 @@ class ExcerptAnswerer(ABC):
     generator: Generator
     sampling: Sampling
     batch_size: int
+    style: str
+    """The reply format, as ``AnswerAgent``'s (``distill`` or ``direct``)."""
 
     @abstractmethod
     def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
@@ -146,7 +152,7 @@ class ExcerptAnswerer(ABC):
         prompts = []
         for q, top in zip(questions, tops):
             lines = [f"{conv.session_time(t.session)}: {t.render()}" for t, _ in top]
-            prompts.append(qa_messages(q.question, [(self.heading, lines)], conv.speakers, EXCERPTS))
+            prompts.append(qa_messages(q.question, [(self.heading, lines)], conv.speakers, EXCERPTS, self.style))
         gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
         n = conv.num_turns()
         return [
@@ -168,17 +174,24 @@ class RagAnswerer(ExcerptAnswerer):
         k: turns shown per question.
         sampling: decoding settings.
         batch_size: prompts per ``generate`` call.
+        style: the reply format, as ``AnswerAgent``'s (``distill`` or ``direct``).
     """
 
     heading = "Conversation excerpts, most relevant first"
 
     def __init__(
-        self, generator: Generator, embedder: Embedder, k: int = 30, sampling: Sampling = GREEDY, batch_size: int = 8
+        self,
+        generator: Generator,
+        embedder: Embedder,
+        k: int = 30,
+        sampling: Sampling = GREEDY,
+        batch_size: int = 8,
+        style: str = "distill",
     ):
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         self.generator, self.embedder, self.k = generator, embedder, k
-        self.sampling, self.batch_size = sampling, batch_size
+        self.sampling, self.batch_size, self.style = sampling, batch_size, check_style(style)
         self._index: dict[str, tuple[list[Turn], np.ndarray]] = {}
 
     def index(self, conv: Conversation) -> tuple[list[Turn], np.ndarray]:
@@ -216,12 +229,14 @@ class OracleAnswerer(ExcerptAnswerer):
         generator: any ``Generator``.
         sampling: decoding settings.
         batch_size: prompts per ``generate`` call.
+        style: the reply format, as ``AnswerAgent``'s (``distill`` or ``direct``).
     """
 
     heading = "Conversation excerpts that hold the answer"
 
-    def __init__(self, generator: Generator, sampling: Sampling = GREEDY, batch_size: int = 8):
+    def __init__(self, generator: Generator, sampling: Sampling = GREEDY, batch_size: int = 8, style: str = "distill"):
         self.generator, self.sampling, self.batch_size = generator, sampling, batch_size
+        self.style = check_style(style)
 
     def top_turns(self, questions: Sequence[QA], conv: Conversation) -> list[list[tuple[Turn, float]]]:
         """Per question, its evidence turns that ``conv`` holds, in conversation order (score 1.0 each)."""

@@ -106,7 +106,8 @@ class EvalConfig(RunConfig):
     """Extractor and manager prompts: json (the JSON forms of Memory-R1) or lines (one item per line, taught
     by worked examples; what a 135M model can write)."""
     answer_style: str = "distill"
-    """distill (list the relevant memories, then answer; Memory-R1) or direct (the answer line only)."""
+    """distill (list the relevant memories, then answer; Memory-R1) or direct (the answer line only); the
+    baselines (full-context, rag, oracle) reply in the same style."""
     answer_adapter: str = ""
     """LoRA adapter of the Answer Agent: a stage-03 run folder or an adapter folder; "" for none (the base model)."""
     manager_adapter: str = ""

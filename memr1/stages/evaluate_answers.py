@@ -80,13 +80,14 @@ def answer(setup: Any, conv: Any, qs: list, banks: Any) -> tuple[list, Tally]:
             count_tokens=gen.count_tokens,
             sampling=sampling,
             max_context_tokens=context_budget(gen.context_window, cfg.answer_tokens),
+            style=cfg.answer_style,
         )
         records = answerer.answer(qs, seen)
     elif cfg.system in ("rag", "oracle"):
         excerpts: ExcerptAnswerer = (
-            RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling)
+            RagAnswerer(gen, setup.embedder, k=2 * cfg.k_per_speaker, sampling=sampling, style=cfg.answer_style)
             if cfg.system == "rag"
-            else OracleAnswerer(gen, sampling=sampling)
+            else OracleAnswerer(gen, sampling=sampling, style=cfg.answer_style)
         )
         records = excerpts.answer(qs, seen)
     else:
