@@ -167,7 +167,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
     from memr1.runs import read_result
     from memr1.stages.evaluate import EvalResult
 
-    rows, missing, overall = [], [], {}
+    rows, missing, overall, judges = [], [], {}, []
     for system in cfg.systems:
         seeds = cfg.seeds if system in TRAINED else [0]
         found = [run_dir(cfg, system, s) for s in seeds if (run_dir(cfg, system, s) / "metrics.json").is_file()]
@@ -175,8 +175,9 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
             missing.append(system)
             continue
         frames = [pd.read_parquet(d / "records.parquet") for d in found]
-        model = read_result(found[0], EvalResult).config.get("model", "")
-        rows.append(locomo_row(system, frames, model))
+        saved = [read_result(d, EvalResult) for d in found]
+        rows.append(locomo_row(system, frames, saved[0].config.get("model", "")))
+        judges += [(f"{system} seed {d.name[4:]}", s.result.judge) for d, s in zip(found, saved) if s.result.judge]
         overall[system] = [100 * float(f["f1"].mean()) for f in frames]
     mem1_cells: list[dict] = []
     if cfg.mem1_results:
@@ -197,7 +198,8 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         "",
         "F1 / BLEU-1 / J ×100 per column (Memory-R1's names: Single Hop = category 1, Multi-Hop = 3, Open Domain = "
         "4, Temporal = 2). One run: mean [95% bootstrap interval over questions]; several seeds: mean ± std over "
-        "seeds. J: –, not judged. Published rows: the paper's numbers with its own 7-8B models, for context. "
+        "seeds. J: the share of answers the judge labelled CORRECT, over those it labelled (judges below); –: not "
+        "judged. Published rows: the paper's numbers with its own 7-8B models, for context. "
         "Systems: full-context reads the transcript cut at the model's window (the newest turns kept); rag the "
         "top-k raw turns; oracle the question's own evidence turns (perfect retrieval); replay LoCoMo's observation "
         "facts as memories; base, memory-r1-answer and memory-r1 the banks their extractor and manager wrote.",
@@ -205,6 +207,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         locomo_markdown(rows),
         "",
         f"Missing (no finished run under `{cfg.runs}/locomo`): {', '.join(missing) or 'none'}.",
+        *_judge_lines(judges),
     ]
     if mem1:
         lines += [
@@ -223,6 +226,22 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
     out = {"locomo": rows, "missing": missing, "mem1": mem1, "summary": summary}  # N keys become text in JSON
     write_json_atomic(Path(cfg.out + ".json"), out)
     return out
+
+
+def _judge_lines(judges: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Who judged each judged run, how many replies held a label, and how often the label agrees with F1 ≥ 0.5."""
+    if not judges:
+        return []
+    lines = ["", "Judges (J):", ""]
+    for run, j in judges:
+        agree = j.get("agreement_with_f1", {}).get("agreement")
+        agreement = "–" if agree is None else f"{agree:.0%}"
+        lines.append(
+            f"- {run}: `{j.get('model')}` ({j.get('served') or j.get('base_url')}, prompt {j.get('prompt_version')}); "
+            f"{j.get('verdicts')} answers labelled, {j.get('unparsed')} without a readable label; agreement with "
+            f"F1 ≥ 0.5 on the labelled ones: {agreement}"
+        )
+    return lines
 
 
 def summarize(overall: dict[str, list[float]], rows: list[dict], mem1_cells: list[dict], total: int) -> list[str]:
