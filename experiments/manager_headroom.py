@@ -194,7 +194,7 @@ def main() -> None:
             else:
                 r = answer(runs, bank, seed, *built)
             results["runs"][f"{bank}-seed{seed}"] = {**r, "bank": bank, "seed": seed}
-            write(results, Path(args.out), "experiments/manager_headroom.py " + shlex.join(sys.argv[1:]))
+            write(results, Path(args.out), shlex.join(["experiments/manager_headroom.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
