@@ -79,6 +79,7 @@ def answer(runs: Path, name: str, seed: int, conv, banks) -> dict:
     import pandas as pd
 
     from memr1.agents.answer import AnswerAgent
+    from memr1.data.locomo import load_locomo
     from memr1.eval.records import records_frame
     from memr1.eval.tables import category_table
     from memr1.files import atomic_path
@@ -94,8 +95,6 @@ def answer(runs: Path, name: str, seed: int, conv, banks) -> dict:
         gen = make_generator(base, cfg.backend, lora_path=lora, prefix_cache=cfg.prefix_cache)
         agent = AnswerAgent(gen, Sampling(max_new_tokens=cfg.answer_tokens), k_per_speaker=cfg.k_per_speaker,
                             style=cfg.answer_style)  # fmt: skip
-        from memr1.data.locomo import load_locomo
-
         qs = select_questions(load_locomo(cfg.data_dir or None), cfg)
         df = records_frame(agent.answer(qs, banks), conv, name, cfg.model)
         with atomic_path(path) as tmp:

@@ -118,20 +118,42 @@ def judge_frame(df: Any, judge: Any, cfg: Any, progress: bool) -> dict[str, Any]
     ``judge``: an ``LLMJudge`` to use; None builds one from ``cfg`` (``judge_serve``, or ``judge_base_url``
     and ``judge_model``), caching verdicts in ``<run_dir>/judge_cache.sqlite``.
     """
-    from memr1.eval.judge import JudgeConfig, LLMJudge, judge_records
+    from memr1.eval.judge import LLMJudge, judge_records
 
-    f1_column, cache = f1_column_of(cfg.metric_family), judge_cache(cfg.run_dir)
+    f1_column = f1_column_of(cfg.metric_family)
     if judge is not None:
         return judge_records(df, judge, f1_column=f1_column, progress=progress)
-    if cfg.judge_serve:
-        from memr1.eval.judge_server import serve_model
+    if not (cfg.judge_serve or cfg.judge_model):
+        return None
+    with served_judge(cfg.judge_serve) as served:
+        jcfg = judge_config(served, cfg.judge_base_url, cfg.judge_model, judge_cache(cfg.run_dir))
+        with LLMJudge(jcfg) as judge:
+            return {**judge_records(df, judge, f1_column=f1_column, progress=progress), **described(served)}
 
-        with serve_model(cfg.judge_serve) as served, LLMJudge(served.judge_config(cache_path=cache)) as judge:
-            return {**judge_records(df, judge, f1_column=f1_column, progress=progress), **served.describe()}
-    if cfg.judge_model:
-        with LLMJudge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, cache_path=cache)) as judge:
-            return judge_records(df, judge, f1_column=f1_column, progress=progress)
-    return None
+
+def served_judge(name: str) -> Any:
+    """A context serving model ``name`` locally (`memr1.eval.judge_server.serve_model`); for "" one that yields
+    None (the judge is an endpoint)."""
+    import contextlib
+
+    from memr1.eval.judge_server import serve_model
+
+    return serve_model(name) if name else contextlib.nullcontext()
+
+
+def judge_config(served: Any, base_url: str, model: str, cache_path: str) -> Any:
+    """The ``JudgeConfig`` of a served model (``served``, from ``served_judge``), else of the endpoint
+    ``base_url`` / ``model``; verdicts cached in ``cache_path``."""
+    from memr1.eval.judge import JudgeConfig
+
+    if served is not None:
+        return served.judge_config(cache_path=cache_path)
+    return JudgeConfig(base_url=base_url, model=model, cache_path=cache_path)
+
+
+def described(served: Any) -> dict[str, Any]:
+    """What a result keeps about a served judge (``{}`` for an endpoint)."""
+    return served.describe() if served is not None else {}
 
 
 def judge_cache(run_dir: str | Path) -> str:
@@ -171,4 +193,14 @@ def _read(path: Path, key: str, qids: list[str]) -> tuple[list[dict[str, Any]], 
         return None
 
 
-__all__ = ["answer", "answered_rows", "context_budget", "forget_answers", "judge_cache", "judge_frame"]
+__all__ = [
+    "answer",
+    "answered_rows",
+    "context_budget",
+    "described",
+    "forget_answers",
+    "judge_cache",
+    "judge_config",
+    "judge_frame",
+    "served_judge",
+]

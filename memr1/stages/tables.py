@@ -121,12 +121,9 @@ def judge_missing(cfg: TablesConfig, progress: bool = True) -> list[str]:
     """Judge every finished (system, seed) run that has no J, with one judge for all: ``cfg.judge_serve``
     served locally, or the endpoint ``cfg.judge_base_url`` / ``cfg.judge_model``
     (`memr1.stages.evaluate.judge_stored`; verdicts cached per run). Returns the cells judged."""
-    import contextlib
-
-    from memr1.eval.judge import JudgeConfig, LLMJudge
-    from memr1.eval.judge_server import serve_model
+    from memr1.eval.judge import LLMJudge
     from memr1.stages.evaluate import judge_stored
-    from memr1.stages.evaluate_answers import judge_cache
+    from memr1.stages.evaluate_answers import described, judge_cache, judge_config, served_judge
 
     if not (cfg.judge_serve or cfg.judge_model):
         raise ConfigError("judge_missing needs TablesConfig.judge_serve, or judge_base_url and judge_model")
@@ -135,17 +132,13 @@ def judge_missing(cfg: TablesConfig, progress: bool = True) -> list[str]:
     if not todo:
         return []
     done = []
-    with serve_model(cfg.judge_serve) if cfg.judge_serve else contextlib.nullcontext() as served:
+    with served_judge(cfg.judge_serve) as served:
         for i, (system, seed, d) in enumerate(todo):
             t0 = time.perf_counter()
-            jcfg = (
-                served.judge_config(cache_path=judge_cache(d))
-                if served
-                else JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, cache_path=judge_cache(d))
-            )
+            jcfg = judge_config(served, cfg.judge_base_url, cfg.judge_model, judge_cache(d))
             print(f"[{i + 1}/{len(todo)}] judging {system} seed {seed} with {jcfg.model}", flush=True)
             with LLMJudge(jcfg) as judge:
-                res = judge_stored(d, judge, describe=served.describe() if served else None, progress=progress)
+                res = judge_stored(d, judge, describe=described(served), progress=progress)
             secs = time.perf_counter() - t0
             print(f"[{i + 1}/{len(todo)}] {system} seed {seed}: {res.questions} answers in {secs:.0f} s", flush=True)
             done.append(f"{system}-seed{seed}")
