@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--max-turns", type=int, default=0, help="only each conversation's first N turns (0: all)")
     ap.add_argument("--every", type=float, default=300, help="seconds between progress lines")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # the cache's reuse line
 
     from memr1.data.locomo import load_locomo
     from memr1.stages.evaluate import prepare_banks, select_questions, system_key

@@ -293,3 +293,29 @@ def test_lockstep_must_be_at_least_one():
 
     with pytest.raises(ConfigError, match="lockstep must be >= 1"):
         EvalConfig.from_params({"lockstep": 0})
+
+
+def test_a_second_build_over_the_same_turns_takes_every_extraction_from_the_cache(locomo, data_dir, tmp_path):
+    """What lets the memory-r1 seeds share base's extractions: remove the banks, keep the store's
+    completions.jsonl, and a rebuild sends the model manager prompts only, giving the same banks and counts."""
+    import shutil
+    from pathlib import Path
+
+    from memr1.stages.evaluate import prepare_banks, system_key
+    from memr1.stages.evaluate_banks import COMPLETIONS_FILE
+
+    def build(cfg) -> list[str]:
+        sent: list[str] = []
+        prepare_banks(cfg, generator=ScriptedGenerator(lambda m: sent.append(m[-1]["content"]) or policy(m)),
+                      progress=False)  # fmt: skip
+        return ["New facts from" in text for text in sent]
+
+    cfg = _stage_cfg(data_dir, tmp_path, lockstep=3, max_turns=12)
+    assert sum(not manager for manager in build(cfg)) == 8 * 12  # every turn extracted once
+    built = _stored(cfg, locomo)
+    assert (Path(cfg.store_dir) / COMPLETIONS_FILE).is_file()
+    shutil.rmtree(Path(cfg.store_dir) / system_key(cfg.resolved()))
+    assert all(build(cfg)) and _stored(cfg, locomo) == built  # no extractor prompt reached the model
+
+    shutil.rmtree(Path(cfg.store_dir) / system_key(cfg.resolved()))
+    assert sum(not manager for manager in build(cfg.replace(extract_cache=False))) == 8 * 12

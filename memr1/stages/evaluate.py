@@ -90,6 +90,10 @@ class EvalConfig(RunConfig):
     lockstep: int = 10
     """Conversations whose banks are built together, every model call carrying turns of each (larger batches;
     gain: bench/bench_lockstep.py). The banks equal one-at-a-time ones up to fp32 rounding. 1: one at a time."""
+    extract_cache: bool = True
+    """Keep the LLM extractor's greedy completions in <store>/completions.jsonl and reuse them in every later build
+    over the same turns (memr1.llm.completion_cache): extraction never depends on a bank, so base and each
+    memory-r1 seed extract once between them."""
     prefix_cache: int = 64
     """Prompt prefixes that a batch shares, at least this many tokens long (the instructions and examples that
     open every extractor and manager prompt), are encoded once and their key/value cache reused (memr1.llm.prefix_cache;

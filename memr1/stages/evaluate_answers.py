@@ -28,8 +28,9 @@ log = logging.getLogger("memr1")
 
 ANSWERED = "answered"
 """Folder of the per-conversation answer files under a stage-05 run folder."""
-_NOT_IN_KEY = ("judge_base_url", "judge_model", "judge_serve", "lockstep")
-"""Config fields that never change an answer (judging happens after; lockstep only batches bank building)."""
+_NOT_IN_KEY = ("judge_base_url", "judge_model", "judge_serve", "lockstep", "extract_cache")
+"""Config fields that never change an answer (judging happens after; lockstep and the extraction cache only
+speed up bank building)."""
 
 
 def answer_key(cfg: Any) -> str:

@@ -10,7 +10,8 @@ call carries the next chunk (extractor) or the next group of turns (manager) of 
 the wall time of the batch it came from divided by the prompts in that batch, so each conversation is
 charged an equal share for every prompt it sent; the conversations' seconds add up to the wall time
 spent generating. The p50 / p95 the stage reports are therefore seconds per prompt: they fall as the
-batches fill, although no single turn waits less.
+batches fill, although no single turn waits less. An extraction taken from the completion cache
+(``EvalConfig.extract_cache``) is charged what it cost when it was computed; the log says how many were.
 
 **Counts kept beside the store.** ``<store>/<sample_id>.ops.json`` holds, for every turn ever run into
 the banks, the applied operations, the rejected outputs, and the extractor's and manager's seconds and
@@ -25,6 +26,7 @@ count that step's unchanged turns again when they rerun.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,11 +35,15 @@ from typing import Any
 
 from memr1.errors import ConfigError
 
+log = logging.getLogger("memr1")
+
 LLM_BANK_SYSTEMS = ("base", "memory-r1", "memory-r1-answer")
 """Systems whose banks an LLM extractor and manager build."""
 LATENCY_COMPONENTS = ("extract", "manager", "search", "answer")
 """Pipeline components timed per call."""
 BUILD_ROLES = ("extract", "manager")
+COMPLETIONS_FILE = "completions.jsonl"
+"""The extractor's kept completions, in the store folder shared by every system (``EvalConfig.extract_cache``)."""
 """The components that build the banks (their costs are kept in ops.json)."""
 BATCH_TURNS = 16
 """Turns per conversation extracted per chunk (`build_many`'s ``batch_turns``)."""
@@ -125,6 +131,7 @@ def build_all(setup: Any, convs: Sequence[Any]) -> dict[str, tuple[dict[str, Any
     the answer and search costs of its own run to it.
     """
     from memr1.agents.builder import build_many
+    from memr1.llm.completion_cache import CompletionCache
     from memr1.memory.replay import replay_observations
 
     cfg = setup.cfg
@@ -161,6 +168,9 @@ def build_all(setup: Any, convs: Sequence[Any]) -> dict[str, tuple[dict[str, Any
         )
         for b in built:
             out[b.conversation.sample_id] = (b.banks, _done(counts[b.conversation.sample_id]))
+    cache = getattr(extractor, "generator", None)
+    if isinstance(cache, CompletionCache):
+        log.info("extraction: %d completions reused from %s, %d computed", cache.hits, cache.path, cache.misses)
     return out
 
 
@@ -178,8 +188,13 @@ def _agents(setup: Any) -> tuple[Any, Any]:
     cfg = setup.cfg
     if cfg.system not in LLM_BANK_SYSTEMS:
         return TurnAsFactExtractor(), HeuristicManager()
+    from memr1.llm.completion_cache import CompletionCache
+
+    extracting = setup.generator  # the plain model: its name names its weights, as the cache needs
+    if cfg.extract_cache:
+        extracting = CompletionCache(setup.generator, setup.store.parent / COMPLETIONS_FILE)
     extractor = FactExtractor(
-        setup.generator,
+        extracting,
         Sampling(max_new_tokens=cfg.extract_tokens),
         batch_size=BATCH_TURNS * cfg.lockstep,
         style=cfg.memory_style,
