@@ -154,3 +154,39 @@ def test_memr1_tables_judges_stored_runs_through_an_endpoint(data_dir, tmp_path)
     for bad in ({"judge_model": "m"}, {"judge_serve": "tiny", "judge_base_url": "http://x/v1", "judge_model": "m"}):
         with pytest.raises(ConfigError, match="judge with judge_serve"):
             TablesConfig(**bad)
+
+
+def test_trained_runs_are_compared_with_their_reference_question_by_question(data_dir, tmp_path):
+    """memory-r1-answer seeds against base, from stored runs: +10 on every question is +10.0 [+10.0, +10.0]; a
+    seed that equals base is +0.0 and contains 0; the summary counts both from the numbers."""
+    import shutil
+
+    from memr1.stages.evaluate import EvalConfig, run
+    from memr1.stages.tables import TablesConfig, build
+
+    runs = tmp_path / "runs"
+    base = runs / "locomo" / "base" / "seed0"
+    cfg = EvalConfig.from_params(
+        {"profile": "smoke", "system": "replay", "split": "test", "limit": 6, "embedder": "hash",
+         "data_dir": str(data_dir), "run_dir": str(base)}
+    )  # fmt: skip
+    run(cfg, progress=False)
+    records = pd.read_parquet(base / "records.parquet")
+    records["f1"] = [0.0, 0.2, 0.4, 0.5, 0.7, 0.9][: len(records)]
+    records.to_parquet(base / "records.parquet")
+    for seed, gain in ((0, 0.1), (1, 0.0)):
+        d = runs / "locomo" / "memory-r1-answer" / f"seed{seed}"
+        shutil.copytree(base, d)
+        (records.assign(f1=records["f1"] + gain)).sample(frac=1, random_state=seed).to_parquet(d / "records.parquet")
+
+    out = build(TablesConfig(runs=str(runs), out=str(tmp_path / "t"), mem1_results="",
+                             systems=["base", "memory-r1-answer", "memory-r1"]))  # fmt: skip
+    got = {d["seed"]: (d["reference"], d["questions"], round(d["delta_f1"], 6), round(d["lo"], 6))
+           for d in out["paired"]}  # fmt: skip
+    assert got == {0: ("base", 6, 10.0, 10.0), 1: ("base", 6, 0.0, 0.0)}  # rows matched by qid, not by order
+    md = (tmp_path / "t.md").read_text()
+    assert "| memory-r1-answer | base | 0 | 6 | +10.0 [+10.0, +10.0] |" in md
+    assert (
+        "memory-r1-answer against base: overall F1 +5.0 on average over 2 seed(s); 1 paired interval(s) above 0, "
+        "0 below 0, 1 containing 0." in out["summary"]
+    )

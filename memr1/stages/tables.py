@@ -33,6 +33,9 @@ from memr1.files import write_json_atomic, write_text_atomic
 LOCOMO_SYSTEMS = ("base", "full-context", "rag", "heuristic", "replay", "oracle", "memory-r1-answer", "memory-r1")
 TRAINED = ("memory-r1-answer", "memory-r1")
 """Systems with adapters: one run per training seed."""
+PAIRS = (("memory-r1-answer", "base"), ("memory-r1", "base"), ("memory-r1", "memory-r1-answer"))
+"""(trained, reference) pairs compared question by question: what training the Answer Agent changes (same banks),
+what training both agents changes, and what the trained manager adds (same trained Answer Agent, same seed)."""
 LOCOMO_PARAMS: dict[str, Any] = {
     "profile": "cpu",
     "model": "smollm2-135m",
@@ -161,6 +164,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
     from memr1.stages.evaluate import EvalResult
 
     rows, missing, overall, judges = [], [], {}, []
+    by_cell: dict[tuple[str, int], Any] = {}
     for system in cfg.systems:
         seeds = cfg.seeds if system in TRAINED else [0]
         found = [run_dir(cfg, system, s) for s in seeds if (run_dir(cfg, system, s) / "metrics.json").is_file()]
@@ -168,6 +172,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
             missing.append(system)
             continue
         frames = [pd.read_parquet(d / "records.parquet") for d in found]
+        by_cell.update({(system, int(d.name[4:])): f for d, f in zip(found, frames)})
         saved = [read_result(d, EvalResult) for d in found]
         rows.append(locomo_row(system, frames, saved[0].config.get("model", "")))
         judges += [(f"{system} seed {d.name[4:]}", s.result.judge) for d, s in zip(found, saved) if s.result.judge]
@@ -179,7 +184,8 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
             raise ConfigError(f"{path} does not exist; run experiments/mem1_horizon.py or pass --mem1-results ''")
         mem1_cells = list(json.loads(path.read_text())["cells"].values())
     mem1 = mem1_rows(mem1_cells)
-    summary = summarize(overall, rows, mem1_cells, TEST_QUESTIONS)
+    deltas = paired(by_cell)
+    summary = summarize(overall, rows, mem1_cells, TEST_QUESTIONS) + summarize_paired(deltas)
     lines = [
         "# The papers' tables, rebuilt by `memr1 tables`",
         "",
@@ -201,6 +207,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         "",
         f"Missing (no finished run under `{cfg.runs}/locomo`): {', '.join(missing) or 'none'}.",
         *_judge_lines(judges),
+        *_paired_lines(deltas),
     ]
     if mem1:
         lines += [
@@ -216,8 +223,65 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
             "![peak tokens against N](../img/mem1_horizon.png)",
         ]
     write_text_atomic(Path(cfg.out + ".md"), "\n".join(lines) + "\n")
-    out = {"locomo": rows, "missing": missing, "mem1": mem1, "summary": summary}  # N keys become text in JSON
+    # N keys become text in JSON
+    out = {"locomo": rows, "missing": missing, "paired": deltas, "mem1": mem1, "summary": summary}
     write_json_atomic(Path(cfg.out + ".json"), out)
+    return out
+
+
+def paired(frames: dict[tuple[str, int], Any]) -> list[dict[str, Any]]:
+    """Each finished trained run against its reference in ``PAIRS`` (an untrained reference: its seed-0 run; a
+    trained one: the same seed): overall F1 ×100 difference with its paired bootstrap interval over the questions
+    both answered."""
+    from memr1.eval.bootstrap import paired_bootstrap
+
+    out = []
+    for trained, reference in PAIRS:
+        for (system, seed), df in sorted(frames.items()):
+            other = frames.get((reference, seed if reference in TRAINED else 0))
+            if system != trained or other is None:
+                continue
+            both = df[["qid", "f1"]].merge(other[["qid", "f1"]], on="qid", suffixes=("", "_ref"))
+            iv = paired_bootstrap(100 * both["f1"], 100 * both["f1_ref"])
+            out.append({"system": trained, "reference": reference, "seed": seed, "questions": iv.n,
+                        "delta_f1": iv.mean, "lo": iv.lo, "hi": iv.hi})  # fmt: skip
+    return out
+
+
+def _paired_lines(deltas: list[dict[str, Any]]) -> list[str]:
+    if not deltas:
+        return []
+    lines = [
+        "",
+        "Trained against untrained, question by question (overall F1 ×100 difference, mean [95% paired bootstrap "
+        "interval over the questions both runs answered], one line per training seed):",
+        "",
+        "| system | against | seed | questions | Δ F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for d in deltas:
+        lines.append(
+            f"| {d['system']} | {d['reference']} | {d['seed']} | {d['questions']} | "
+            f"{d['delta_f1']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] |"
+        )
+    return lines
+
+
+def summarize_paired(deltas: list[dict[str, Any]]) -> list[str]:
+    """One sentence per compared pair: the mean difference over seeds and how many intervals exclude 0."""
+    import statistics
+
+    out = []
+    for trained, reference in PAIRS:
+        mine = [d for d in deltas if d["system"] == trained and d["reference"] == reference]
+        if not mine:
+            continue
+        above, below = sum(d["lo"] > 0 for d in mine), sum(d["hi"] < 0 for d in mine)
+        out.append(
+            f"{trained} against {reference}: overall F1 {statistics.mean(d['delta_f1'] for d in mine):+.1f} on "
+            f"average over {len(mine)} seed(s); {above} paired interval(s) above 0, {below} below 0, "
+            f"{len(mine) - above - below} containing 0."
+        )
     return out
 
 
@@ -264,4 +328,7 @@ def summarize(overall: dict[str, list[float]], rows: list[dict], mem1_cells: lis
     return out
 
 
-__all__ = ["LOCOMO_PARAMS", "LOCOMO_SYSTEMS", "TablesConfig", "build", "judge_missing", "locomo_config", "run_missing"]
+__all__ = [
+    "LOCOMO_PARAMS", "LOCOMO_SYSTEMS", "PAIRS", "TablesConfig", "build", "judge_missing", "locomo_config", "paired",
+    "run_missing",
+]  # fmt: skip
