@@ -42,9 +42,9 @@ LLM_BANK_SYSTEMS = ("base", "memory-r1", "memory-r1-answer")
 LATENCY_COMPONENTS = ("extract", "manager", "search", "answer")
 """Pipeline components timed per call."""
 BUILD_ROLES = ("extract", "manager")
+"""The components that build the banks (their costs are kept in ops.json)."""
 COMPLETIONS_FILE = "completions.jsonl"
 """The extractor's kept completions, in the store folder shared by every system (``EvalConfig.extract_cache``)."""
-"""The components that build the banks (their costs are kept in ops.json)."""
 BATCH_TURNS = 16
 """Turns per conversation extracted per chunk (`build_many`'s ``batch_turns``)."""
 
