@@ -179,14 +179,32 @@ def test_trained_runs_are_compared_with_their_reference_question_by_question(dat
         shutil.copytree(base, d)
         (records.assign(f1=records["f1"] + gain)).sample(frac=1, random_state=seed).to_parquet(d / "records.parquet")
 
+    sft = runs / "locomo" / "sft-answer" / "seed0"
+    shutil.copytree(base, sft)
+    records.assign(f1=records["f1"] + 0.04).to_parquet(sft / "records.parquet")
+
     out = build(TablesConfig(runs=str(runs), out=str(tmp_path / "t"), mem1_results="",
-                             systems=["base", "memory-r1-answer", "memory-r1"]))  # fmt: skip
-    got = {d["seed"]: (d["reference"], d["questions"], round(d["delta_f1"], 6), round(d["lo"], 6))
+                             systems=["base", "sft-answer", "memory-r1-answer", "memory-r1"]))  # fmt: skip
+    got = {(d["system"], d["reference"], d["seed"]): (d["questions"], round(d["delta_f1"], 6), round(d["lo"], 6))
            for d in out["paired"]}  # fmt: skip
-    assert got == {0: ("base", 6, 10.0, 10.0), 1: ("base", 6, 0.0, 0.0)}  # rows matched by qid, not by order
+    assert got == {  # rows matched by qid, not by order; sft-answer seed 1 is missing, so seed 1 has no RL-vs-SFT line
+        ("sft-answer", "base", 0): (6, 4.0, 4.0),
+        ("memory-r1-answer", "base", 0): (6, 10.0, 10.0),
+        ("memory-r1-answer", "base", 1): (6, 0.0, 0.0),
+        ("memory-r1-answer", "sft-answer", 0): (6, 6.0, 6.0),
+    }
     md = (tmp_path / "t.md").read_text()
     assert "| memory-r1-answer | base | 0 | 6 | +10.0 [+10.0, +10.0] |" in md
     assert (
         "memory-r1-answer against base: overall F1 +5.0 on average over 2 seed(s); 1 paired interval(s) above 0, "
         "0 below 0, 1 containing 0." in out["summary"]
     )
+
+
+def test_the_sft_comparator_is_memory_r1_answer_with_the_sft_adapter_of_the_same_seed():
+    from memr1.stages.tables import TablesConfig, locomo_config
+
+    cfg = TablesConfig(runs="r", sft_adapter="sft/s{seed}", answer_adapter="rl/s{seed}")
+    sft, rl = locomo_config(cfg, "sft-answer", 2), locomo_config(cfg, "memory-r1-answer", 2)
+    assert (sft.system, sft.answer_adapter, sft.run_dir) == ("memory-r1-answer", "sft/s2", "r/locomo/sft-answer/seed2")
+    assert (rl.system, rl.answer_adapter) == ("memory-r1-answer", "rl/s2") and sft.store_dir == rl.store_dir

@@ -30,12 +30,21 @@ from typing import Any
 from memr1.errors import ConfigError
 from memr1.files import write_json_atomic, write_text_atomic
 
-LOCOMO_SYSTEMS = ("base", "full-context", "rag", "heuristic", "replay", "oracle", "memory-r1-answer", "memory-r1")
-TRAINED = ("memory-r1-answer", "memory-r1")
+LOCOMO_SYSTEMS = (
+    "base", "full-context", "rag", "heuristic", "replay", "oracle", "sft-answer", "memory-r1-answer", "memory-r1",
+)  # fmt: skip
+TRAINED = ("sft-answer", "memory-r1-answer", "memory-r1")
 """Systems with adapters: one run per training seed."""
-PAIRS = (("memory-r1-answer", "base"), ("memory-r1", "base"), ("memory-r1", "memory-r1-answer"))
-"""(trained, reference) pairs compared question by question: what training the Answer Agent changes (same banks),
-what training both agents changes, and what the trained manager adds (same trained Answer Agent, same seed)."""
+SFT_ANSWER = "sft-answer"
+"""The SFT comparator: stage 05's memory-r1-answer (base's banks) with the SFT adapter that the RL adapter started
+from, so that what RL adds beyond SFT is measured on the same banks and questions."""
+PAIRS = (
+    ("sft-answer", "base"), ("memory-r1-answer", "base"), ("memory-r1-answer", "sft-answer"),
+    ("memory-r1", "base"), ("memory-r1", "memory-r1-answer"),
+)  # fmt: skip
+"""(trained, reference) pairs compared question by question (a trained reference: the same seed): what SFT of the
+Answer Agent changes, what SFT then RL changes, what RL adds beyond its SFT start, what training both agents
+changes, and what the trained manager adds under the same trained Answer Agent."""
 LOCOMO_PARAMS: dict[str, Any] = {
     "profile": "cpu",
     "model": "smollm2-135m",
@@ -65,6 +74,8 @@ class TablesConfig:
     answer_adapter: str = "runs/experiments/answer_rl/sft-grpo-lr1e-4-t0.7-seed{seed}/train"
     """Answer-Agent adapter per seed (``{seed}`` is filled in): GRPO started from the SFT adapter, the RL recipe whose
     3 seeds all beat the untrained model on validation (``docs/results/answer_rl.md``)."""
+    sft_adapter: str = "runs/experiments/answer_rl/sft-lr5e-4-seed{seed}/train"
+    """SFT Answer-Agent adapter per seed (``{seed}`` is filled in): the start of answer_adapter's GRPO (sft-answer)."""
     manager_adapter: str = "runs/experiments/manager_rl/grpo-lr1e-4-t0.7-seed{seed}/train"
     """Memory-Manager adapter per seed (``{seed}`` is filled in)."""
     judge_serve: str = ""
@@ -92,10 +103,11 @@ def locomo_config(cfg: TablesConfig, system: str, seed: int):
     """The stage-05 config of one (system, seed) cell."""
     from memr1.stages.evaluate import EvalConfig
 
-    params = {**LOCOMO_PARAMS, "system": system, "run_dir": str(run_dir(cfg, system, seed)),
+    stage_system = "memory-r1-answer" if system == SFT_ANSWER else system
+    params = {**LOCOMO_PARAMS, "system": stage_system, "run_dir": str(run_dir(cfg, system, seed)),
               "store_dir": str(Path(cfg.runs) / "locomo" / "store")}  # fmt: skip
     if system in TRAINED:
-        params["answer_adapter"] = cfg.answer_adapter.format(seed=seed)
+        params["answer_adapter"] = (cfg.sft_adapter if system == SFT_ANSWER else cfg.answer_adapter).format(seed=seed)
     if system == "memory-r1":
         params["manager_adapter"] = cfg.manager_adapter.format(seed=seed)
     return EvalConfig.from_params(params)
@@ -199,7 +211,8 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         "4, Temporal = 2). One run: mean [95% bootstrap interval over questions]; several seeds: mean ± std over "
         "seeds. J: the share of answers the judge labelled CORRECT, over those it labelled (judges below); –: not "
         "judged. Published rows: the paper's numbers with its own 7-8B models, for context. "
-        "Systems: full-context reads the transcript cut at the model's window (the newest turns kept); rag the "
+        "Systems: sft-answer is memory-r1-answer with the SFT adapter its RL started from; "
+        "full-context reads the transcript cut at the model's window (the newest turns kept); rag the "
         "top-k raw turns; oracle the question's own evidence turns (perfect retrieval); replay LoCoMo's observation "
         "facts as memories; base, memory-r1-answer and memory-r1 the banks their extractor and manager wrote.",
         "",
