@@ -266,8 +266,8 @@ def _paired_lines(deltas: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "Trained against untrained, question by question (overall F1 ×100 difference, mean [95% paired bootstrap "
-        "interval over the questions both runs answered], one line per training seed):",
+        "Trained runs against their references (`PAIRS`), question by question (overall F1 ×100 difference, mean "
+        "[95% paired bootstrap interval over the questions both runs answered], one line per training seed):",
         "",
         "| system | against | seed | questions | Δ F1 |",
         "|---|---|---|---|---|",
