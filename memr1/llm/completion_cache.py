@@ -63,6 +63,8 @@ class CompletionCache:
         self.inner, self.path = inner, Path(path)
         self.hits = self.misses = self.unreadable = 0
         self._store: dict[str, Generation] = {}
+        self._torn = False
+        """The file's last line lacks its end (a crash mid-append): the next append starts a new line first."""
         if self.path.is_file():
             self._load()
 
@@ -77,17 +79,17 @@ class CompletionCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
     def generate(self, prompts: Sequence[Messages], sampling: Sampling = GREEDY) -> list[Generation]:
         """One Generation per prompt, in order; only greedy prompts not yet in the file reach ``inner``."""
         prompts = list(prompts)
         if sampling.temperature != 0:
             return self.inner.generate(prompts, sampling)
         keys = [prompt_key(self.inner, p, sampling) for p in prompts]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._store))  # a prompt twice in a batch: once
-        first = {k: keys.index(k) for k in todo}
+        first: dict[str, int] = {}  # each missing prompt once, even when a batch holds it twice
+        for i, k in enumerate(keys):
+            if k not in self._store:
+                first.setdefault(k, i)
+        todo = list(first)
         self.hits += len(keys) - len(todo)
         if todo:
             gens = self.inner.generate([prompts[first[k]] for k in todo], sampling)
@@ -102,10 +104,8 @@ class CompletionCache:
         """Store ``new`` and append it to the file in one write, flushed to disk before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps({"key": k, **dataclasses.asdict(g)}) + "\n" for k, g in new.items())
-        if self.path.is_file() and self.path.stat().st_size:
-            with open(self.path, "rb") as fh:  # a crash mid-append left a line without its end: close it
-                fh.seek(-1, os.SEEK_END)
-                text = ("" if fh.read(1) == b"\n" else "\n") + text
+        if self._torn:
+            text, self._torn = "\n" + text, False
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -115,6 +115,7 @@ class CompletionCache:
     def _load(self) -> None:
         with open(self.path, encoding="utf-8") as fh:
             for number, line in enumerate(fh, 1):
+                self._torn = not line.endswith("\n")
                 try:
                     row = json.loads(line)
                     key = row.pop("key")

@@ -250,9 +250,9 @@ def paired(frames: dict[tuple[str, int], Any]) -> list[dict[str, Any]]:
 
     out = []
     for trained, reference in PAIRS:
-        for (system, seed), df in sorted(frames.items()):
-            other = frames.get((reference, seed if reference in TRAINED else 0))
-            if system != trained or other is None:
+        for seed in sorted(seed for system, seed in frames if system == trained):
+            df, other = frames[trained, seed], frames.get((reference, seed if reference in TRAINED else 0))
+            if other is None:
                 continue
             both = df[["qid", "f1"]].merge(other[["qid", "f1"]], on="qid", suffixes=("", "_ref"))
             iv = paired_bootstrap(100 * both["f1"], 100 * both["f1_ref"])
