@@ -139,7 +139,8 @@ def _cmd_export_verl(args: argparse.Namespace) -> int:
 def _cmd_tables(args: argparse.Namespace) -> int:
     from memr1.stages.tables import TablesConfig, build, judge_missing, run_missing
 
-    cfg = TablesConfig(runs=args.runs, mem1_results=args.mem1_results, out=args.out, seeds=args.seeds,
+    cfg = TablesConfig(runs=args.runs, mem1_results=args.mem1_results, judge_check=args.judge_check, out=args.out,
+                       seeds=args.seeds,
                        judge_serve=args.judge_serve, judge_base_url=args.judge_url, judge_model=args.judge_model,
                        systems=args.systems or TablesConfig().systems)  # fmt: skip
     if args.run_missing:
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     tables = sub.add_parser("tables", help="rebuild the papers' LoCoMo and MEM1 tables from stored runs")
     tables.add_argument("--runs", default="runs/tables", help="folder of the LoCoMo runs (locomo/<system>/seed<k>)")
     tables.add_argument("--mem1-results", default="docs/results/mem1_horizon.json", help="mem1_horizon.py JSON")
+    tables.add_argument("--judge-check", default="docs/results/judge_check.json", help="judge_check.py JSON")
     tables.add_argument("--out", default="docs/results/tables", help="writes <out>.md and <out>.json")
     tables.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the trained systems")
     tables.add_argument("--systems", nargs="+", default=[], help="LoCoMo systems (default: all)")

@@ -16,6 +16,7 @@ from chat_server import Request, completion, error, serve
 from memr1.errors import ConfigError, JudgeError
 from memr1.eval.judge import (
     JUDGE_PROMPT,
+    LABEL_PROMPT,
     PROMPT_VERSION,
     JudgeConfig,
     JudgeParseError,
@@ -399,6 +400,27 @@ def test_describe_records_the_judge(server: ChatServer) -> None:
     assert d["model"] == "judge-model" and d["base_url"] == server.base_url
     assert d["prompt_version"] == PROMPT_VERSION
     assert d["prompt_sha256"] == hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()
+
+
+def test_label_prompt_asks_for_one_word_and_caches_apart(server: ChatServer, tmp_path) -> None:
+    server.replies = [(200, "CORRECT: a", 0.0)]
+    cache = str(tmp_path / "c.sqlite")
+    label = make(server.base_url, prompt="label", max_tokens=8, cache_path=cache)
+    assert label.judge("Where did Ana move?", "Paris", "Paris").label == "CORRECT"
+    body = server.requests[0]["body"]
+    assert "response_format" not in body and body["max_tokens"] == 8
+    assert body["messages"][-1]["content"] == LABEL_PROMPT.format(
+        question="Where did Ana move?", gold="Paris", prediction="Paris"
+    )
+    assert label.describe()["prompt_version"] != PROMPT_VERSION
+    assert label.describe()["prompt_sha256"] == hashlib.sha256(LABEL_PROMPT.encode()).hexdigest()
+    server.replies = [(200, OK_JSON, 0.0)]
+    full = make(server.base_url, cache_path=cache)
+    assert full.judge("Where did Ana move?", "Paris", "Paris").cached is False  # another prompt, another verdict
+    assert "response_format" in server.requests[1]["body"]
+    assert label.judge("Where did Ana move?", "Paris", "Paris").cached is True
+    with pytest.raises(ConfigError, match="prompt"):
+        make(server.base_url, prompt="short")
 
 
 def test_config_from_env_and_validation(monkeypatch) -> None:

@@ -208,3 +208,37 @@ def test_the_sft_comparator_is_memory_r1_answer_with_the_sft_adapter_of_the_same
     sft, rl = locomo_config(cfg, "sft-answer", 2), locomo_config(cfg, "memory-r1-answer", 2)
     assert (sft.system, sft.answer_adapter, sft.run_dir) == ("memory-r1-answer", "sft/s2", "r/locomo/sft-answer/seed2")
     assert (rl.system, rl.answer_adapter) == ("memory-r1-answer", "rl/s2") and sft.store_dir == rl.store_dir
+
+
+def test_an_unjudged_table_cites_the_judge_check_with_its_numbers(tmp_path):
+    """No judged run: the lines under the table come from experiments/judge_check.py's JSON, and whether the judge
+    tells high-F1 from low-F1 answers follows each prompt's interval; a broken file is a ResultError."""
+    from memr1.errors import ResultError
+    from memr1.stages.tables import TablesConfig, build
+
+    def prompt(name, high, low, diff, labelled=40):
+        return {"prompt": name, "per_class": 20, "labelled": labelled, "correct_high": high, "correct_low": low,
+                "difference": diff, "agreement": 0.5, "kappa": 0.0}  # fmt: skip
+
+    check = tmp_path / "judge_check.json"
+    check.write_text(json.dumps({"served": "smollm2-135m", "server": "transformers serve 5.0", "records": "r.parquet",
+                                 "prompts": [prompt("label", 0.84, 0.84, [0.0, -0.2, 0.2]),
+                                             prompt("strict", 0.9, 0.1, [0.8, 0.6, 0.95]),
+                                             prompt("full", None, None, None, labelled=1)]}))  # fmt: skip
+    cfg = TablesConfig(runs=str(tmp_path / "runs"), mem1_results="", judge_check=str(check), out=str(tmp_path / "t"),
+                       systems=["base"])  # fmt: skip
+    build(cfg)
+    md = (tmp_path / "t.md").read_text()
+    assert "J is empty: no run is judged. The judge this machine can serve, `smollm2-135m`" in md
+    assert (
+        "- prompt `label`: 40 of 40 replies held a label; CORRECT on 84% of answers with F1 ≥ 0.5 and 84% below "
+        "(difference +0 [-20, +20] points); agreement with F1 ≥ 0.5 50%, Cohen's kappa +0.00: it does not tell "
+        "them apart." in md
+    )
+    assert "(difference +80 [+60, +95] points)" in md and "+0.00: it tells them apart." in md
+    assert "- prompt `full`: 1 of 40 replies held a label, too few to compare." in md
+    build(TablesConfig(**{**cfg.__dict__, "judge_check": ""}))
+    assert "J is empty" not in (tmp_path / "t.md").read_text()
+    check.write_text("{not json")
+    with pytest.raises(ResultError, match="judge_check"):
+        build(cfg)

@@ -59,6 +59,18 @@ First explain your decision in one sentence, then give exactly one label, CORREC
 never both. Reply with a single JSON object and nothing else:
 {{"reason": "<one sentence>", "label": "CORRECT or WRONG"}}"""
 
+LABEL_PROMPT = """\
+Question: {question}
+Gold answer: {gold}
+Generated answer: {prediction}
+
+Does the generated answer state the fact in the gold answer? Reply with one word, CORRECT or WRONG."""
+"""For small local judges, which cannot hold JUDGE_PROMPT's sentence-then-JSON form: the label alone, so a
+reply of a few tokens carries it (``JudgeConfig.prompt = "label"``, ``max_tokens`` about 8)."""
+
+PROMPTS = {"full": (JUDGE_PROMPT, PROMPT_VERSION), "label": (LABEL_PROMPT, "memr1-judge-label-v1")}
+"""``JudgeConfig.prompt`` → (template, version); the version is part of the cache key and of every report."""
+
 LABELS = ("CORRECT", "WRONG")
 _FALLBACK_KEY_ENV = "OPENAI_API_KEY"
 _SETUP_HINT = (
@@ -93,8 +105,10 @@ class JudgeConfig(StageConfig):
     """Exponential backoff base: wait backoff_s * 2**k seconds before retry k+1."""
     temperature: float = 0.0
     """Sampling temperature of the judge."""
+    prompt: str = "full"
+    """Which PROMPTS entry asks: "full" (a sentence of reasons, then the label, as JSON) or "label" (one word)."""
     json_mode: bool = True
-    """Send response_format={"type": "json_object"}; turn off for servers that reject it."""
+    """Send response_format={"type": "json_object"} with the full prompt; turn off for servers that reject it."""
     cache_path: str = ""
     """sqlite file caching verdicts across runs; "" disables the cache."""
 
@@ -122,6 +136,8 @@ class JudgeConfig(StageConfig):
                 f"temperature >= 0; got {self.timeout_s}, {self.max_retries}, {self.parse_retries}, "
                 f"{self.backoff_s}, {self.temperature}"
             )
+        if self.prompt not in PROMPTS:
+            raise ConfigError(f"JudgeConfig.prompt must be one of {sorted(PROMPTS)}, got {self.prompt!r}")
         if self.max_tokens < 1:
             raise ConfigError(f"JudgeConfig.max_tokens must be >= 1, got {self.max_tokens}")
 
@@ -182,9 +198,9 @@ def parse_verdict(text: str) -> tuple[str, str]:
     raise JudgeParseError(f"no CORRECT/WRONG label in judge reply {text[:300]!r}")
 
 
-def cache_key(model: str, question: str, gold: str, prediction: str) -> str:
-    """sha256 over (model, PROMPT_VERSION, question, gold, prediction)."""
-    payload = json.dumps([model, PROMPT_VERSION, question, gold, prediction], ensure_ascii=False)
+def cache_key(model: str, question: str, gold: str, prediction: str, version: str = PROMPT_VERSION) -> str:
+    """sha256 over (model, prompt version, question, gold, prediction)."""
+    payload = json.dumps([model, version, question, gold, prediction], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -194,7 +210,8 @@ class LLMJudge:
     def __init__(self, cfg: JudgeConfig):
         cfg.validate()
         self.cfg = cfg
-        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode else {}
+        self.template, self.version = PROMPTS[cfg.prompt]
+        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode and cfg.prompt == "full" else {}
         self._llm = OpenAIGenerator(
             cfg.base_url,
             cfg.model,
@@ -225,26 +242,26 @@ class LLMJudge:
         return {
             "model": self.cfg.model,
             "base_url": self.cfg.base_url,
-            "prompt_version": PROMPT_VERSION,
+            "prompt_version": self.version,
             "temperature": self.cfg.temperature,
-            "prompt_sha256": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest(),
+            "prompt_sha256": hashlib.sha256(self.template.encode()).hexdigest(),
         }
 
     def judge(self, question: str, gold: str | int, prediction: str) -> Verdict:
         """Grade one answer; a cache hit makes no request. Raises JudgeError when it cannot."""
         gold = str(gold)
-        key = cache_key(self.cfg.model, question, gold, prediction)
+        key = cache_key(self.cfg.model, question, gold, prediction, self.version)
         if self.cfg.cache_path:
             row = self._db(lambda db: db.execute("SELECT label, reason FROM verdicts WHERE key = ?", (key,)).fetchone())
             if row:
                 return Verdict(row[0], row[1], row[0] == "CORRECT", cached=True)
-        prompt = JUDGE_PROMPT.format(question=question, gold=gold, prediction=prediction)
+        prompt = self.template.format(question=question, gold=gold, prediction=prediction)
         label, reason = self._ask(prompt)
         if self.cfg.cache_path:
             self._db(
                 lambda db: db.execute(
                     "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?)",
-                    (key, label, reason, self.cfg.model, PROMPT_VERSION, time.time()),
+                    (key, label, reason, self.cfg.model, self.version, time.time()),
                 )
             )
         return Verdict(label, reason, label == "CORRECT", cached=False)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memr1.errors import ConfigError
+from memr1.errors import ConfigError, ResultError
 from memr1.files import write_json_atomic, write_text_atomic
 
 LOCOMO_SYSTEMS = (
@@ -78,6 +78,9 @@ class TablesConfig:
     """SFT Answer-Agent adapter per seed (``{seed}`` is filled in): the start of answer_adapter's GRPO (sft-answer)."""
     manager_adapter: str = "runs/experiments/manager_rl/grpo-lr1e-4-t0.7-seed{seed}/train"
     """Memory-Manager adapter per seed (``{seed}`` is filled in)."""
+    judge_check: str = "docs/results/judge_check.json"
+    """Results JSON of experiments/judge_check.py: how the judge this machine has fared on answers with high and low
+    F1, cited under the table while no run is judged ("" or a missing file: not cited)."""
     judge_serve: str = ""
     """Judge every stored run without J with this model, served locally once for all of them (a model name
     or folder, as stage 05's judge_serve); "" for none."""
@@ -219,7 +222,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         locomo_markdown(rows),
         "",
         f"Missing (no finished run under `{cfg.runs}/locomo`): {', '.join(missing) or 'none'}.",
-        *_judge_lines(judges),
+        *_judge_lines(judges, cfg.judge_check),
         *_paired_lines(deltas),
     ]
     if mem1:
@@ -298,10 +301,11 @@ def summarize_paired(deltas: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _judge_lines(judges: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """Who judged each judged run, how many replies held a label, and how often the label agrees with F1 ≥ 0.5."""
+def _judge_lines(judges: list[tuple[str, dict[str, Any]]], check: str) -> list[str]:
+    """Who judged each judged run, how many replies held a label, and how often the label agrees with F1 ≥ 0.5;
+    with no judged run, what ``check`` (experiments/judge_check.py's JSON) measured of the judge at hand."""
     if not judges:
-        return []
+        return _judge_check_lines(Path(check)) if check and Path(check).is_file() else []
     lines = ["", "Judges (J):", ""]
     for run, j in judges:
         agree = j.get("agreement_with_f1", {}).get("agreement")
@@ -310,6 +314,35 @@ def _judge_lines(judges: list[tuple[str, dict[str, Any]]]) -> list[str]:
             f"- {run}: `{j.get('model')}` ({j.get('served') or j.get('base_url')}, prompt {j.get('prompt_version')}); "
             f"{j.get('verdicts')} answers labelled, {j.get('unparsed')} without a readable label; agreement with "
             f"F1 ≥ 0.5 on the labelled ones: {agreement}"
+        )
+    return lines
+
+
+def _judge_check_lines(path: Path) -> list[str]:
+    """Why J is empty: the check of the local judge, one line per prompt, every number from ``path``."""
+    try:
+        check = json.loads(path.read_text())
+        prompts = check["prompts"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ResultError(f"{path}: not a judge_check result ({exc}); rerun experiments/judge_check.py") from None
+    lines = [
+        "",
+        f"J is empty: no run is judged. The judge this machine can serve, `{check.get('served')}` "
+        f"({check.get('server')}), is a weak judge; a check on answers of `{check.get('records')}` "
+        f"(`{path.with_suffix('.md')}`) measured how often it says CORRECT on answers with F1 ≥ 0.5 and below:",
+        "",
+    ]
+    for r in prompts:
+        n, d = 2 * r["per_class"], r["difference"]
+        if d is None:
+            lines.append(f"- prompt `{r['prompt']}`: {r['labelled']} of {n} replies held a label, too few to compare.")
+            continue
+        lines.append(
+            f"- prompt `{r['prompt']}`: {r['labelled']} of {n} replies held a label; CORRECT on "
+            f"{r['correct_high']:.0%} of answers with F1 ≥ 0.5 and {r['correct_low']:.0%} below (difference "
+            f"{100 * d[0]:+.0f} [{100 * d[1]:+.0f}, {100 * d[2]:+.0f}] points); agreement with F1 ≥ 0.5 "
+            f"{r['agreement']:.0%}, Cohen's kappa {r['kappa']:+.2f}: "
+            + ("it tells them apart." if d[1] > 0 else "it does not tell them apart.")
         )
     return lines
 
