@@ -73,8 +73,8 @@ def grade(served, prompt: str, high, low, n: int, cache: Path) -> dict:
 
 
 def rates(high: list[bool | None], low: list[bool | None], resamples: int = 10_000, seed: int = 0) -> dict:
-    """CORRECT rate per stratum over labelled replies, their difference with a bootstrap interval, agreement
-    with F1 >= 0.5 and Cohen's kappa.
+    """CORRECT rate per stratum over labelled replies and their difference with a bootstrap interval, beside
+    agreement with F1 >= 0.5 and Cohen's kappa (`memr1.eval.judge.agreement_with_f1`).
 
     >>> r = rates([True, True, None, False], [False, False, True, None])
     >>> r["unlabelled"], round(r["correct_high"], 3), round(r["correct_low"], 3), round(r["agreement"], 3)
@@ -82,25 +82,19 @@ def rates(high: list[bool | None], low: list[bool | None], resamples: int = 10_0
     >>> round(r["kappa"], 3)
     0.333
     """
+    from memr1.eval.judge import agreement_with_f1
+
+    agree = agreement_with_f1([*high, *low], [1.0] * len(high) + [0.0] * len(low))
     h = np.array([c for c in high if c is not None], dtype=float)
     lo = np.array([c for c in low if c is not None], dtype=float)
-    res: dict = {"labelled": len(h) + len(lo), "unlabelled": len(high) + len(low) - len(h) - len(lo)}
+    res = {"labelled": agree["judged"], "unlabelled": len(high) + len(low) - agree["judged"],
+           "agreement": agree["agreement"], "kappa": agree["kappa"]}  # fmt: skip
     if not (len(h) and len(lo)):
-        return {**res, "correct_high": None, "correct_low": None, "difference": None, "agreement": None, "kappa": None}
+        return {**res, "correct_high": None, "correct_low": None, "difference": None}
     rng = np.random.default_rng(seed)
     diffs = rng.choice(h, (resamples, len(h))).mean(1) - rng.choice(lo, (resamples, len(lo))).mean(1)
-    agreement = (h.sum() + (1 - lo).sum()) / (len(h) + len(lo))
-    said = (h.sum() + lo.sum()) / (len(h) + len(lo))  # the judge's CORRECT rate
-    truth = len(h) / (len(h) + len(lo))  # the share with F1 >= 0.5
-    chance = said * truth + (1 - said) * (1 - truth)
-    return {
-        **res,
-        "correct_high": float(h.mean()),
-        "correct_low": float(lo.mean()),
-        "difference": [float(h.mean() - lo.mean()), *map(float, np.percentile(diffs, [2.5, 97.5]))],
-        "agreement": float(agreement),
-        "kappa": float((agreement - chance) / (1 - chance)) if chance < 1 else 0.0,
-    }
+    difference = [float(h.mean() - lo.mean()), *map(float, np.percentile(diffs, [2.5, 97.5]))]
+    return {**res, "correct_high": float(h.mean()), "correct_low": float(lo.mean()), "difference": difference}
 
 
 def write(result: dict, out: Path) -> None:

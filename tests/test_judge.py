@@ -311,6 +311,7 @@ def test_judge_records_marks_unparsed_as_nan_and_measures_agreement(server: Chat
         "threshold": 0.5,
         "judged": 3,
         "agreement": pytest.approx(2 / 3),
+        "kappa": pytest.approx(0.4),  # chance agreement 4/9 from a CORRECT rate of 2/3 and a high-F1 share of 1/3
         "correct_high": 1,
         "correct_low": 1,
         "wrong_high": 0,
@@ -320,6 +321,10 @@ def test_judge_records_marks_unparsed_as_nan_and_measures_agreement(server: Chat
 
 def test_agreement_edge_cases() -> None:
     assert agreement_with_f1([None, None], [1.0, 0.0])["agreement"] is None
+    assert agreement_with_f1([None, None], [1.0, 0.0])["kappa"] is None
+    always = agreement_with_f1([True] * 4, [0.9, 0.8, 0.0, 0.1])  # says CORRECT to everything: chance, not skill
+    assert (always["agreement"], always["kappa"]) == (0.5, 0.0)
+    assert agreement_with_f1([True, False], [0.9, 0.1])["kappa"] == 1.0
     assert agreement_with_f1([True, False], [0.5, 0.49])["agreement"] == 1.0  # F1 = 0.5 counts as high
     with pytest.raises(ConfigError, match="one F1 per verdict"):
         agreement_with_f1([True], [1.0, 0.0])

@@ -148,9 +148,12 @@ def test_memr1_tables_judges_stored_runs_through_an_endpoint(data_dir, tmp_path)
     assert judged.judge["model"] == "judge-x" and judged.judge["verdicts"] == 4 and judged.table[-1]["j"] == 50.0
     assert json.loads((tmp_path / "t.json").read_text())["locomo"][0]["Overall"]["j"].startswith("50.0 [")
     md = (tmp_path / "t.md").read_text()
-    f1_high = read_result(folder, EvalResult).result.judge["agreement_with_f1"]["agreement"]
+    agreement = read_result(folder, EvalResult).result.judge["agreement_with_f1"]
     assert f"- rag seed 0: `judge-x` ({url}, prompt memr1-judge-v1); 4 answers labelled, 0 without a readable " in md
-    assert f"agreement with F1 ≥ 0.5 on the labelled ones: {f1_high:.0%}" in md
+    assert (
+        f"agreement with F1 ≥ 0.5 on the labelled ones: {agreement['agreement']:.0%} "
+        f"(Cohen's kappa {agreement['kappa']:+.2f})" in md
+    )
     for bad in ({"judge_model": "m"}, {"judge_serve": "tiny", "judge_base_url": "http://x/v1", "judge_model": "m"}):
         with pytest.raises(ConfigError, match="judge with judge_serve"):
             TablesConfig(**bad)

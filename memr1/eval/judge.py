@@ -342,16 +342,20 @@ class LLMJudge:
 
 
 def agreement_with_f1(correct: Sequence[bool | None], f1: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
-    """How often the judge's CORRECT equals ``F1 >= threshold`` on the same answers.
+    """How often the judge's CORRECT equals ``F1 >= threshold`` on the same answers, and Cohen's kappa.
 
     A first check of a judge nobody has validated: a sound one agrees with token overlap on most answers
-    and departs from it where wording differs (another date format, a paraphrase). ``None`` in ``correct``
-    marks an answer the judge left without a label; it is left out. Counts are named judge-then-F1:
-    ``correct_high`` is CORRECT with F1 >= threshold, ``wrong_high`` is WRONG with F1 >= threshold, etc.
+    and departs from it where wording differs (another date format, a paraphrase). Kappa discounts the
+    agreement a judge gets by chance from its own CORRECT rate (0: no better than chance; a judge that says
+    CORRECT to everything scores 0 however high its agreement). ``None`` in ``correct`` marks an answer the
+    judge left without a label; it is left out. Counts are named judge-then-F1: ``correct_high`` is CORRECT
+    with F1 >= threshold, ``wrong_high`` is WRONG with F1 >= threshold, etc.
 
     >>> a = agreement_with_f1([True, False, True, False, None], [0.8, 0.1, 0.2, 0.0, 1.0])
     >>> a["judged"], a["agreement"], (a["correct_high"], a["correct_low"], a["wrong_high"], a["wrong_low"])
     (4, 0.75, (1, 1, 0, 2))
+    >>> round(a["kappa"], 3), agreement_with_f1([True, True, True], [0.9, 0.0, 0.1])["kappa"]
+    (0.5, 0.0)
     """
     if len(correct) != len(f1):
         raise ConfigError(f"agreement_with_f1 needs one F1 per verdict; got {len(correct)} verdicts, {len(f1)} F1")
@@ -362,7 +366,13 @@ def agreement_with_f1(correct: Sequence[bool | None], f1: Sequence[float], thres
         for h in (True, False)
     }
     agree = cells["correct_high"] + cells["wrong_low"]
-    return {"threshold": threshold, "judged": len(pairs), "agreement": agree / len(pairs) if pairs else None, **cells}
+    if not pairs:
+        return {"threshold": threshold, "judged": 0, "agreement": None, "kappa": None, **cells}
+    n = len(pairs)
+    said, high = (cells["correct_high"] + cells["correct_low"]) / n, (cells["correct_high"] + cells["wrong_high"]) / n
+    chance = said * high + (1 - said) * (1 - high)
+    kappa = (agree / n - chance) / (1 - chance) if chance < 1 else 0.0
+    return {"threshold": threshold, "judged": n, "agreement": agree / n, "kappa": kappa, **cells}
 
 
 def judge_records(df: Any, judge: LLMJudge, *, f1_column: str = "f1", progress: bool = True) -> dict[str, Any]:

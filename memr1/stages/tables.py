@@ -308,8 +308,10 @@ def _judge_lines(judges: list[tuple[str, dict[str, Any]]], check: str) -> list[s
         return _judge_check_lines(Path(check)) if check and Path(check).is_file() else []
     lines = ["", "Judges (J):", ""]
     for run, j in judges:
-        agree = j.get("agreement_with_f1", {}).get("agreement")
-        agreement = "–" if agree is None else f"{agree:.0%}"
+        agree, kappa = (j.get("agreement_with_f1", {}).get(k) for k in ("agreement", "kappa"))
+        agreement = (
+            "–" if agree is None else f"{agree:.0%}" + ("" if kappa is None else f" (Cohen's kappa {kappa:+.2f})")
+        )
         lines.append(
             f"- {run}: `{j.get('model')}` ({j.get('served') or j.get('base_url')}, prompt {j.get('prompt_version')}); "
             f"{j.get('verdicts')} answers labelled, {j.get('unparsed')} without a readable label; agreement with "
