@@ -67,7 +67,10 @@ class FullContextAnswerer:
             turns, measured with ``count_tokens`` on the rendered text); the instructions and the
             question (about 300 tokens) come on top. None: never truncate.
         sampling: decoding settings.
-        batch_size: prompts per ``generate`` call.
+        batch_size: prompts per ``generate`` call. 1 by default: every prompt of a conversation shares the
+            whole transcript, which a prefix cache encodes once, and each row of a batch then carries its own
+            copy of that key/value cache through decoding (``bench/bench_full_context.py``: 7.7x slower per
+            question at 8 rows than at 1 on a 7k-token transcript, SmolLM2-135M on a CPU).
         style: the reply format, as ``AnswerAgent``'s (``distill`` or ``direct``).
     """
 
@@ -77,7 +80,7 @@ class FullContextAnswerer:
         count_tokens: Callable[[str], int] | None = None,
         max_context_tokens: int | None = None,
         sampling: Sampling = GREEDY,
-        batch_size: int = 8,
+        batch_size: int = 1,
         style: str = "distill",
     ):
         if max_context_tokens is not None and max_context_tokens < 0:
