@@ -39,6 +39,8 @@ def main() -> None:
     print(f"# full-context answering · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {platform.machine()}, "
           f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} · {args.model}, "
           f"{conv.sample_id}, greedy, <= {args.answer_tokens} answer tokens, prefix cache >= 64 tokens\n")  # fmt: skip
+    print("Seeds: none; decoding is greedy and nothing is drawn at random, so a rerun gives the same answers (one "
+          "run per batch size; only the timings vary).\n")  # fmt: skip
     print("| batch | first call s (transcript + 1 question) | s / question after | vs batch " +
           f"{args.batch_sizes[0]} | prefix hits / misses | transcript kept |")  # fmt: skip
     print("|---|---|---|---|---|---|")

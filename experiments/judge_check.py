@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memr1.eval.bootstrap import RESAMPLES
+
 MAX_TOKENS = {"full": 128, "label": 8}
 """Reply cap per prompt: a sentence and a label; one word (ample for "CORRECT")."""
 
@@ -72,7 +74,7 @@ def grade(served, prompt: str, high, low, n: int, cache: Path) -> dict:
     }
 
 
-def rates(high: list[bool | None], low: list[bool | None], resamples: int = 10_000, seed: int = 0) -> dict:
+def rates(high: list[bool | None], low: list[bool | None], resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """CORRECT rate per stratum over labelled replies and their difference with a bootstrap interval, beside
     agreement with F1 >= 0.5 and Cohen's kappa (`memr1.eval.judge.agreement_with_f1`).
 

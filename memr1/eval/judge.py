@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -68,8 +68,20 @@ Does the generated answer state the fact in the gold answer? Reply with one word
 """For small local judges, which cannot hold JUDGE_PROMPT's sentence-then-JSON form: the label alone, so a
 reply of a few tokens carries it (``JudgeConfig.prompt = "label"``, ``max_tokens`` about 8)."""
 
-PROMPTS = {"full": (JUDGE_PROMPT, PROMPT_VERSION), "label": (LABEL_PROMPT, "memr1-judge-label-v1")}
-"""``JudgeConfig.prompt`` → (template, version); the version is part of the cache key and of every report."""
+
+class JudgePrompt(NamedTuple):
+    template: str
+    version: str
+    """Part of the cache key and of every report."""
+    json: bool
+    """Whether replies are JSON (``JudgeConfig.json_mode`` then asks the server for a JSON object)."""
+
+
+PROMPTS = {
+    "full": JudgePrompt(JUDGE_PROMPT, PROMPT_VERSION, json=True),
+    "label": JudgePrompt(LABEL_PROMPT, "memr1-judge-label-v1", json=False),
+}
+"""``JudgeConfig.prompt`` → its ``JudgePrompt``."""
 
 LABELS = ("CORRECT", "WRONG")
 _FALLBACK_KEY_ENV = "OPENAI_API_KEY"
@@ -108,7 +120,7 @@ class JudgeConfig(StageConfig):
     prompt: str = "full"
     """Which PROMPTS entry asks: "full" (a sentence of reasons, then the label, as JSON) or "label" (one word)."""
     json_mode: bool = True
-    """Send response_format={"type": "json_object"} with the full prompt; turn off for servers that reject it."""
+    """Send response_format={"type": "json_object"} with a JSON prompt ("full"); turn off for servers that reject it."""
     cache_path: str = ""
     """sqlite file caching verdicts across runs; "" disables the cache."""
 
@@ -210,8 +222,8 @@ class LLMJudge:
     def __init__(self, cfg: JudgeConfig):
         cfg.validate()
         self.cfg = cfg
-        self.template, self.version = PROMPTS[cfg.prompt]
-        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode and cfg.prompt == "full" else {}
+        self.template, self.version, wants_json = PROMPTS[cfg.prompt]
+        extra = {"response_format": {"type": "json_object"}} if cfg.json_mode and wants_json else {}
         self._llm = OpenAIGenerator(
             cfg.base_url,
             cfg.model,

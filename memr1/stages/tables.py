@@ -330,8 +330,8 @@ def _judge_check_lines(path: Path) -> list[str]:
     lines = [
         "",
         f"J is empty: no run is judged. The judge this machine can serve, `{check.get('served')}` "
-        f"({check.get('server')}), is a weak judge; a check on answers of `{check.get('records')}` "
-        f"(`{path.with_suffix('.md')}`) measured how often it says CORRECT on answers with F1 ≥ 0.5 and below:",
+        f"({check.get('server')}), was checked on answers of `{check.get('records')}` "
+        f"(`{path.with_suffix('.md')}`) for how often it says CORRECT on answers with F1 ≥ 0.5 and below:",
         "",
     ]
     for r in prompts:
