@@ -153,6 +153,32 @@ def test_load_policy_tiny(env, shared_cache):
     assert out.shape == (2, batch["input_ids"].shape[1] + 3)
 
 
+def test_cpu_load_attends_with_grouped_sdpa_and_matches_sdpa(env):
+    """load_policy switches a CPU model to memr1_sdpa (no key/value copy); on a left-padded batch its logits equal
+    transformers' sdpa exactly, gradients to rounding, and greedy tokens are the same."""
+    from memr1.llm.attention import NAME
+
+    model, tok = (p := load_policy("tiny")).model, p.tokenizer
+    assert model.config._attn_implementation == NAME
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped: sdpa would copy
+    batch = tok(["Hi", "A much longer prompt about 8 May 2023 and the lake"], return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0, 0] == 0  # padded, so stock sdpa takes its repeat_kv path
+
+    def run(attention):
+        model.set_attn_implementation(attention)
+        model.zero_grad()
+        logits = model(**batch).logits
+        logits[:, -3:].logsumexp(-1).sum().backward()
+        grad = model.model.layers[0].self_attn.k_proj.weight.grad.clone()
+        with torch.no_grad():
+            tokens = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        return logits.detach(), grad, tokens
+
+    (la, ga, ta), (lb, gb, tb) = run("sdpa"), run(NAME)
+    assert torch.equal(la, lb) and torch.equal(ta, tb)
+    assert torch.allclose(ga, gb, atol=1e-5) and ga.abs().sum() > 0
+
+
 def test_unknown_backend_is_a_config_error(env):
     with pytest.raises(ConfigError, match="auto, transformers, unsloth"):
         load_policy("tiny", backend="jax")

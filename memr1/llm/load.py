@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from memr1.errors import ConfigError, ModelLoadError
+from memr1.llm.attention import use_grouped_sdpa
 from memr1.llm.unsloth_guard import maybe_import_unsloth, unsloth_unavailable_reason
 
 log = logging.getLogger("memr1")
@@ -180,6 +181,8 @@ def _load(name: str, backend: str, device, dtype, trust_remote_code: bool, kwarg
     _prepare_tokenizer(tok, model, resolved)
     if device is not None and backend == "transformers":
         model = model.to(device)
+    if backend == "transformers":
+        use_grouped_sdpa(model)  # the same attention, without copying key/value heads on a CPU
     return Policy(model=model, tokenizer=tok, name=name, resolved=resolved, backend=backend)
 
 
