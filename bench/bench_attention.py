@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 
-from bench_lockstep import SPLIT_TURNS, agreement, build, test_conversations
+from bench_lockstep import SPLIT_TURNS, agreement, build, emit, test_conversations
 
 ATTENTIONS = ("sdpa", "memr1_sdpa")
 
@@ -123,12 +123,7 @@ def main() -> None:
             f"| {attention} | {d['wall']:.1f} | {d['cpu']:.1f} | {first['cpu'] / d['cpu']:.2f}× | "
             f"{same} / {len(d['texts'])} |"
         )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        from memr1.files import write_text_atomic
-
-        write_text_atomic(args.out, report)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

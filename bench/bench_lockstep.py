@@ -91,6 +91,16 @@ def agreement(a: list, b: list) -> tuple[int, int]:
     return sum(signature(s) == signature(t) for s, t in pairs), len(pairs)
 
 
+def emit(lines: list[str], out: str | None) -> None:
+    """Print the report and, with ``out``, write it there too (atomically)."""
+    from memr1.files import write_text_atomic
+
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out:
+        write_text_atomic(out, report)
+
+
 def prompt_costs(gen, convs, results, n: int = 16) -> list[dict]:
     """Per role, on ``n`` of its real prompts (generator batch 8): CPU seconds per prompt of the full call
     and of the prompt alone (one new token), the mean prompt length and the tokens all ``n`` share."""
@@ -216,12 +226,7 @@ def main() -> None:
             f"| {c['role']} | {c['n']} | {c['tokens']:.0f} | {c['shared']} | {c['full']:.2f} | {c['prompt']:.2f} | "
             f"{c['prompt'] / c['full']:.0%} |"
         )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        from memr1.files import write_text_atomic
-
-        write_text_atomic(args.out, report)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
