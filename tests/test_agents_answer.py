@@ -16,7 +16,7 @@ from memr1.agents.answer import (
     qa_messages,
     render_context,
 )
-from memr1.agents.baselines import FullContextAnswerer, OracleAnswerer, RagAnswerer, session_blocks
+from memr1.agents.baselines import FullContextAnswerer, OracleAnswerer, RagAnswerer, kept_turns, session_blocks
 from memr1.errors import ConfigError
 from memr1.eval.metrics import score
 from memr1.eval.tables import category_table
@@ -201,6 +201,7 @@ def test_full_context_truncation_keeps_the_latest_turns(conv, questions):
     assert m, note
     kept, total, dropped, tokens = map(int, m.groups())
     assert total == len(turns) == 419 and kept + dropped == total and 0 < kept < 100
+    assert kept_turns(note) == kept and kept_turns("top 30 of 419 turns by similarity") is None
     blocks, _, _ = fc.context(conv)
     assert [line for _, lines in blocks for line in lines] == [t.render() for t in turns[-kept:]]
     assert tokens == count_words(render_context(blocks)) <= 500

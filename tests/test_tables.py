@@ -13,6 +13,7 @@ from memr1.eval.paper_tables import (
     LOCOMO_COLUMNS,
     PUBLISHED_LOCOMO,
     PUBLISHED_MEM1,
+    evidence_in_window,
     locomo_markdown,
     locomo_row,
     mem1_markdown,
@@ -72,6 +73,23 @@ def test_locomo_cells_from_records():
         locomo_row("x", [one, one.iloc[:3]])
     with pytest.raises(ConfigError, match="no runs"):
         locomo_row("x", [])
+
+
+def test_full_context_window_holds_the_evidence_of_questions_whose_turns_are_all_among_the_newest():
+    from memr1.stages.tables_text import window_lines
+
+    turn_ids = {"c": ["D1:1", "D1:2", "D2:1", "D2:2"]}  # the run kept the newest 2: D2:1, D2:2
+    note = "kept 2/4 turns (dropped the oldest 2; 40 tokens)"
+    run = pd.DataFrame({"qid": ["a", "b", "c", "d"], "sample_id": ["c"] * 4, "context_note": [note] * 4})
+    evidence = {"a": ["D2:2"], "b": ["D1:2", "D2:1"], "c": ["D2:1", "D2:2"]}  # d: no evidence
+    assert evidence_in_window(run, evidence, turn_ids).tolist() == [True, False, True, False]
+    with pytest.raises(ConfigError, match="does not say how many turns"):
+        evidence_in_window(run.assign(context_note="top 10 turns"), evidence, turn_ids)
+    n = {"questions": 4, "inside": 2, "f1_inside": 12.5, "f1_outside": 3.0}
+    assert window_lines(n) == ["", "full-context's window held every evidence turn of 2 of 4 questions: F1 12.5 on "
+                               "those and 3.0 on the rest."]  # fmt: skip
+    with_base = window_lines(n | {"base_f1_inside": 9.0, "base_f1_outside": 8.3})
+    assert with_base[1].endswith("rest (base: 9.0 and 8.3 on the same questions).") and window_lines(None) == []
 
 
 def test_mem1_rows_from_horizon_cells_and_from_stage_rows():

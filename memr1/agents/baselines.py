@@ -12,6 +12,7 @@ and widgets treat them alike. Their records leave ``retrieved`` empty; ``RagAnsw
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -127,6 +128,13 @@ class FullContextAnswerer:
         prompts = [qa_messages(q.question, blocks, conv.speakers, TRANSCRIPT, self.style) for q in questions]
         gens = generate_batched(self.generator, prompts, self.sampling, self.batch_size)
         return [make_record(q, m, g, context_note=note) for q, m, g in zip(questions, prompts, gens)]
+
+
+def kept_turns(note: str) -> int | None:
+    """The number of newest turns a ``FullContextAnswerer`` record's ``context_note`` says it read; None for
+    another note."""
+    found = re.match(r"kept (\d+)/\d+ turns", note or "")
+    return int(found.group(1)) if found else None
 
 
 class ExcerptAnswerer(ABC):

@@ -133,6 +133,29 @@ def locomo_row(system: str, runs: Sequence[pd.DataFrame], model: str = "") -> di
     return row
 
 
+def evidence_in_window(
+    records: pd.DataFrame, evidence: Mapping[str, Sequence[str]], turn_ids: Mapping[str, Sequence[str]]
+) -> pd.Series:
+    """Per record of a full-context run, whether the transcript it read held every evidence turn of its question.
+
+    The run read the newest K turns of its conversation, K from the record's ``context_note`` (``kept K/M
+    turns ...``, `memr1.agents.baselines.kept_turns`). ``evidence``: qid → the question's evidence dia_ids;
+    ``turn_ids``: sample_id → its conversation's dia_ids in order. A question without evidence counts as
+    outside; a record whose note gives no K raises ConfigError.
+    """
+    from memr1.agents.baselines import kept_turns
+
+    inside = []
+    for qid, sample, note in zip(records["qid"], records["sample_id"], records["context_note"]):
+        kept = kept_turns(note)
+        if kept is None:
+            raise ConfigError(f"record {qid}: context_note {note!r} does not say how many turns were kept")
+        window = set(turn_ids[sample][-kept:]) if kept else set()
+        wanted = evidence.get(qid, ())
+        inside.append(bool(wanted) and all(e in window for e in wanted))
+    return pd.Series(inside, index=records.index, name="evidence_in_window")
+
+
 Grid = tuple[list[str], list[list[str]]]
 """A table as ``(header, rows of cells)``: what the markdown files and the HTML report both print."""
 
