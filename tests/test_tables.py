@@ -92,6 +92,15 @@ def test_full_context_window_holds_the_evidence_of_questions_whose_turns_are_all
     assert with_base[1].endswith("rest (base: 9.0 and 8.3 on the same questions).") and window_lines(None) == []
 
 
+def test_operations_lines_count_each_kind_and_the_rejections():
+    from memr1.stages.tables_text import operations_lines
+
+    ops = {"applied": {"ADD": 5, "NOOP": 2}, "rejected_outputs": {"malformed_json": 3, "truncated": 1}}
+    lines = operations_lines([("base seed 0", ops)])
+    assert lines[3] == "| run | ADD | UPDATE | DELETE | NOOP | rejected |" and lines[4] == "|---|---|---|---|---|---|"
+    assert lines[5] == "| base seed 0 | 5 | 0 | 0 | 2 | 4 |" and operations_lines([]) == []
+
+
 def test_mem1_rows_from_horizon_cells_and_from_stage_rows():
     cell = {"mode": "mem1", "em": 0.0, "f1": 0.5, "peak_mem1_all_tasks": 400.0, "wall_s": 10.0}
     cells = [{**cell, "trained": False, "n": 2, "f1": f1} for f1 in (0.25, 0.75)]
@@ -129,6 +138,8 @@ def test_memr1_tables_builds_from_a_real_stage05_run(data_dir, tmp_path):
     md = (out.parent / "tables.md").read_text()
     assert "| replay | tiny | 6 | 1 |" in md
     assert "Missing (no finished run under" in md and "base." in md
+    ops = json.loads((out.parent / "tables.json").read_text())["operations"]["replay seed 0"]["applied"]
+    assert ops["ADD"] > 0 and f"| replay seed 0 | {ops['ADD']} | 0 | 0 | 0 | 0 |" in md  # replay only ADDs
     assert "peak tokens grow 8.0× from N = 2 to 16 under pruning and 8.0× with the full context" in md
     saved = json.loads((out.parent / "tables.json").read_text())
     assert saved["missing"] == ["base"] and saved["locomo"][0]["questions"] == 6

@@ -29,7 +29,14 @@ from typing import Any
 
 from memr1.errors import ConfigError
 from memr1.files import write_json_atomic, write_text_atomic
-from memr1.stages.tables_text import judge_lines, paired_lines, summarize, summarize_paired, window_lines
+from memr1.stages.tables_text import (
+    judge_lines,
+    operations_lines,
+    paired_lines,
+    summarize,
+    summarize_paired,
+    window_lines,
+)
 
 LOCOMO_SYSTEMS = (
     "base", "full-context", "rag", "heuristic", "replay", "oracle", "sft-answer", "memory-r1-answer", "memory-r1",
@@ -180,6 +187,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
     from memr1.stages.evaluate import EvalResult
 
     rows, missing, overall, judges = [], [], {}, []
+    banks: dict[str, tuple[str, dict[str, Any]]] = {}  # store → the first run that built it, and its operations
     by_cell: dict[tuple[str, int], Any] = {}
     for system in cfg.systems:
         seeds = cfg.seeds if system in TRAINED else [0]
@@ -192,6 +200,9 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         saved = [read_result(d, EvalResult) for d in found]
         rows.append(locomo_row(system, frames, saved[0].config.get("model", "")))
         judges += [(f"{system} seed {d.name[4:]}", s.result.judge) for d, s in zip(found, saved) if s.result.judge]
+        for d, sv in zip(found, saved):
+            if sv.result.store and sv.result.operations.get("applied"):
+                banks.setdefault(sv.result.store, (f"{system} seed {d.name[4:]}", sv.result.operations))
         overall[system] = [100 * float(f["f1"].mean()) for f in frames]
     mem1_cells: list[dict] = []
     if cfg.mem1_results:
@@ -225,6 +236,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         "",
         f"Missing (no finished run under `{cfg.runs}/locomo`): {', '.join(missing) or 'none'}.",
         *window_lines(window_numbers),
+        *operations_lines(list(banks.values())),
         *judge_lines(judges, cfg.judge_check),
         *paired_lines(deltas),
     ]
@@ -244,6 +256,7 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
     write_text_atomic(Path(cfg.out + ".md"), "\n".join(lines) + "\n")
     # N keys become text in JSON
     out = {"locomo": rows, "missing": missing, "paired": deltas, "full_context_window": window_numbers}
+    out |= {"operations": {run: ops for run, ops in banks.values()}}
     out |= {"mem1": mem1, "summary": summary}
     write_json_atomic(Path(cfg.out + ".json"), out)
     return out

@@ -119,6 +119,26 @@ def summarize(overall: dict[str, list[float]], rows: list[dict], mem1_cells: lis
     return out
 
 
+def operations_lines(banks: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """What built each bank store: per run that built one (a run reading another's banks is not repeated), the
+    Memory-Manager operations applied over the test turns and the replies rejected (stage 05's tally)."""
+    if not banks:
+        return []
+    kinds = ("ADD", "UPDATE", "DELETE", "NOOP")
+    lines = [
+        "",
+        "Operations that built each bank store over the test turns (applied; rejected: manager replies not applied):",
+        "",
+        "| run | " + " | ".join(kinds) + " | rejected |",
+        "|---|" + "---|" * (len(kinds) + 1),
+    ]
+    for run, ops in banks:
+        applied, rejected = ops.get("applied", {}), ops.get("rejected_outputs", {})
+        counts = " | ".join(str(applied.get(k, 0)) for k in kinds)
+        lines.append(f"| {run} | {counts} | {sum(rejected.values())} |")
+    return lines
+
+
 def window_lines(n: dict[str, Any] | None) -> list[str]:
     """The sentence on the full-context run's window (`memr1.stages.tables.window`); none without its numbers."""
     if n is None:
@@ -132,4 +152,7 @@ def window_lines(n: dict[str, Any] | None) -> list[str]:
     return ["", line + "."]
 
 
-__all__ = ["judge_check_lines", "judge_lines", "paired_lines", "summarize", "summarize_paired", "window_lines"]
+__all__ = [
+    "judge_check_lines", "judge_lines", "operations_lines", "paired_lines", "summarize", "summarize_paired",
+    "window_lines",
+]  # fmt: skip
