@@ -14,7 +14,8 @@ with ``enable_gqa=True`` and the mask as given. On a CPU its outputs are bit-ide
 greedy tokens on SmolLM2 and measures the time). On CUDA a masked ``enable_gqa`` call falls back to
 PyTorch's math kernel, so there the stock ``sdpa`` is kept (`use_grouped_sdpa` does nothing).
 
-Follows transformers' ``integrations/sdpa_attention.py`` and its AttentionInterface documentation.
+Follows transformers' ``integrations/sdpa_attention.py`` and its AttentionInterface documentation; docs/design.md
+§6 (Bank) places it among the bank build's other levers.
 """
 
 from __future__ import annotations
