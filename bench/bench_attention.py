@@ -8,7 +8,8 @@ manager ≤ 160 tokens, greedy, generator batch 16, prefix cache of 64 tokens; `
 once per attention, with one loaded model. It prints turns per wall and per CPU second, their ratio, the
 hours one system's banks would take over the 5,094 test turns, and the share of turns whose applied
 operations are identical (the outputs should be: the attention is the same computation). Then the same
-on one generator call of ``--answers`` Answer-Agent-sized prompts (batch 8), tokens identical or not.
+on one greedy call of ``--answers`` padded prompts of unequal length (a conversation's first 8, 12, 16, ...
+turns and a question; batch 8, at most 32 new tokens), replies identical or not.
 Pin it to one core:
 
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python bench/bench_attention.py --out docs/results/bench_attention.md
