@@ -90,6 +90,8 @@ def test_full_context_window_holds_the_evidence_of_questions_whose_turns_are_all
                                "those and 3.0 on the rest."]  # fmt: skip
     with_base = window_lines(n | {"base_f1_inside": 9.0, "base_f1_outside": 8.3})
     assert with_base[1].endswith("rest (base: 9.0 and 8.3 on the same questions).") and window_lines(None) == []
+    none_inside = window_lines(n | {"inside": 0, "f1_inside": None})[1]
+    assert "2 of 4 questions" not in none_inside and "F1 – on those and 3.0 on the rest." in none_inside
 
 
 def test_operations_lines_count_each_kind_and_the_rejections():
@@ -127,19 +129,23 @@ def test_memr1_tables_builds_from_a_real_stage05_run(data_dir, tmp_path):
          "data_dir": str(data_dir), "run_dir": str(runs / "locomo" / "replay" / "seed0")}
     )  # fmt: skip
     run(cfg, progress=False)
+    run(cfg.replace(system="full-context", run_dir=str(runs / "locomo" / "full-context" / "seed0")), progress=False)
     cells = [{"mode": m, "n": n, "trained": False, "em": 0.0, "f1": 0.0, "peak_mem1_all_tasks": p * n, "wall_s": 1.0}
              for m, p in (("mem1", 100.0), ("full", 400.0)) for n in (2, 16)]  # fmt: skip
     horizon = tmp_path / "horizon.json"
     horizon.write_text(json.dumps({"cells": {str(i): c for i, c in enumerate(cells)}}))
     out = tmp_path / "tables"
     code = main(["tables", "--runs", str(runs), "--mem1-results", str(horizon), "--out", str(out),
-                 "--systems", "replay", "base"])  # fmt: skip
+                 "--systems", "replay", "full-context", "base"])  # fmt: skip
     assert code == 0
     md = (out.parent / "tables.md").read_text()
     assert "| replay | tiny | 6 | 1 |" in md
     assert "Missing (no finished run under" in md and "base." in md
     ops = json.loads((out.parent / "tables.json").read_text())["operations"]["replay seed 0"]["applied"]
     assert ops["ADD"] > 0 and f"| replay seed 0 | {ops['ADD']} | 0 | 0 | 0 | 0 |" in md  # replay only ADDs
+    window = json.loads((out.parent / "tables.json").read_text())["full_context_window"]
+    assert window["questions"] == 6 and 0 <= window["inside"] <= 6 and "base_f1_inside" not in window  # no base run
+    assert f"full-context's window held every evidence turn of {window['inside']} of 6 questions" in md
     assert "peak tokens grow 8.0× from N = 2 to 16 under pruning and 8.0× with the full context" in md
     saved = json.loads((out.parent / "tables.json").read_text())
     assert saved["missing"] == ["base"] and saved["locomo"][0]["questions"] == 6

@@ -299,14 +299,12 @@ def window(frames: dict[tuple[str, int], Any]) -> dict[str, Any] | None:
     evidence = {q.qid: q.evidence for q in split_questions(data, "test")}
     turn_ids = {s: [t.dia_id for t in data.conversation(s).turns()] for s in set(run["sample_id"])}
     inside = evidence_in_window(run, evidence, turn_ids)
-    f1 = {k: 100 * float(run["f1"][m].mean()) for k, m in (("inside", inside), ("outside", ~inside))}
-    n = {"questions": len(run), "inside": int(inside.sum())} | {f"f1_{k}": v for k, v in f1.items()}
+    parts = (("inside", inside), ("outside", ~inside))
+    n: dict[str, Any] = {"questions": len(run), "inside": int(inside.sum())}
+    n |= {f"f1_{k}": 100 * float(run["f1"][m].mean()) if m.any() else None for k, m in parts}
     if base is not None:
         base_f1 = base.set_index("qid")["f1"]
-        n |= {
-            f"base_f1_{k}": 100 * float(base_f1[run["qid"][m]].mean())
-            for k, m in (("inside", inside), ("outside", ~inside))
-        }
+        n |= {f"base_f1_{k}": 100 * float(base_f1[run["qid"][m]].mean()) if m.any() else None for k, m in parts}
     return n
 
 

@@ -143,12 +143,16 @@ def window_lines(n: dict[str, Any] | None) -> list[str]:
     """The sentence on the full-context run's window (`memr1.stages.tables.window`); none without its numbers."""
     if n is None:
         return []
+
+    def f1(key: str) -> str:  # no question on that side: no mean
+        return "–" if n[key] is None else f"{n[key]:.1f}"
+
     line = (
         f"full-context's window held every evidence turn of {n['inside']} of {n['questions']} questions: F1 "
-        f"{n['f1_inside']:.1f} on those and {n['f1_outside']:.1f} on the rest"
+        f"{f1('f1_inside')} on those and {f1('f1_outside')} on the rest"
     )
     if "base_f1_inside" in n:
-        line += f" (base: {n['base_f1_inside']:.1f} and {n['base_f1_outside']:.1f} on the same questions)"
+        line += f" (base: {f1('base_f1_inside')} and {f1('base_f1_outside')} on the same questions)"
     return ["", line + "."]
 
 
