@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memr1.errors import ConfigError
+from memr1.errors import ConfigError, DataNotFoundError
 from memr1.files import write_json_atomic, write_text_atomic
 from memr1.stages.tables_text import (
     judge_lines,
@@ -286,7 +286,6 @@ def window(frames: dict[tuple[str, int], Any]) -> dict[str, Any] | None:
     beside base's on the same questions; None without that run or without the LoCoMo data to check it."""
     from memr1.data.locomo import load_locomo
     from memr1.data.splits import split_questions
-    from memr1.errors import DataNotFoundError
     from memr1.eval.paper_tables import evidence_in_window
 
     run, base = frames.get(("full-context", 0)), frames.get(("base", 0))
