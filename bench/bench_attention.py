@@ -23,9 +23,7 @@ import platform
 import sys
 import time
 
-from bench_lockstep import SPLIT_TURNS, agreement, build, emit, test_conversations
-
-ATTENTIONS = ("sdpa", "memr1_sdpa")
+from bench_lockstep import ATTENTIONS, SPLIT_TURNS, agreement, build, command_line, emit, test_conversations
 
 
 def batched_decode(gen, convs, n: int) -> dict:
@@ -77,7 +75,7 @@ def main() -> None:
         print(f"  decode with {attention}: {decodes[attention]['wall']:.0f} s", file=sys.stderr, flush=True)
     load.append(os.getloadavg()[0])
 
-    command = "OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python bench/bench_attention.py " + " ".join(sys.argv[1:])
+    command = command_line("bench_attention.py")
     base = builds[ATTENTIONS[0]]
     lines = [
         f"# Attention without the key/value copy, SmolLM2-135M · {began} · {platform.machine()} · "
