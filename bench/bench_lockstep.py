@@ -2,7 +2,8 @@
 
 Stage 05's LLM-bank agents, with the settings of ``experiments/locomo_table.py`` (``lines`` prompts,
 at most 64 extractor and 160 manager tokens, greedy, minilm embedder), build in memory the banks of the
-first ``--turns`` turns (12 by default, to keep it near 15 minutes) of LoCoMo's test conversations:
+first ``--turns`` turns (12 by default: about 20 minutes with ``--batch-sizes 16`` and both attentions) of
+LoCoMo's test conversations:
 
 * alone: the first ``--alone`` test conversations, each with ``build_banks`` (stage 05 before lockstep);
 * lockstep: all 8 test conversations with ``build_many``, once per generator batch size in ``--batch-sizes``
