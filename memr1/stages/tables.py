@@ -255,9 +255,15 @@ def build(cfg: TablesConfig) -> dict[str, Any]:
         ]
     write_text_atomic(Path(cfg.out + ".md"), "\n".join(lines) + "\n")
     # N keys become text in JSON
-    out = {"locomo": rows, "missing": missing, "paired": deltas, "full_context_window": window_numbers}
-    out |= {"operations": {run: ops for run, ops in banks.values()}}
-    out |= {"mem1": mem1, "summary": summary}
+    out = {
+        "locomo": rows,
+        "missing": missing,
+        "paired": deltas,
+        "full_context_window": window_numbers,
+        "operations": dict(banks.values()),
+        "mem1": mem1,
+        "summary": summary,
+    }
     write_json_atomic(Path(cfg.out + ".json"), out)
     return out
 
